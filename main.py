@@ -1,0 +1,230 @@
+"""Train an AWD-LSTM language model with NT-ASGD (Merity, Keskar & Socher 2017).
+
+    python main.py --batch_size 20 --data data/penn --dropouti 0.4 --dropouth 0.25 --seed 141 --epoch 500 --save PTB.pt
+
+Saves the best model (by validation loss) to --save, a resume state beside it (<save>.state, every
+epoch) and a JSON-lines log (<save without extension>.jsonl); reports the best model on test.
+"""
+import argparse
+import os
+import signal
+import time
+
+import numpy as np
+import torch
+
+import utils
+from model import RNNModel
+from splitcross import SplitCrossEntropyLoss, splits_for_vocab
+
+# Flags that may differ when continuing a run from its resume state; every other setting is the run's own.
+RESUME_MAY_CHANGE = ('epochs', 'resume', 'save', 'cuda', 'cpu', 'log_interval', 'data')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='AWD-LSTM language model training (NT-ASGD)')
+    utils.add_data_args(parser, default_save=f'{int(time.time() * 100)}.pt')
+    utils.add_model_args(parser)
+    utils.add_dropout_args(parser)
+    utils.add_training_args(parser)
+    g = parser.add_argument_group('optimisation schedule')
+    g.add_argument('--optimizer', type=str, default='sgd', help='sgd (then ASGD, NT-ASGD) or adam')
+    g.add_argument('--when', nargs='+', type=int, default=[-1],
+                   help='epochs at which to save a copy (<save>.e<epoch>) and divide the lr by 10')
+    g.add_argument('--resume', type=str, default='',
+                   help='continue a run: from its resume state (<path>.state, or the state file itself) '
+                        'exactly where it stopped; from a checkpoint alone, restart from its weights '
+                        "with the flags' lr and dropouts, as the original did")
+    args = parser.parse_args(argv)
+    utils.check_args(args)
+    return args
+
+
+def state_path(save):
+    return save + '.state'
+
+
+def find_resume_state(resume):
+    """The resume-state file that --resume names (directly, or beside the checkpoint), else None."""
+    if resume.endswith('.state') and os.path.isfile(resume):
+        return resume
+    return state_path(resume) if os.path.isfile(state_path(resume)) else None
+
+
+def rng_state(rng, device):
+    """Every random state a run depends on, as tensors and numbers (weights_only-loadable)."""
+    name, keys, pos, has_gauss, cached = rng.get_state()
+    state = {'torch': torch.get_rng_state(),
+             'numpy': {'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
+                       'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)}}
+    if device.type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state, rng, device):
+    torch.set_rng_state(state['torch'])
+    n = state['numpy']
+    rng.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached_gaussian']))
+    if device.type == 'cuda' and 'cuda' in state:
+        torch.cuda.set_rng_state(state['cuda'], device)
+
+
+class Preempted(Exception):
+    """SIGTERM: a scheduler is taking the machine back."""
+
+
+def on_sigterm(signum, frame):
+    raise Preempted()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    resume_state_file = find_resume_state(args.resume) if args.resume else None
+    if args.resume and resume_state_file is None and not os.path.isfile(args.resume):
+        raise utils.UserError(f'{args.resume}: --resume file not found')
+    saved_state = None
+    if resume_state_file:
+        saved_state = utils.read_checkpoint(resume_state_file)
+        ignored = sorted(k for k, v in saved_state['args'].items()
+                         if k not in RESUME_MAY_CHANGE and getattr(args, k, v) != v)
+        for k, v in saved_state['args'].items():
+            if k not in RESUME_MAY_CHANGE:
+                setattr(args, k, v)
+        if ignored:
+            print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')
+    print('Args:', args)
+
+    rng = utils.set_seed(args.seed)
+    device = utils.choose_device(args)
+    corpus, train_data, val_data, test_data = utils.load_data(args, (args.batch_size, 10, 1), device)
+    eval_batch_size, test_batch_size = 10, 1
+    ntokens = len(corpus.dictionary)
+
+    model = RNNModel(args.model, ntokens, args.emsize, args.nhid, args.nlayers, args.dropout, args.dropouth,
+                     args.dropouti, args.dropoute, args.wdrop, tie_weights=True)
+    splits = splits_for_vocab(ntokens)
+    print('Using', splits)
+    criterion = SplitCrossEntropyLoss(args.emsize, splits=splits, verbose=False)
+
+    epoch_start, history, best_val_loss, optimizer_kind = 1, [], float('inf'), args.optimizer
+    if saved_state is not None:
+        utils.check_vocabulary(saved_state['idx2word'], corpus, resume_state_file, args.data)
+        load_weights(model, criterion, saved_state, resume_state_file)
+        epoch_start = saved_state['epoch'] + 1
+        history, best_val_loss = list(saved_state['history']), saved_state['best_val_loss']
+        optimizer_kind = saved_state['optimizer_name']
+    elif args.resume:
+        print('Resuming model ...')
+        ckpt = utils.read_checkpoint(args.resume)
+        utils.check_vocabulary(ckpt['idx2word'], corpus, args.resume, args.data)
+        load_weights(model, criterion, ckpt, args.resume)
+        model.set_dropouts(args.dropout, args.dropouth, args.dropouti, args.dropoute, args.wdrop)
+    model.to(device)
+    criterion.to(device)
+
+    params = list(model.parameters()) + list(criterion.parameters())
+    total_params = sum(p.numel() for p in params)
+    print('Model total parameters:', total_params)
+
+    optimizer = utils.make_optimizer(optimizer_kind, params, args.lr, args.wdecay)
+    if saved_state is not None:
+        optimizer.load_state_dict(saved_state['optimizer'])
+        restore_rng_state(saved_state['rng'], rng, device)
+        print(f'Resuming exactly from {resume_state_file} after epoch {saved_state["epoch"]} '
+              f'({optimizer_kind}, lr {optimizer.param_groups[0]["lr"]})')
+    elif args.resume:
+        print(f'Restarting from the weights of {args.resume} (no resume state beside it): '
+              f'fresh {optimizer_kind} optimizer, lr {args.lr} and dropouts from the flags')
+
+    def save_model(path):
+        utils.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word)
+
+    def save_state(epoch):
+        utils.save_checkpoint(state_path(args.save), model, criterion, optimizer, args, corpus.dictionary.idx2word,
+                              epoch=epoch, history=history, best_val_loss=best_val_loss, rng=rng_state(rng, device))
+
+    log = utils.JsonLog(utils.json_log_path(args.save), append=saved_state is not None)
+    previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+    # Loop over epochs; Ctrl-C stops early and still evaluates the best model on test.
+    try:
+        for epoch in range(epoch_start, args.epochs + 1):
+            epoch_start_time = time.time()
+            with utils.progress_bar(len(train_data) // args.bptt, f'epoch {epoch}') as bar:
+                train_loss = utils.train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
+                                               log=bar.write if not bar.disable else print, progress=bar)
+            if utils.is_asgd(optimizer):
+                # Section 3: under ASGD the model is the running average of the iterates.
+                with utils.averaged_weights(optimizer, params):
+                    val_loss = utils.evaluate(model, criterion, val_data, eval_batch_size, args.bptt)
+                    report_epoch(epoch, epoch_start_time, val_loss)
+                    if val_loss < best_val_loss:
+                        save_model(args.save)
+                        print('Saving Averaged!')
+                        best_val_loss = val_loss
+            else:
+                val_loss = utils.evaluate(model, criterion, val_data, eval_batch_size, args.bptt)
+                report_epoch(epoch, epoch_start_time, val_loss)
+                if val_loss < best_val_loss:
+                    save_model(args.save)
+                    print('Saving model (new best validation)')
+                    best_val_loss = val_loss
+                if args.optimizer == 'sgd' and utils.nonmono_triggered(history, val_loss, args.nonmono):
+                    print('Switching to ASGD')
+                    optimizer = utils.make_optimizer('asgd', params, args.lr, args.wdecay)
+                if epoch in args.when:
+                    print('Saving model before learning rate decreased')
+                    save_model(f'{args.save}.e{epoch}')
+                    print('Dividing learning rate by 10')
+                    optimizer.param_groups[0]['lr'] /= 10.
+                history.append(val_loss)
+            log.write(epoch=epoch, seconds=time.time() - epoch_start_time, lr=optimizer.param_groups[0]['lr'],
+                      optimizer=utils.optimizer_name(optimizer), train_loss=train_loss,
+                      **utils.loss_record('valid', val_loss))
+            save_state(epoch)
+    except KeyboardInterrupt:
+        print('-' * 89)
+        print('Exiting from training early')
+    except Preempted:
+        print(f'Terminated (SIGTERM): the state of the last completed epoch is in {state_path(args.save)}; '
+              'rerun with --resume to continue')
+        return 143
+    except torch.cuda.OutOfMemoryError:
+        raise utils.UserError('GPU out of memory: try a smaller --batch_size or --bptt') from None
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+    # Load the best saved model and run it on test data.
+    if not os.path.isfile(args.save):
+        raise utils.UserError(f'{args.save}: no model was saved (training stopped before the first evaluation)')
+    best = utils.read_checkpoint(args.save, map_location=device)
+    model.load_state_dict(best['model'])
+    criterion.load_state_dict(best['criterion'])
+    test_loss = utils.evaluate(model, criterion, test_data, test_batch_size, args.bptt)
+    print('=' * 89)
+    print(f'| End of training | {utils.report_line("test", test_loss)}')
+    print('=' * 89)
+    log.write(final=True, **utils.loss_record('valid', best_val_loss), **utils.loss_record('test', test_loss))
+    return 0
+
+
+def load_weights(model, criterion, ckpt, path):
+    """Load saved weights into a model built from the flags; a mismatch is the user's to fix."""
+    try:
+        model.load_state_dict(ckpt['model'])
+        criterion.load_state_dict(ckpt['criterion'])
+    except RuntimeError as e:
+        saved = ckpt.get('model_config', {})
+        raise utils.UserError(f'{path}: checkpoint does not fit the model the flags describe '
+                              f'(it was saved with {saved}): {str(e).splitlines()[0]}') from None
+
+
+def report_epoch(epoch, epoch_start_time, val_loss):
+    print('-' * 89)
+    print(f'| end of epoch {epoch:3d} | time: {time.time() - epoch_start_time:5.2f}s | '
+          f'{utils.report_line("valid", val_loss)}')
+    print('-' * 89)
+
+
+if __name__ == '__main__':
+    utils.run(main)

@@ -1,0 +1,110 @@
+"""The AWD-LSTM language model (Merity, Keskar & Socher 2017).
+
+embedding -> embedding dropout -> locked dropout -> [weight-dropped RNN -> locked dropout] x nlayers.
+The model returns the last layer's (dropped) output; the decoder's weight and bias are applied by
+the loss (splitcross.py), which is how the adaptive softmax avoids a full vocabulary projection.
+"""
+import torch
+import torch.nn as nn
+
+from embed_regularize import embedded_dropout
+from locked_dropout import LockedDropout
+from weight_drop import WeightDrop
+
+
+class RNNModel(nn.Module):
+    def __init__(self, rnn_type, ntoken, ninp, nhid, nlayers, dropout=0.5, dropouth=0.5, dropouti=0.5,
+                 dropoute=0.1, wdrop=0, tie_weights=False):
+        super().__init__()
+        if rnn_type not in ('LSTM', 'QRNN', 'GRU'):
+            raise ValueError(f"rnn_type must be 'LSTM', 'QRNN' or 'GRU', got {rnn_type!r}")
+        self.rnn_type = rnn_type
+        self.ninp, self.nhid, self.nlayers = ninp, nhid, nlayers
+        self.dropout, self.dropouti, self.dropouth, self.dropoute = dropout, dropouti, dropouth, dropoute
+        self.wdrop = wdrop
+        self.tie_weights = tie_weights
+        self.lockdrop = LockedDropout()
+        self.encoder = nn.Embedding(ntoken, ninp)
+        # With tied weights the last layer outputs ninp units so the decoder can share the embedding
+        # (section 4.4: weight tying; section 5: last layer sized to the embedding).
+        sizes = [ninp] + [nhid] * (nlayers - 1) + [ninp if tie_weights else nhid]
+        self.rnns = nn.ModuleList(
+            self._make_layer(rnn_type, sizes[l], sizes[l + 1], l, wdrop) for l in range(nlayers))
+        self.decoder = nn.Linear(sizes[-1], ntoken)
+        if tie_weights:
+            self.decoder.weight = self.encoder.weight
+        self.init_weights()
+
+    @property
+    def config(self):
+        """The constructor arguments: what a checkpoint needs to rebuild this model."""
+        return dict(rnn_type=self.rnn_type, ntoken=self.encoder.num_embeddings, ninp=self.ninp,
+                    nhid=self.nhid, nlayers=self.nlayers, dropout=self.dropout, dropouth=self.dropouth,
+                    dropouti=self.dropouti, dropoute=self.dropoute, wdrop=self.wdrop,
+                    tie_weights=self.tie_weights)
+
+    def set_dropouts(self, dropout, dropouth, dropouti, dropoute, wdrop):
+        """Change the dropout rates of a built model (--resume takes them from the flags)."""
+        self.dropout, self.dropouth, self.dropouti, self.dropoute = dropout, dropouth, dropouti, dropoute
+        if self.wdrop:  # without weight drop at construction there is no WeightDrop to adjust
+            self.wdrop = wdrop
+            for module in self.modules():
+                if isinstance(module, WeightDrop):
+                    module.dropout = wdrop
+
+    @staticmethod
+    def _make_layer(rnn_type, input_size, hidden_size, index, wdrop):
+        # Each layer is its own single-layer RNN so that locked dropout can sit between layers and
+        # DropConnect can act on each hidden-to-hidden matrix.
+        if rnn_type == 'QRNN':
+            from qrnn import QRNNLayer
+            # The first layer looks at two timesteps (window 2), the others at one (Bradbury et al.).
+            layer = QRNNLayer(input_size, hidden_size, save_prev_x=True, zoneout=0,
+                              window=2 if index == 0 else 1, output_gate=True)
+            if wdrop:
+                layer.linear = WeightDrop(layer.linear, ['weight'], dropout=wdrop)
+            return layer
+        layer = (nn.LSTM if rnn_type == 'LSTM' else nn.GRU)(input_size, hidden_size, 1, dropout=0)
+        return WeightDrop(layer, ['weight_hh_l0'], dropout=wdrop) if wdrop else layer
+
+    def init_weights(self):
+        initrange = 0.1
+        nn.init.uniform_(self.encoder.weight, -initrange, initrange)
+        nn.init.zeros_(self.decoder.bias)
+        nn.init.uniform_(self.decoder.weight, -initrange, initrange)
+
+    def reset(self):
+        """Forget the QRNN's remembered previous input (between training and evaluation passes)."""
+        if self.rnn_type == 'QRNN':
+            for layer in self.rnns:
+                layer.reset()
+
+    def forward(self, input, hidden, return_h=False):
+        """input (seq_len, batch) of word ids; hidden as from init_hidden.
+
+        Returns the dropped last-layer output flattened to (seq_len * batch, features) and the new
+        hidden state; with return_h also each layer's raw outputs and dropped outputs (for AR/TAR).
+        """
+        emb = embedded_dropout(self.encoder, input, dropout=self.dropoute if self.training else 0)
+        layer_input = self.lockdrop(emb, self.dropouti)
+
+        new_hidden, raw_outputs, dropped_outputs = [], [], []
+        for l, rnn in enumerate(self.rnns):
+            raw_output, layer_hidden = rnn(layer_input, hidden[l])
+            new_hidden.append(layer_hidden)
+            raw_outputs.append(raw_output)
+            last = l == self.nlayers - 1
+            layer_input = self.lockdrop(raw_output, self.dropout if last else self.dropouth)
+            dropped_outputs.append(layer_input)
+
+        output = layer_input.reshape(-1, layer_input.size(2))
+        if return_h:
+            return output, new_hidden, raw_outputs, dropped_outputs
+        return output, new_hidden
+
+    def init_hidden(self, bsz):
+        weight = self.encoder.weight
+        sizes = [self.nhid] * (self.nlayers - 1) + [self.ninp if self.tie_weights else self.nhid]
+        if self.rnn_type == 'LSTM':
+            return [(weight.new_zeros(1, bsz, n), weight.new_zeros(1, bsz, n)) for n in sizes]
+        return [weight.new_zeros(1, bsz, n) for n in sizes]

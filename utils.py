@@ -1,0 +1,465 @@
+"""What the four scripts share: batching, arguments, device and seeding, the training step and the
+evaluation pass, NT-ASGD's switch rule and weight averaging, checkpoint I/O and error reporting."""
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+
+class UserError(Exception):
+    """Bad input (flags, data, checkpoint): reported as one line on stderr, exit status 2."""
+
+
+def run(main):
+    """Runs a script's main(), turning a UserError into `error: ...` and a non-zero exit."""
+    try:
+        sys.exit(main())
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching (same semantics as the original utils.py)
+
+def batchify(data, bsz, args=None, device=None):
+    """Cut a 1-D token stream into `bsz` columns: returns (len(data) // bsz, bsz).
+
+    Tokens that do not fill a last row are dropped. `args` is accepted for the original's signature;
+    if it says `cuda` and a GPU exists the result goes there, as `device` does.
+    """
+    nbatch = data.size(0) // bsz
+    data = data.narrow(0, 0, nbatch * bsz).view(bsz, -1).t().contiguous()
+    if device is None and getattr(args, 'cuda', False) and torch.cuda.is_available():
+        device = 'cuda'
+    return data if device is None else data.to(device)
+
+
+def get_batch(source, i, args=None, seq_len=None, evaluation=False):
+    """Inputs source[i:i+L] and flattened next-word targets source[i+1:i+1+L], L clipped at the end.
+
+    Called as get_batch(source, i, args, seq_len=...) as in the original (args.bptt is the default
+    length), or get_batch(source, i, seq_len) with an int. `evaluation` is accepted and unused.
+    """
+    if isinstance(args, int):
+        seq_len = seq_len or args
+    seq_len = min(seq_len or args.bptt, len(source) - 1 - i)
+    data = source[i:i + seq_len]
+    target = source[i + 1:i + 1 + seq_len].reshape(-1)
+    return data, target
+
+
+def repackage_hidden(h):
+    """Detach hidden states from the graph of the previous batch (truncated BPTT)."""
+    if isinstance(h, torch.Tensor):
+        return h.detach()
+    return type(h)(repackage_hidden(v) for v in h)
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+
+def add_model_args(parser):
+    g = parser.add_argument_group('model (AWD-LSTM paper section 5: 3-layer LSTM, 1150 hidden, 400 embedding)')
+    g.add_argument('--model', type=str, default='LSTM', help='recurrent core: LSTM, QRNN or GRU')
+    g.add_argument('--emsize', type=int, default=400, help='size of word embeddings')
+    g.add_argument('--nhid', type=int, default=1150, help='number of hidden units per layer')
+    g.add_argument('--nlayers', type=int, default=3, help='number of layers')
+    return g
+
+
+def add_dropout_args(parser):
+    g = parser.add_argument_group('regularisation (paper section 4)')
+    g.add_argument('--dropout', type=float, default=0.4, help='locked dropout on the last layer output')
+    g.add_argument('--dropouth', type=float, default=0.3, help='locked dropout between recurrent layers')
+    g.add_argument('--dropouti', type=float, default=0.65, help='locked dropout on the embedded input')
+    g.add_argument('--dropoute', type=float, default=0.1, help='embedding dropout: whole words removed')
+    g.add_argument('--wdrop', type=float, default=0.5, help='DropConnect on the hidden-to-hidden weights')
+    g.add_argument('--alpha', type=float, default=2, help='activation regularisation (AR) weight, eq. 4.6')
+    g.add_argument('--beta', type=float, default=1, help='temporal activation regularisation (TAR) weight')
+    g.add_argument('--wdecay', type=float, default=1.2e-6, help='weight decay (L2) on all parameters')
+    return g
+
+
+def add_training_args(parser, lr=30, epochs=8000):
+    g = parser.add_argument_group('training (paper section 3: NT-ASGD)')
+    g.add_argument('--lr', type=float, default=lr, help='initial learning rate')
+    g.add_argument('--clip', type=float, default=0.25, help='gradient norm clipping (0: off)')
+    g.add_argument('--epochs', type=int, default=epochs, help='upper epoch limit')
+    g.add_argument('--batch_size', type=int, default=80, metavar='N', help='batch size')
+    g.add_argument('--bptt', type=int, default=70, help='mean sequence length of variable-length BPTT')
+    g.add_argument('--nonmono', type=int, default=5, help='non-monotone interval n of NT-ASGD')
+    g.add_argument('--seed', type=int, default=1111, help='random seed (torch and numpy)')
+    g.add_argument('--log-interval', type=int, default=200, metavar='N', help='report interval in batches')
+    return g
+
+
+def add_data_args(parser, default_save=None):
+    g = parser.add_argument_group('data, checkpoint and device')
+    g.add_argument('--data', type=str, default='data/penn/',
+                   help='folder with train.txt, valid.txt, test.txt (see getdata.sh)')
+    g.add_argument('--save', type=str, default=default_save, help='path of the checkpoint')
+    add_device_args(g)
+    return g
+
+
+def add_device_args(parser):
+    parser.add_argument('--cuda', action='store_true',
+                        help='use the GPU; this is already the default when one is present (unlike the '
+                             "original, where passing --cuda turned CUDA off)")
+    parser.add_argument('--cpu', action='store_true', help='run on the CPU even when a GPU is present')
+
+
+def check_args(args):
+    """Impossible flag values become a UserError naming the flag."""
+    def require(ok, message):
+        if not ok:
+            raise UserError(message)
+    for name in ('dropout', 'dropouth', 'dropouti', 'dropoute', 'wdrop'):
+        if hasattr(args, name):
+            value = getattr(args, name)
+            require(0 <= value < 1, f'--{name} must be in [0, 1), got {value}')
+    for name in ('emsize', 'nhid', 'nlayers', 'batch_size', 'bptt', 'epochs', 'log_interval'):
+        if hasattr(args, name):
+            value = getattr(args, name)
+            require(value > 0, f'--{name.replace("_", "-") if name == "log_interval" else name} '
+                               f'must be positive, got {value}')
+    if hasattr(args, 'lr'):
+        require(args.lr > 0, f'--lr must be positive, got {args.lr}')
+    if hasattr(args, 'nonmono'):
+        require(args.nonmono >= 0, f'--nonmono must be >= 0, got {args.nonmono}')
+    if hasattr(args, 'model'):
+        require(args.model in ('LSTM', 'QRNN', 'GRU'), f'--model must be LSTM, QRNN or GRU, got {args.model!r}')
+    if hasattr(args, 'optimizer'):
+        require(args.optimizer in ('sgd', 'adam'), f'--optimizer must be sgd or adam, got {args.optimizer!r}')
+    if hasattr(args, 'when'):
+        bad = [e for e in args.when if e <= 0 and e != -1]
+        require(not bad, f'--when epochs must be positive (or the default -1), got {bad}')
+    if getattr(args, 'save', None) is not None:
+        require(args.save.strip() != '', '--save must not be empty')
+
+
+def choose_device(args):
+    """The GPU when one is present (or asked for with --cuda), the CPU with --cpu or when none is."""
+    if getattr(args, 'cpu', False):
+        return torch.device('cpu')
+    if torch.cuda.is_available():
+        return torch.device('cuda')
+    if getattr(args, 'cuda', False):
+        print('note: --cuda given but no GPU is available; running on the CPU')
+    return torch.device('cpu')
+
+
+def set_seed(seed):
+    """Seeds torch (CPU and CUDA); returns the numpy generator that draws the BPTT lengths."""
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    return np.random.RandomState(seed)
+
+
+def plain_args(args):
+    """argparse.Namespace -> dict of plain values, storable in a weights_only checkpoint."""
+    return {k: v for k, v in vars(args).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and evaluation
+
+def sample_seq_len(rng, bptt, cap=None):
+    """Variable-length BPTT (paper section 4.1): N(bptt, 5), bptt halved with probability 0.05."""
+    base = bptt if rng.random() < 0.95 else bptt / 2.
+    seq_len = max(5, int(rng.normal(base, 5)))
+    return seq_len if cap is None else min(seq_len, cap)
+
+
+class NonFiniteLoss(UserError):
+    """The training loss became inf or NaN; the message names the epoch and batch."""
+
+
+def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
+                seq_len_cap=None, log=print, progress=None):
+    """One pass over the training stream with truncated BPTT; returns the mean raw training loss.
+
+    Each step: a sampled sequence length, the learning rate scaled by seq_len / bptt (so short
+    sequences do not get the weight of long ones, section 4.1), cross-entropy plus AR and TAR
+    (section 4.6), gradient clipping, an optimizer step. Losses stay on the device between log
+    lines, so the loop never waits for the GPU except to print.
+    """
+    model.train()
+    model.reset()
+    hidden = model.init_hidden(args.batch_size)
+    device = train_data.device
+    epoch_loss = torch.zeros((), device=device)
+    interval_loss = torch.zeros((), device=device)
+    first_bad_batch = torch.full((), -1, dtype=torch.long, device=device)
+    start_time = time.time()
+    batch, i = 0, 0
+    num_batches = len(train_data) // args.bptt
+
+    def check_finite():
+        bad = int(first_bad_batch)
+        if bad >= 0:
+            raise NonFiniteLoss(f'training loss became non-finite at epoch {epoch}, batch {bad}; '
+                                'try a lower --lr or --clip')
+
+    while i < train_data.size(0) - 1 - 1:
+        seq_len = sample_seq_len(rng, args.bptt, seq_len_cap)
+        base_lr = optimizer.param_groups[0]['lr']
+        optimizer.param_groups[0]['lr'] = base_lr * seq_len / args.bptt
+        data, targets = get_batch(train_data, i, seq_len=seq_len)
+        hidden = repackage_hidden(hidden)
+        optimizer.zero_grad()
+
+        output, hidden, raw_outputs, dropped_outputs = model(data, hidden, return_h=True)
+        raw_loss = criterion(model.decoder.weight, model.decoder.bias, output, targets)
+        loss = raw_loss
+        if args.alpha:  # AR: penalise large activations of the (dropped) last layer output
+            loss = loss + args.alpha * dropped_outputs[-1].pow(2).mean()
+        if args.beta:  # TAR: penalise change between timesteps of the raw last layer output
+            loss = loss + args.beta * (raw_outputs[-1][1:] - raw_outputs[-1][:-1]).pow(2).mean()
+        loss.backward()
+        if args.clip:
+            torch.nn.utils.clip_grad_norm_(params, args.clip)
+        optimizer.step()
+        optimizer.param_groups[0]['lr'] = base_lr
+
+        raw_loss = raw_loss.detach()
+        first_bad_batch = torch.where((first_bad_batch < 0) & ~torch.isfinite(raw_loss),
+                                      batch + 1, first_bad_batch)
+        interval_loss += raw_loss
+        epoch_loss += raw_loss
+        batch += 1
+        i += seq_len
+        if progress is not None:
+            progress.update(1)
+        if batch % args.log_interval == 0:
+            check_finite()
+            cur_loss = interval_loss.item() / args.log_interval
+            elapsed = time.time() - start_time
+            log(f'| epoch {epoch:3d} | {batch:5d}/{num_batches:5d} batches | lr {base_lr:05.5f} '
+                f'| ms/batch {elapsed * 1000 / args.log_interval:5.2f} | loss {cur_loss:5.2f} '
+                f'| ppl {perplexity(cur_loss):8.2f} | bpc {cur_loss / math.log(2):8.3f}')
+            interval_loss.zero_()
+            start_time = time.time()
+    check_finite()
+    return epoch_loss.item() / max(batch, 1)
+
+
+def evaluate(model, criterion, data_source, batch_size, bptt):
+    """Mean loss per token over a batchified split, hidden state carried across bptt-long chunks.
+
+    As in the original, the sum of (chunk length x mean chunk loss) is divided by len(data_source).
+    """
+    model.eval()
+    model.reset()
+    total_loss = 0.
+    hidden = model.init_hidden(batch_size)
+    with torch.no_grad():
+        for i in range(0, data_source.size(0) - 1, bptt):
+            data, targets = get_batch(data_source, i, seq_len=bptt)
+            output, hidden = model(data, hidden)
+            total_loss += len(data) * criterion(model.decoder.weight, model.decoder.bias, output, targets)
+    return float(total_loss) / len(data_source)
+
+
+def nonmono_triggered(history, val_loss, nonmono):
+    """NT-ASGD's switch (paper section 3, algorithm 1): the validation loss is worse than the best
+    one seen more than `nonmono` evaluations ago."""
+    return len(history) > nonmono and val_loss > min(history[:-nonmono])
+
+
+def is_asgd(optimizer):
+    return isinstance(optimizer, torch.optim.ASGD)
+
+
+@contextlib.contextmanager
+def averaged_weights(optimizer, params):
+    """Temporarily replace each parameter by its ASGD running average (the optimizer's `ax`)."""
+    saved = []
+    with torch.no_grad():
+        for p in params:
+            state = optimizer.state.get(p, {})
+            if 'ax' in state:
+                saved.append((p, p.detach().clone()))
+                p.copy_(state['ax'])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, raw in saved:
+                p.copy_(raw)
+
+
+def make_optimizer(name, params, lr, wdecay):
+    if name == 'sgd':
+        return torch.optim.SGD(params, lr=lr, weight_decay=wdecay)
+    if name == 'adam':
+        return torch.optim.Adam(params, lr=lr, weight_decay=wdecay)
+    if name == 'asgd':  # t0=0, lambd=0: average from the first step on, no lr decay (section 3)
+        return torch.optim.ASGD(params, lr=lr, t0=0, lambd=0., weight_decay=wdecay)
+    raise UserError(f'unknown optimizer {name!r}')
+
+
+def optimizer_name(optimizer):
+    return {torch.optim.SGD: 'sgd', torch.optim.Adam: 'adam', torch.optim.ASGD: 'asgd'}[type(optimizer)]
+
+
+def perplexity(loss):
+    return math.exp(loss) if loss < 700 else float('inf')
+
+
+def report_line(kind, loss):
+    """`<kind> loss x | <kind> ppl y | <kind> bpc z`, the figures every log line ends with."""
+    return f'{kind} loss {loss:5.2f} | {kind} ppl {perplexity(loss):8.2f} | {kind} bpc {loss / math.log(2):8.3f}'
+
+
+def loss_record(kind, loss):
+    return {f'{kind}_loss': loss, f'{kind}_ppl': perplexity(loss), f'{kind}_bpc': loss / math.log(2)}
+
+
+class JsonLog:
+    """A JSON-lines log: one record per call, flushed at once so a crash loses nothing written."""
+
+    def __init__(self, path, append=False):
+        self.path = path
+        self.file = open(path, 'a' if append else 'w')
+
+    def write(self, **record):
+        self.file.write(json.dumps(record) + '\n')
+        self.file.flush()
+
+
+def json_log_path(save):
+    return os.path.splitext(save)[0] + '.jsonl'
+
+
+def progress_bar(total, desc):
+    """tqdm over the batches of an epoch, silent when stdout is not a terminal (logs, CI)."""
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, leave=False, disable=not sys.stdout.isatty(), dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+CHECKPOINT_FORMAT = 'awd-lstm-checkpoint-1'
+
+
+def atomic_torch_save(obj, path):
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
+
+    A crash at any point leaves either the old file or the new one, never a half-written one.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def save_checkpoint(path, model, criterion, optimizer, args, idx2word, **extra):
+    """A plain dict of tensors, numbers and strings: loadable with torch.load(weights_only=True)."""
+    atomic_torch_save({
+        'format': CHECKPOINT_FORMAT,
+        'model_config': dict(model.config),
+        'model': model.state_dict(),
+        'criterion_config': {'hidden_size': criterion.hidden_size, 'splits': list(criterion.splits)},
+        'criterion': criterion.state_dict(),
+        'optimizer': optimizer.state_dict() if optimizer is not None else None,
+        'optimizer_name': optimizer_name(optimizer) if optimizer is not None else None,
+        'args': plain_args(args) if isinstance(args, argparse.Namespace) else dict(args),
+        'idx2word': list(idx2word),
+        **extra,
+    }, path)
+
+
+def read_checkpoint(path, map_location=None):
+    """The raw dict of a checkpoint, with a UserError for anything that is not one of ours."""
+    if not path:
+        raise UserError('no checkpoint given (--save)')
+    if not os.path.isfile(path):
+        raise UserError(f'{path}: checkpoint not found')
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        text = str(e)
+        if 'Weights only load failed' in text or 'Unsupported global' in text:
+            raise UserError(f'{path}: refused: the file needs pickled Python objects to load '
+                            '(not a plain-data checkpoint; it was not executed)') from None
+        raise UserError(f'{path}: not a readable checkpoint (truncated or not a torch file)') from None
+    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
+        raise UserError(f'{path}: not a checkpoint written by this code')
+    return ckpt
+
+
+def load_checkpoint(path, map_location=None):
+    """Load a checkpoint of main.py / finetune.py.
+
+    Returns the checkpoint dict with `model` an RNNModel holding the saved weights, `criterion` the
+    SplitCrossEntropyLoss, `args` the training arguments (a dict), `idx2word` the vocabulary, and
+    `model_state` / `criterion_state` / `optimizer` the raw state dicts.
+    """
+    from model import RNNModel
+    from splitcross import SplitCrossEntropyLoss
+    ckpt = read_checkpoint(path, map_location)
+    model = RNNModel(**ckpt['model_config'])
+    criterion = SplitCrossEntropyLoss(**ckpt['criterion_config'])
+    try:
+        model.load_state_dict(ckpt['model'])
+        criterion.load_state_dict(ckpt['criterion'])
+    except RuntimeError as e:
+        raise UserError(f'{path}: weights do not fit the stored model configuration ({str(e).splitlines()[0]})') from None
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        model.to(map_location)
+        criterion.to(map_location)
+    ckpt['model_state'], ckpt['criterion_state'] = ckpt['model'], ckpt['criterion']
+    ckpt['model'], ckpt['criterion'] = model, criterion
+    return ckpt
+
+
+def check_vocabulary(ckpt_idx2word, corpus, path, data):
+    """A checkpoint only makes sense with the corpus it was trained on: same words, same ids."""
+    idx2word = corpus.dictionary.idx2word
+    if list(ckpt_idx2word) != idx2word:
+        raise UserError(f'{path}: checkpoint vocabulary ({len(ckpt_idx2word)} words) does not match '
+                        f'{data} ({len(idx2word)} words); was it trained on another corpus?')
+
+
+def load_data(args, batch_sizes, device, log=print):
+    """Corpus of args.data with each split batchified: returns (corpus, train, valid, test).
+
+    `batch_sizes` = (train, valid, test); raises a UserError when a split is too small for them.
+    """
+    import data
+    try:
+        corpus = data.load_corpus(args.data, log=log)
+    except data.DataError as e:
+        raise UserError(str(e)) from None
+    splits = []
+    for name, bsz in zip(data.SPLITS, batch_sizes):
+        stream = getattr(corpus, name)
+        if len(stream) // bsz < 2:
+            raise UserError(f'{os.path.join(args.data, name + ".txt")}: {len(stream)} tokens are too few '
+                            f'for batch size {bsz}')
+        splits.append(batchify(stream, bsz, device=device))
+    return (corpus, *splits)
