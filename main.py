@@ -10,7 +10,6 @@ import os
 import signal
 import time
 
-import numpy as np
 import torch
 
 import utils
@@ -40,47 +39,9 @@ def parse_args(argv=None):
     return args
 
 
-def state_path(save):
-    return save + '.state'
-
-
-def find_resume_state(resume):
-    """The resume-state file that --resume names (directly, or beside the checkpoint), else None."""
-    if resume.endswith('.state') and os.path.isfile(resume):
-        return resume
-    return state_path(resume) if os.path.isfile(state_path(resume)) else None
-
-
-def rng_state(rng, device):
-    """Every random state a run depends on, as tensors and numbers (weights_only-loadable)."""
-    name, keys, pos, has_gauss, cached = rng.get_state()
-    state = {'torch': torch.get_rng_state(),
-             'numpy': {'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
-                       'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)}}
-    if device.type == 'cuda':
-        state['cuda'] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def restore_rng_state(state, rng, device):
-    torch.set_rng_state(state['torch'])
-    n = state['numpy']
-    rng.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached_gaussian']))
-    if device.type == 'cuda' and 'cuda' in state:
-        torch.cuda.set_rng_state(state['cuda'], device)
-
-
-class Preempted(Exception):
-    """SIGTERM: a scheduler is taking the machine back."""
-
-
-def on_sigterm(signum, frame):
-    raise Preempted()
-
-
 def main(argv=None):
     args = parse_args(argv)
-    resume_state_file = find_resume_state(args.resume) if args.resume else None
+    resume_state_file = utils.find_resume_state(args.resume) if args.resume else None
     if args.resume and resume_state_file is None and not os.path.isfile(args.resume):
         raise utils.UserError(f'{args.resume}: --resume file not found')
     saved_state = None
@@ -110,7 +71,7 @@ def main(argv=None):
     epoch_start, history, best_val_loss, optimizer_kind = 1, [], float('inf'), args.optimizer
     if saved_state is not None:
         utils.check_vocabulary(saved_state['idx2word'], corpus, resume_state_file, args.data)
-        load_weights(model, criterion, saved_state, resume_state_file)
+        utils.load_weights(model, criterion, saved_state, resume_state_file)
         epoch_start = saved_state['epoch'] + 1
         history, best_val_loss = list(saved_state['history']), saved_state['best_val_loss']
         optimizer_kind = saved_state['optimizer_name']
@@ -118,7 +79,7 @@ def main(argv=None):
         print('Resuming model ...')
         ckpt = utils.read_checkpoint(args.resume)
         utils.check_vocabulary(ckpt['idx2word'], corpus, args.resume, args.data)
-        load_weights(model, criterion, ckpt, args.resume)
+        utils.load_weights(model, criterion, ckpt, args.resume)
         model.set_dropouts(args.dropout, args.dropouth, args.dropouti, args.dropoute, args.wdrop)
     model.to(device)
     criterion.to(device)
@@ -130,7 +91,7 @@ def main(argv=None):
     optimizer = utils.make_optimizer(optimizer_kind, params, args.lr, args.wdecay)
     if saved_state is not None:
         optimizer.load_state_dict(saved_state['optimizer'])
-        restore_rng_state(saved_state['rng'], rng, device)
+        utils.restore_rng_state(saved_state['rng'], rng, device)
         print(f'Resuming exactly from {resume_state_file} after epoch {saved_state["epoch"]} '
               f'({optimizer_kind}, lr {optimizer.param_groups[0]["lr"]})')
     elif args.resume:
@@ -141,11 +102,11 @@ def main(argv=None):
         utils.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word)
 
     def save_state(epoch):
-        utils.save_checkpoint(state_path(args.save), model, criterion, optimizer, args, corpus.dictionary.idx2word,
-                              epoch=epoch, history=history, best_val_loss=best_val_loss, rng=rng_state(rng, device))
+        utils.save_checkpoint(utils.state_path(args.save), model, criterion, optimizer, args, corpus.dictionary.idx2word,
+                              epoch=epoch, history=history, best_val_loss=best_val_loss, rng=utils.rng_state(rng, device))
 
     log = utils.JsonLog(utils.json_log_path(args.save), append=saved_state is not None)
-    previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+    previous_sigterm = signal.signal(signal.SIGTERM, utils.on_sigterm)
     # Loop over epochs; Ctrl-C stops early and still evaluates the best model on test.
     try:
         for epoch in range(epoch_start, args.epochs + 1):
@@ -185,7 +146,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print('-' * 89)
         print('Exiting from training early')
-    except Preempted:
+    except utils.Preempted:
         print(f'Terminated (SIGTERM): the state of the last completed epoch is in {state_path(args.save)}; '
               'rerun with --resume to continue')
         return 143
@@ -206,17 +167,6 @@ def main(argv=None):
     print('=' * 89)
     log.write(final=True, **utils.loss_record('valid', best_val_loss), **utils.loss_record('test', test_loss))
     return 0
-
-
-def load_weights(model, criterion, ckpt, path):
-    """Load saved weights into a model built from the flags; a mismatch is the user's to fix."""
-    try:
-        model.load_state_dict(ckpt['model'])
-        criterion.load_state_dict(ckpt['criterion'])
-    except RuntimeError as e:
-        saved = ckpt.get('model_config', {})
-        raise utils.UserError(f'{path}: checkpoint does not fit the model the flags describe '
-                              f'(it was saved with {saved}): {str(e).splitlines()[0]}') from None
 
 
 def report_epoch(epoch, epoch_start_time, val_loss):

@@ -463,3 +463,55 @@ def load_data(args, batch_sizes, device, log=print):
                             f'for batch size {bsz}')
         splits.append(batchify(stream, bsz, device=device))
     return (corpus, *splits)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume state: everything needed to continue a run exactly (issue: exact resume)
+
+def state_path(save):
+    return save + '.state'
+
+
+def find_resume_state(resume):
+    """The resume-state file that --resume names (directly, or beside the checkpoint), else None."""
+    if resume.endswith('.state') and os.path.isfile(resume):
+        return resume
+    return state_path(resume) if os.path.isfile(state_path(resume)) else None
+
+
+def rng_state(rng, device):
+    """Every random state a run depends on, as tensors and numbers (weights_only-loadable)."""
+    name, keys, pos, has_gauss, cached = rng.get_state()
+    state = {'torch': torch.get_rng_state(),
+             'numpy': {'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
+                       'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)}}
+    if device.type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state, rng, device):
+    torch.set_rng_state(state['torch'])
+    n = state['numpy']
+    rng.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached_gaussian']))
+    if device.type == 'cuda' and 'cuda' in state:
+        torch.cuda.set_rng_state(state['cuda'], device)
+
+
+class Preempted(Exception):
+    """SIGTERM: a scheduler is taking the machine back."""
+
+
+def on_sigterm(signum, frame):
+    raise Preempted()
+
+
+def load_weights(model, criterion, ckpt, path):
+    """Load saved weights into a model built from the flags; a mismatch is the user's to fix."""
+    try:
+        model.load_state_dict(ckpt['model'])
+        criterion.load_state_dict(ckpt['criterion'])
+    except RuntimeError as e:
+        saved = ckpt.get('model_config', {})
+        raise UserError(f'{path}: checkpoint does not fit the model the flags describe '
+                        f'(it was saved with {saved}): {str(e).splitlines()[0]}') from None
