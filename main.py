@@ -147,7 +147,7 @@ def main(argv=None):
         print('-' * 89)
         print('Exiting from training early')
     except utils.Preempted:
-        print(f'Terminated (SIGTERM): the state of the last completed epoch is in {state_path(args.save)}; '
+        print(f'Terminated (SIGTERM): the state of the last completed epoch is in {utils.state_path(args.save)}; '
               'rerun with --resume to continue')
         return 143
     except torch.cuda.OutOfMemoryError:

@@ -272,7 +272,7 @@ def evaluate(model, criterion, data_source, batch_size, bptt):
 def nonmono_triggered(history, val_loss, nonmono):
     """NT-ASGD's switch (paper section 3, algorithm 1): the validation loss is worse than the best
     one seen more than `nonmono` evaluations ago."""
-    return len(history) > nonmono and val_loss > min(history[:-nonmono])
+    return len(history) > nonmono and val_loss > min(history[:len(history) - nonmono])
 
 
 def is_asgd(optimizer):

@@ -37,3 +37,37 @@ def ptb_mirror():
     if not os.path.isdir(path):
         pytest.skip('../shared/data/penn (the dataset mirror) is not present')
     return path
+
+
+# The main.py command lines of REFERENCE.md (2017 and 2018 recipes, QRNN, character level, enwik8,
+# WikiText-103), as published. Tests append TINY and a --data/--epochs/--save of their own.
+PUBLISHED_MAIN = [
+    '--batch_size 20 --data data/penn --dropouti 0.4 --seed 28 --epoch 300 --save PTB.pt',
+    '--seed 20923 --epochs 750 --data data/wikitext-2 --save WT2.pt',
+    '--batch_size 20 --data data/penn --dropouti 0.4 --dropouth 0.25 --seed 141 --epoch 500 --save PTB.pt',
+    '--epochs 750 --data data/wikitext-2 --save WT2.pt --dropouth 0.2 --seed 1882',
+    '--model QRNN --batch_size 20 --clip 0.2 --wdrop 0.1 --nhid 1550 --nlayers 4 --emsize 400 --dropouth 0.3 '
+    '--seed 9001 --dropouti 0.4 --epochs 550 --save PTB.pt',
+    '--epochs 500 --clip 0.25 --dropouti 0.4 --dropouth 0.2 --nhid 1550 --nlayers 4 --seed 4002 --model QRNN '
+    '--wdrop 0.1 --batch_size 40 --save WT2.pt',
+    '--epochs 500 --nlayers 3 --emsize 200 --nhid 1000 --alpha 0 --beta 0 --dropoute 0 --dropouth 0.25 '
+    '--dropouti 0.1 --dropout 0.1 --wdrop 0.5 --wdecay 1.2e-6 --bptt 150 --batch_size 128 --optimizer adam '
+    '--lr 2e-3 --data data/pennchar --when 300 400',
+    '--epochs 50 --nlayers 3 --emsize 400 --nhid 1840 --alpha 0 --beta 0 --dropoute 0 --dropouth 0.1 '
+    '--dropouti 0.1 --dropout 0.4 --wdrop 0.2 --wdecay 1.2e-6 --bptt 200 --batch_size 128 --optimizer adam '
+    '--lr 1e-3 --data data/enwik8 --when 25 35',
+    '--epochs 14 --nlayers 4 --emsize 400 --nhid 2500 --alpha 0 --beta 0 --dropoute 0 --dropouth 0.1 '
+    '--dropouti 0.1 --dropout 0.1 --wdrop 0 --wdecay 0 --bptt 140 --batch_size 60 --optimizer adam --lr 1e-3 '
+    '--data data/wikitext-103 --when 12 --model QRNN',
+]
+
+
+def tiny_run(data, save, epochs=1, extra=()):
+    """argv for main.py / finetune.py: a tiny model on `data`, saving to `save`."""
+    return [*TINY, '--data', data, '--epochs', str(epochs), '--save', save, *extra]
+
+
+def read_jsonl(path):
+    import json
+    with open(path) as f:
+        return [json.loads(line) for line in f]

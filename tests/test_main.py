@@ -1,0 +1,178 @@
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import main
+import utils
+from conftest import PUBLISHED_MAIN, REPO, TINY, read_jsonl, tiny_run, write_corpus
+
+
+def run_main(argv):
+    return main.main(argv)
+
+
+@pytest.mark.parametrize('command', PUBLISHED_MAIN, ids=range(len(PUBLISHED_MAIN)))
+def test_published_command_lines_run_with_tiny_overrides(tmp_path, tiny_corpus, command):
+    save = str(tmp_path / 'model.pt')
+    argv = shlex.split(command) + tiny_run(tiny_corpus, save)
+    assert run_main(argv) == 0
+    records = read_jsonl(str(tmp_path / 'model.jsonl'))
+    assert records[0]['epoch'] == 1 and records[-1]['final']
+    ckpt = utils.load_checkpoint(save)
+    expected_model = 'QRNN' if '--model QRNN' in command else 'LSTM'
+    assert ckpt['model'].rnn_type == expected_model
+    assert ckpt['args']['seed'] == main.parse_args(shlex.split(command)).seed
+
+
+def test_epoch_prefix_means_epochs():
+    assert main.parse_args(['--epoch', '300']).epochs == 300
+
+
+def test_short_ptb_slice_lowers_valid_perplexity(tmp_path, ptb_mirror):
+    # The first 3000 / 300 / 300 lines of PTB: a real corpus, small enough for the CPU.
+    sliced = tmp_path / 'ptb'
+    sliced.mkdir()
+    for name, n in (('train', 3000), ('valid', 300), ('test', 300)):
+        with open(os.path.join(ptb_mirror, name + '.txt')) as src:
+            (sliced / (name + '.txt')).write_text(''.join(line for _, line in zip(range(n), src)))
+    save = str(tmp_path / 'ptb.pt')
+    argv = ['--data', str(sliced), '--epochs', '3', '--save', save, '--emsize', '32', '--nhid', '64',
+            '--batch_size', '20', '--bptt', '35', '--log-interval', '50', '--cpu', '--seed', '141']
+    assert run_main(argv) == 0
+    ppl = [r['valid_ppl'] for r in read_jsonl(str(tmp_path / 'ptb.jsonl')) if 'epoch' in r]
+    assert ppl[-1] < ppl[0] < 1500, ppl
+
+
+def test_nt_asgd_switches_by_the_rule_and_saves_averaged_weights(tmp_path, tiny_corpus):
+    save = str(tmp_path / 'm.pt')
+    assert run_main(tiny_run(tiny_corpus, save, epochs=8, extra=['--nonmono', '1', '--lr', '40'])) == 0
+    records = [r for r in read_jsonl(str(tmp_path / 'm.jsonl')) if 'epoch' in r]
+    history, switched_after = [], None
+    for r in records:  # replay the rule on the logged validation losses
+        if utils.nonmono_triggered(history, r['valid_loss'], 1):
+            switched_after = r['epoch']
+            break
+        history.append(r['valid_loss'])
+    assert switched_after is not None, 'this run should trigger the switch'
+    # The record of epoch e carries the optimizer in use after it: ASGD from the triggering epoch on.
+    assert all(r['optimizer'] == ('asgd' if r['epoch'] >= switched_after else 'sgd') for r in records)
+    # The checkpoint saved under ASGD holds the averaged weights (the optimizer's `ax`).
+    ckpt = utils.read_checkpoint(save)
+    if ckpt['optimizer_name'] == 'asgd':
+        model = utils.load_checkpoint(save)['model']
+        for index, (name, _) in enumerate(model.named_parameters()):
+            assert torch.equal(ckpt['model'][name], ckpt['optimizer']['state'][index]['ax']), name
+    state = utils.read_checkpoint(save + '.state')
+    assert state['optimizer_name'] == 'asgd'
+
+
+def test_exact_resume_across_the_asgd_switch(tmp_path, tiny_corpus):
+    flags = ['--nonmono', '1', '--lr', '40']
+    straight, split = str(tmp_path / 'straight.pt'), str(tmp_path / 'split.pt')
+    assert run_main(tiny_run(tiny_corpus, straight, epochs=6, extra=flags)) == 0
+    assert run_main(tiny_run(tiny_corpus, split, epochs=3, extra=flags)) == 0
+    assert run_main(tiny_run(tiny_corpus, split, epochs=6, extra=flags + ['--resume', split])) == 0
+    a = [r for r in read_jsonl(str(tmp_path / 'straight.jsonl')) if 'epoch' in r]
+    b = [r for r in read_jsonl(str(tmp_path / 'split.jsonl')) if 'epoch' in r]
+    assert {r['optimizer'] for r in a} == {'sgd', 'asgd'}  # the switch happened in this run
+    strip = lambda rs: [{k: v for k, v in r.items() if k != 'seconds'} for r in rs]
+    assert strip(a) == strip(b)
+    ca, cb = utils.read_checkpoint(straight), utils.read_checkpoint(split)
+    assert ca['model'].keys() == cb['model'].keys()
+    assert all(torch.equal(ca['model'][k], cb['model'][k]) for k in ca['model'])
+
+
+def test_resume_from_a_checkpoint_alone_restarts_from_its_weights(tmp_path, tiny_corpus, capsys):
+    save = str(tmp_path / 'm.pt')
+    assert run_main(tiny_run(tiny_corpus, save, epochs=1)) == 0
+    os.remove(save + '.state')
+    other = str(tmp_path / 'n.pt')
+    assert run_main(tiny_run(tiny_corpus, other, epochs=1, extra=['--resume', save, '--dropouti', '0.2'])) == 0
+    out = capsys.readouterr().out
+    assert 'Restarting from the weights of' in out
+    assert utils.read_checkpoint(other)['model_config']['dropouti'] == 0.2
+
+
+def test_ctrl_c_still_evaluates_the_best_model_on_test(tmp_path, tiny_corpus, monkeypatch, capsys):
+    real = utils.train_epoch
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(utils, 'train_epoch', interrupted)
+    assert run_main(tiny_run(tiny_corpus, str(tmp_path / 'm.pt'), epochs=5)) == 0
+    out = capsys.readouterr().out
+    assert 'Exiting from training early' in out and '| End of training | test loss' in out
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path, tiny_corpus):
+    save = str(tmp_path / 'm.pt')
+    assert run_main(tiny_run(tiny_corpus, save, epochs=1)) == 0
+    before = open(save, 'rb').read()
+    with pytest.raises(utils.NonFiniteLoss, match=r'epoch 1, batch \d+'):
+        run_main(tiny_run(tiny_corpus, save, epochs=2, extra=['--lr', '1e38', '--clip', '0']))
+    assert open(save, 'rb').read() == before  # the last good checkpoint is kept
+
+
+def bad_input_cases(tmp_path, tiny_corpus):
+    small = write_corpus(str(tmp_path / 'small'), lines_per_split=(1, 1, 1))
+    other = write_corpus(str(tmp_path / 'other'), seed=1)
+    with open(os.path.join(other, 'train.txt'), 'a') as f:
+        f.write('words the tiny corpus never saw\n')
+    empty = write_corpus(str(tmp_path / 'empty'))
+    open(os.path.join(empty, 'test.txt'), 'w').close()
+    good = str(tmp_path / 'good.pt')
+    run_main(tiny_run(tiny_corpus, good))
+    os.remove(good + '.state')
+    return {
+        'data folder missing': (tiny_run(str(tmp_path / 'nope'), str(tmp_path / 'x.pt')), 'not found'),
+        'split file empty': (tiny_run(empty, str(tmp_path / 'x.pt')), 'test.txt: file is empty'),
+        'corpus too small': (tiny_run(small, str(tmp_path / 'x.pt')), 'too few'),
+        'resume missing': (tiny_run(tiny_corpus, str(tmp_path / 'x.pt'), extra=['--resume', 'nope.pt']),
+                           'not found'),
+        'vocabulary mismatch': (tiny_run(other, str(tmp_path / 'x.pt'), extra=['--resume', good]),
+                                'vocabulary'),
+        'architecture mismatch': (tiny_run(tiny_corpus, str(tmp_path / 'x.pt'), extra=['--resume', good, '--nhid', '20']),
+                                  'does not fit'),
+    }
+
+
+def test_bad_input_is_a_clear_error_and_overwrites_nothing(tmp_path, tiny_corpus):
+    for name, (argv, match) in bad_input_cases(tmp_path, tiny_corpus).items():
+        with pytest.raises(utils.UserError, match=match):
+            run_main(argv)
+        assert not os.path.exists(str(tmp_path / 'x.pt')), name
+
+
+def test_bad_input_exit_status_and_one_line(tmp_path):
+    result = subprocess.run([sys.executable, 'main.py', '--data', str(tmp_path / 'missing'), '--cpu',
+                             '--save', str(tmp_path / 'x.pt')], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count('\n') == 0 and result.stderr.startswith('error: ')
+    assert 'Traceback' not in result.stderr
+
+
+def test_sigterm_leaves_a_resume_state_and_exits_non_zero(tmp_path, tiny_corpus):
+    save = str(tmp_path / 'm.pt')
+    proc = subprocess.Popen([sys.executable, 'main.py', *tiny_run(tiny_corpus, save, epochs=10000)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not os.path.exists(save + '.state') and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert 'rerun with --resume' in out
+    state = utils.read_checkpoint(save + '.state')
+    assert state['epoch'] >= 1
+    # ... and the run continues from it.
+    assert run_main(tiny_run(tiny_corpus, save, epochs=state['epoch'] + 1, extra=['--resume', save])) == 0
