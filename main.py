@@ -147,8 +147,11 @@ def main(argv=None):
         print('-' * 89)
         print('Exiting from training early')
     except utils.Preempted:
-        print(f'Terminated (SIGTERM): the state of the last completed epoch is in {utils.state_path(args.save)}; '
-              'rerun with --resume to continue')
+        if os.path.isfile(utils.state_path(args.save)):
+            print(f'Terminated (SIGTERM): the state of the last completed epoch is in '
+                  f'{utils.state_path(args.save)}; rerun with --resume {args.save} to continue')
+        else:
+            print('Terminated (SIGTERM) before the first epoch completed: nothing to resume from')
         return 143
     except torch.cuda.OutOfMemoryError:
         raise utils.UserError('GPU out of memory: try a smaller --batch_size or --bptt') from None

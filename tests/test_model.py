@@ -80,3 +80,29 @@ def test_set_dropouts_reaches_weight_drop():
     assert (model.dropout, model.dropouth, model.dropouti, model.dropoute) == (0.1, 0.2, 0.3, 0.0)
     assert all(r.dropout == 0.25 for r in model.rnns)
     assert model.config['wdrop'] == 0.25
+
+
+def test_qrnn_model_weight_drop_hidden_and_reset():
+    torch.manual_seed(0)
+    model = RNNModel('QRNN', 30, 6, 10, 3, 0.4, 0.3, 0.65, 0.1, 0.5, tie_weights=True)
+    assert [layer.window for layer in model.rnns] == [2, 1, 1]
+    assert all(hasattr(layer.linear, 'weights') for layer in model.rnns)  # DropConnect on the gate map
+    hidden = model.init_hidden(3)
+    assert [h.shape for h in hidden] == [(1, 3, 10), (1, 3, 10), (1, 3, 6)]
+    words = torch.randint(0, 30, (5, 3))
+    out, new_hidden = model(words, hidden)
+    assert out.shape == (15, 6) and new_hidden[-1].shape == (1, 3, 6)
+    model.eval()
+    model.reset()
+    a, _ = model(words, hidden)
+    b, _ = model(words, hidden)  # the first layer now sees the previous call's last input
+    model.reset()
+    c, _ = model(words, hidden)
+    assert torch.equal(a, c) and not torch.equal(a, b)
+
+
+def test_no_weight_drop_means_plain_rnns():
+    model = RNNModel('LSTM', 20, 4, 6, 2, 0.4, 0.3, 0.65, 0.1, 0.0, tie_weights=True)
+    assert all(isinstance(r, torch.nn.LSTM) for r in model.rnns)
+    out, _ = model(torch.randint(0, 20, (3, 2)), model.init_hidden(2))
+    assert out.shape == (6, 4)
