@@ -30,12 +30,17 @@ def parse_args(argv=None):
     g.add_argument('--optimizer', type=str, default='sgd', help='sgd (then ASGD, NT-ASGD) or adam')
     g.add_argument('--when', nargs='+', type=int, default=[-1],
                    help='epochs at which to save a copy (<save>.e<epoch>) and divide the lr by 10')
+    g.add_argument('--max-seq-len', type=int, default=None, metavar='N',
+                   help='cap on the sampled BPTT length (default: none, as in the original main.py; '
+                        'finetune.py caps at bptt + 10); lowers peak memory')
     g.add_argument('--resume', type=str, default='',
                    help='continue a run: from its resume state (<path>.state, or the state file itself) '
                         'exactly where it stopped; from a checkpoint alone, restart from its weights '
                         "with the flags' lr and dropouts, as the original did")
     args = parser.parse_args(argv)
     utils.check_args(args)
+    if args.max_seq_len is not None and args.max_seq_len < 5:
+        raise utils.UserError(f'--max-seq-len must be at least 5 (the shortest sampled length), got {args.max_seq_len}')
     return args
 
 
@@ -113,7 +118,7 @@ def main(argv=None):
             epoch_start_time = time.time()
             with utils.progress_bar(len(train_data) // args.bptt, f'epoch {epoch}') as bar:
                 train_loss = utils.train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
-                                               log=bar.write if not bar.disable else print, progress=bar)
+                                               seq_len_cap=args.max_seq_len, log=bar.write, progress=bar)
             if utils.is_asgd(optimizer):
                 # Section 3: under ASGD the model is the running average of the iterates.
                 with utils.averaged_weights(optimizer, params):
@@ -154,7 +159,8 @@ def main(argv=None):
             print('Terminated (SIGTERM) before the first epoch completed: nothing to resume from')
         return 143
     except torch.cuda.OutOfMemoryError:
-        raise utils.UserError('GPU out of memory: try a smaller --batch_size or --bptt') from None
+        raise utils.UserError('GPU out of memory: try --max-seq-len (e.g. bptt + 10) to cap the sampled '
+                              'sequence length, or a smaller --batch_size or --bptt') from None
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
 
