@@ -15,7 +15,12 @@ scaled by seq_len / bptt) and one validation pass (utils.evaluate, batch size 10
 s/epoch is extrapolated: (time of the timed batches / tokens they covered) x tokens of one epoch, so it
 needs only the length of the training stream. When the recipe's data folder is absent (or with
 --synthetic) a random token stream with the real vocabulary size and split lengths stands in: speed
-does not depend on which words they are.
+does not depend on which words they are. An explicit --data applies to every recipe named.
+
+peak_mem is torch.cuda.max_memory_allocated on a GPU (reset per configuration); on a CPU it is the
+process's maximum resident set size so far (ru_maxrss), which never decreases from one configuration to
+the next in the same process. On a CPU shared with other jobs, timings with the default thread count
+can swing several-fold; --threads 1 gives steadier (if slower) figures.
 
 Options (--options, compared side by side in one process; each starts from the same seed):
   eager      main.py's path, PyTorch defaults (note: on a GPU these let cuDNN's LSTM use TF32, while
