@@ -183,6 +183,36 @@ class NonFiniteLoss(UserError):
     """The training loss became inf or NaN; the message names the epoch and batch."""
 
 
+def train_step(model, criterion, optimizer, params, data, targets, hidden, args, seq_len,
+               autocast=None, clip_foreach=None):
+    """One optimisation step of train_epoch on one batch; returns (detached raw loss, new hidden).
+
+    The learning rate is scaled by seq_len / bptt for this step and restored after it; the loss is
+    cross-entropy plus AR and TAR; gradients are clipped to args.clip. benchmark.py times this same
+    step. `autocast` (a context manager factory, e.g. a bf16 torch.autocast) wraps the forward pass
+    and the loss, and `clip_foreach` is passed to clip_grad_norm_; training leaves both at None.
+    """
+    base_lr = optimizer.param_groups[0]['lr']
+    optimizer.param_groups[0]['lr'] = base_lr * seq_len / args.bptt
+    hidden = repackage_hidden(hidden)
+    optimizer.zero_grad()
+
+    with (autocast() if autocast is not None else contextlib.nullcontext()):
+        output, hidden, raw_outputs, dropped_outputs = model(data, hidden, return_h=True)
+        raw_loss = criterion(model.decoder.weight, model.decoder.bias, output, targets)
+        loss = raw_loss
+        if args.alpha:  # AR: penalise large activations of the (dropped) last layer output
+            loss = loss + args.alpha * dropped_outputs[-1].pow(2).mean()
+        if args.beta:  # TAR: penalise change between timesteps of the raw last layer output
+            loss = loss + args.beta * (raw_outputs[-1][1:] - raw_outputs[-1][:-1]).pow(2).mean()
+    loss.backward()
+    if args.clip:
+        torch.nn.utils.clip_grad_norm_(params, args.clip, foreach=clip_foreach)
+    optimizer.step()
+    optimizer.param_groups[0]['lr'] = base_lr
+    return raw_loss.detach(), hidden
+
+
 def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
                 seq_len_cap=None, log=print, progress=None):
     """One pass over the training stream with truncated BPTT; returns the mean raw training loss.
@@ -212,25 +242,8 @@ def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rn
     while i < train_data.size(0) - 1 - 1:
         seq_len = sample_seq_len(rng, args.bptt, seq_len_cap)
         base_lr = optimizer.param_groups[0]['lr']
-        optimizer.param_groups[0]['lr'] = base_lr * seq_len / args.bptt
         data, targets = get_batch(train_data, i, seq_len=seq_len)
-        hidden = repackage_hidden(hidden)
-        optimizer.zero_grad()
-
-        output, hidden, raw_outputs, dropped_outputs = model(data, hidden, return_h=True)
-        raw_loss = criterion(model.decoder.weight, model.decoder.bias, output, targets)
-        loss = raw_loss
-        if args.alpha:  # AR: penalise large activations of the (dropped) last layer output
-            loss = loss + args.alpha * dropped_outputs[-1].pow(2).mean()
-        if args.beta:  # TAR: penalise change between timesteps of the raw last layer output
-            loss = loss + args.beta * (raw_outputs[-1][1:] - raw_outputs[-1][:-1]).pow(2).mean()
-        loss.backward()
-        if args.clip:
-            torch.nn.utils.clip_grad_norm_(params, args.clip)
-        optimizer.step()
-        optimizer.param_groups[0]['lr'] = base_lr
-
-        raw_loss = raw_loss.detach()
+        raw_loss, hidden = train_step(model, criterion, optimizer, params, data, targets, hidden, args, seq_len)
         first_bad_batch = torch.where((first_bad_batch < 0) & ~torch.isfinite(raw_loss),
                                       batch + 1, first_bad_batch)
         interval_loss += raw_loss

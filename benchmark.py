@@ -1,0 +1,408 @@
+"""Training and evaluation speed of the published recipes (issue 4: speed).
+
+    python benchmark.py --recipe ptb-2018                     # real sizes, current device, eager
+    python benchmark.py --recipe ptb-2018 wt2 --options eager tf32 amp-bf16 fused-opt compile
+    python benchmark.py --recipe ptb-2018 --small --cpu --batches 3 --warmup 1     # seconds, on a CPU
+    python benchmark.py --recipe ptb-2018 --profile           # torch.profiler top-20 ops of a few steps
+
+For each (recipe, option) it builds the recipe's model, runs --warmup training steps, times --batches
+training steps (the very step main.py takes: utils.train_step, with variable-length BPTT and the lr
+scaled by seq_len / bptt) and one validation pass (utils.evaluate, batch size 10), and prints one line:
+
+    recipe=ptb-2018 option=eager device=cuda torch=... train_s_per_epoch=... (extrapolated from 50 batches)
+    valid_s=... tokens_per_s=... peak_mem=... MB (cuda max allocated) ...
+
+s/epoch is extrapolated: (time of the timed batches / tokens they covered) x tokens of one epoch, so it
+needs only the length of the training stream. When the recipe's data folder is absent (or with
+--synthetic) a random token stream with the real vocabulary size and split lengths stands in: speed
+does not depend on which words they are. An explicit --data applies to every recipe named.
+
+peak_mem is torch.cuda.max_memory_allocated on a GPU (reset per configuration); on a CPU it is the
+process's maximum resident set size so far (ru_maxrss), which never decreases from one configuration to
+the next in the same process. On a CPU shared with other jobs, timings with the default thread count
+can swing several-fold; --threads 1 gives steadier (if slower) figures.
+
+Options (--options, compared side by side in one process; each starts from the same seed):
+  eager      main.py's path, PyTorch defaults (note: on a GPU these let cuDNN's LSTM use TF32, while
+             plain matmuls stay full fp32)
+  fp32       GPU only: no TF32 anywhere (cuDNN and matmul), the strictest fp32 reference
+  tf32       GPU only: TF32 for matmuls too (torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32)
+  amp-bf16   torch.autocast(bfloat16) around forward and loss (training and validation); changes the
+             numerics (bf16 activations), so perplexities are not comparable to fp32 runs bit for bit
+  fused-opt  fused SGD/Adam kernel (falls back to foreach) and foreach gradient clipping; same maths,
+             possibly different rounding
+  compile    torch.compile of the model (dynamic shapes, since the BPTT length varies); compile time
+             falls in the warm-up, so give it a few warm-up steps; skipped with a note if it fails
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import time
+import types
+
+import torch
+
+import utils
+from model import RNNModel
+from splitcross import SplitCrossEntropyLoss, splits_for_vocab
+
+# main.py's defaults; each recipe below overrides them with the flags of its published command line.
+MAIN_DEFAULTS = dict(model='LSTM', emsize=400, nhid=1150, nlayers=3, lr=30., clip=0.25, batch_size=80, bptt=70,
+                     dropout=0.4, dropouth=0.3, dropouti=0.65, dropoute=0.1, wdrop=0.5, alpha=2., beta=1.,
+                     wdecay=1.2e-6, optimizer='sgd', seed=1111)
+
+# Sizes of the real corpora (tokens with <eos>; vocabulary), used for the synthetic stand-in.
+CORPORA = {
+    'penn': dict(vocab=10000, train=929589, valid=73760),
+    'wikitext-2': dict(vocab=33278, train=2088628, valid=217646),
+    'pennchar': dict(vocab=50, train=5017483, valid=393043),
+}
+
+RECIPES = {
+    'ptb-2018': dict(corpus='penn', flags=dict(batch_size=20, dropouti=0.4, dropouth=0.25, seed=141),
+                     note='PTB LSTM, 2018 code'),
+    'ptb-b40': dict(corpus='penn', flags=dict(batch_size=40, dropouti=0.4, dropouth=0.25, seed=141),
+                    note='ptb-2018 with batch 40 (the speed table)'),
+    'wt2': dict(corpus='wikitext-2', flags=dict(dropouth=0.2, seed=1882), note='WT2 LSTM, 2018 code, batch 80'),
+    'wt2-b20': dict(corpus='wikitext-2', flags=dict(dropouth=0.2, seed=1882, batch_size=20),
+                    note='wt2 with batch 20 (the speed table)'),
+    'ptb-qrnn': dict(corpus='penn', flags=dict(model='QRNN', batch_size=20, clip=0.2, wdrop=0.1, nhid=1550,
+                                               nlayers=4, emsize=400, dropouth=0.3, seed=9001, dropouti=0.4),
+                     note='PTB QRNN'),
+    'wt2-qrnn': dict(corpus='wikitext-2', flags=dict(model='QRNN', clip=0.25, dropouti=0.4, dropouth=0.2,
+                                                     nhid=1550, nlayers=4, seed=4002, wdrop=0.1, batch_size=40),
+                     note='WT2 QRNN (published command: batch 40)'),
+    'ptb-char': dict(corpus='pennchar', flags=dict(nlayers=3, emsize=200, nhid=1000, alpha=0., beta=0., dropoute=0.,
+                                                   dropouth=0.25, dropouti=0.1, dropout=0.1, wdrop=0.5,
+                                                   wdecay=1.2e-6, bptt=150, batch_size=128, optimizer='adam',
+                                                   lr=2e-3),
+                     note='character-level PTB, 2018 code'),
+}
+
+OPTIONS = ('eager', 'fp32', 'tf32', 'amp-bf16', 'fused-opt', 'compile')
+SMALL = dict(emsize=32, nhid=64)
+EVAL_BATCH_SIZE = 10
+
+
+class Skip(Exception):
+    """A configuration that cannot run here; the message says why."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Time training batches and a validation pass of the published '
+                                                 'AWD-LSTM recipes (s/epoch extrapolated from the timed batches).')
+    parser.add_argument('--recipe', nargs='+', default=['ptb-2018'], choices=sorted(RECIPES), metavar='NAME',
+                        help=f'recipes to time: {", ".join(RECIPES)} (default: ptb-2018)')
+    parser.add_argument('--options', nargs='+', default=['eager'], choices=OPTIONS, metavar='OPT',
+                        help=f'execution options compared side by side: {", ".join(OPTIONS)} (default: eager)')
+    parser.add_argument('--data', type=str, default=None,
+                        help="data folder (default: the recipe's data/penn, data/wikitext-2 or data/pennchar); "
+                             'when absent, a synthetic stream of the real size and vocabulary')
+    parser.add_argument('--synthetic', action='store_true', help='use the synthetic stream even if the data exist')
+    parser.add_argument('--batches', type=int, default=50, help='timed training batches (default 50)')
+    parser.add_argument('--warmup', type=int, default=5, help='untimed training batches first (default 5)')
+    parser.add_argument('--val-batches', type=int, default=0, metavar='N',
+                        help='time only the first N validation chunks and extrapolate (default: full pass)')
+    parser.add_argument('--batch-size', type=int, default=None, help="override the recipe's batch size")
+    parser.add_argument('--small', action='store_true',
+                        help=f'shrink the model (emsize {SMALL["emsize"]}, nhid {SMALL["nhid"]}) so a CPU runs it '
+                             'in seconds; vocabulary, batch and bptt stay the recipe\'s')
+    parser.add_argument('--profile', action='store_true',
+                        help='also run a few steps under torch.profiler and print the top-20 ops')
+    parser.add_argument('--profile-steps', type=int, default=3, help='steps under the profiler (default 3)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch CPU threads (torch.set_num_threads); on a CPU shared with other jobs, 1 '
+                             'avoids the large slowdowns of oversubscribed OpenMP threads')
+    parser.add_argument('--json', type=str, default=None, metavar='PATH', help='append one JSON record per line')
+    utils.add_device_args(parser)
+    args = parser.parse_args(argv)
+    if args.batches < 1:
+        raise utils.UserError(f'--batches must be positive, got {args.batches}')
+    for name in ('warmup', 'val_batches'):
+        if getattr(args, name) < 0:
+            raise utils.UserError(f'--{name.replace("_", "-")} must be >= 0, got {getattr(args, name)}')
+    if args.batch_size is not None and args.batch_size < 1:
+        raise utils.UserError(f'--batch-size must be positive, got {args.batch_size}')
+    if args.threads is not None and args.threads < 1:
+        raise utils.UserError(f'--threads must be positive, got {args.threads}')
+    if args.profile_steps < 1:
+        raise utils.UserError(f'--profile-steps must be positive, got {args.profile_steps}')
+    return args
+
+
+def recipe_config(name, cli):
+    """The recipe's training flags as a namespace (what main.py would have in `args`)."""
+    cfg = dict(MAIN_DEFAULTS, **RECIPES[name]['flags'])
+    if cli.small:
+        cfg.update(SMALL)
+    if cli.batch_size is not None:
+        cfg['batch_size'] = cli.batch_size
+    return types.SimpleNamespace(**cfg)
+
+
+def load_streams(name, cfg, cli, device):
+    """(train, valid, vocabulary size, description): batchified as main.py does."""
+    corpus = RECIPES[name]['corpus']
+    folder = cli.data or os.path.join('data', corpus)
+    if not cli.synthetic and os.path.isdir(folder):
+        ns = types.SimpleNamespace(data=folder)
+        dictionary_corpus, train, valid, _ = utils.load_data(ns, (cfg.batch_size, EVAL_BATCH_SIZE, 1), device,
+                                                             log=lambda *a: None)
+        return train, valid, len(dictionary_corpus.dictionary), folder
+    sizes = CORPORA[corpus]
+    g = torch.Generator().manual_seed(0)
+    streams = [torch.randint(0, sizes['vocab'], (sizes[split],), generator=g) for split in ('train', 'valid')]
+    why = 'forced' if cli.synthetic else f'{folder} absent'
+    return (utils.batchify(streams[0], cfg.batch_size, device=device),
+            utils.batchify(streams[1], EVAL_BATCH_SIZE, device=device), sizes['vocab'],
+            f'synthetic ({why}; {corpus} sizes: {sizes["train"]}/{sizes["valid"]} tokens, vocab {sizes["vocab"]})')
+
+
+@contextlib.contextmanager
+def precision_flags(option, device):
+    """TF32 switches for the fp32 / tf32 options, restored afterwards."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        if option == 'tf32':
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        elif option == 'fp32':
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def make_optimizer(cfg, params, option, device):
+    """As utils.make_optimizer; fused-opt asks for the fused kernel (foreach where fused is unsupported)."""
+    if option != 'fused-opt':
+        return utils.make_optimizer(cfg.optimizer, params, cfg.lr, cfg.wdecay), None
+    cls = torch.optim.SGD if cfg.optimizer == 'sgd' else torch.optim.Adam
+    try:
+        opt = cls(params, lr=cfg.lr, weight_decay=cfg.wdecay, fused=True)
+        return opt, None
+    except (RuntimeError, ValueError, TypeError) as e:
+        return cls(params, lr=cfg.lr, weight_decay=cfg.wdecay, foreach=True), f'fused unsupported ({e}); foreach'
+
+
+class Stepper:
+    """Walks the training stream like utils.train_epoch, one utils.train_step per call."""
+
+    def __init__(self, model, criterion, optimizer, params, train, cfg, rng, autocast, clip_foreach, device):
+        self.__dict__.update(model=model, criterion=criterion, optimizer=optimizer, params=params, train=train,
+                             cfg=cfg, rng=rng, autocast=autocast, clip_foreach=clip_foreach, device=device)
+        self.restart()
+
+    def restart(self):
+        self.model.train()
+        self.model.reset()
+        self.hidden = self.model.init_hidden(self.cfg.batch_size)
+        self.i = 0
+
+    def step(self):
+        """One training step; returns (raw loss on the device, rows of the stream it covered)."""
+        if self.i >= self.train.size(0) - 2:  # end of the epoch: start the stream again
+            self.restart()
+        seq_len = utils.sample_seq_len(self.rng, self.cfg.bptt)
+        data, targets = utils.get_batch(self.train, self.i, seq_len=seq_len)
+        loss, self.hidden = utils.train_step(self.model, self.criterion, self.optimizer, self.params, data, targets,
+                                             self.hidden, self.cfg, seq_len, autocast=self.autocast,
+                                             clip_foreach=self.clip_foreach)
+        self.i += seq_len
+        return loss, len(data)
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def peak_memory(device):
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20, 'cuda max allocated'
+    # ru_maxrss is in KiB on Linux, bytes on macOS; it is the whole process's maximum so far.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2 ** 20 if sys.platform == 'darwin' else 2 ** 10), 'rss'
+
+
+def run_config(name, option, cli, device, streams):
+    cfg = recipe_config(name, cli)
+    if cfg.model == 'QRNN':
+        try:
+            import qrnn  # noqa: F401
+        except ImportError as e:
+            raise Skip(f'QRNN support is not on this branch yet (import qrnn failed: {e})') from None
+    if option in ('tf32', 'fp32') and device.type != 'cuda':
+        raise Skip(f'{option} only changes CUDA math (TF32); nothing to compare on {device.type}')
+    if option == 'amp-bf16' and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
+        raise Skip('this GPU has no bfloat16 support')
+    train, valid, ntokens, _ = streams
+
+    notes = []
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    rng = utils.set_seed(cfg.seed)
+    model = RNNModel(cfg.model, ntokens, cfg.emsize, cfg.nhid, cfg.nlayers, cfg.dropout, cfg.dropouth,
+                     cfg.dropouti, cfg.dropoute, cfg.wdrop, tie_weights=True).to(device)
+    criterion = SplitCrossEntropyLoss(cfg.emsize, splits=splits_for_vocab(ntokens), verbose=False).to(device)
+    params = list(model.parameters()) + list(criterion.parameters())
+    optimizer, note = make_optimizer(cfg, params, option, device)
+    if note:
+        notes.append(note)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if option == 'amp-bf16' else None
+    eval_context = autocast or contextlib.nullcontext
+    if option == 'compile':
+        model.compile(dynamic=True)
+    stepper = Stepper(model, criterion, optimizer, params, train, cfg, rng, autocast,
+                      True if option == 'fused-opt' else None, device)
+
+    with precision_flags(option, device):
+        try:
+            (train_time, rows, train_loss, valid_time, valid_loss, chunks, total_chunks,
+             profile_table) = measure(stepper, valid, cfg, cli, device, eval_context)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as e:
+            if option == 'compile':
+                raise Skip(f'torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}') from None
+            raise
+
+    epoch_rows = train.size(0) - 1
+    mem, mem_kind = peak_memory(device)
+    record = dict(
+        recipe=name, option=option, device=device.type,
+        device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu',
+        threads=torch.get_num_threads(), load_avg_1min=load_average(), torch=torch.__version__,
+        train_s_per_epoch=train_time / rows * epoch_rows, train_batches_timed=cli.batches, warmup=cli.warmup,
+        ms_per_batch=1000 * train_time / cli.batches, batches_per_epoch=round(epoch_rows * cli.batches / rows),
+        tokens_per_s=rows * cfg.batch_size / train_time,
+        valid_s=valid_time * total_chunks / chunks, valid_chunks_timed=chunks, valid_chunks_total=total_chunks,
+        valid_extrapolated=chunks < total_chunks,
+        peak_mem_mb=mem, peak_mem_kind=mem_kind, train_loss=train_loss, valid_loss=valid_loss,
+        small=cli.small, config=vars(cfg), data=streams[3], notes=notes)
+    return record, profile_table
+
+
+def measure(stepper, valid, cfg, cli, device, eval_context):
+    """Warm-up, the timed training steps, the (partial) validation pass and the optional profile."""
+    model, criterion = stepper.model, stepper.criterion
+    if cli.warmup:  # the evaluation path (no dropout, other kernels) warms up too
+        with eval_context():
+            utils.evaluate(model, criterion, valid[:min(len(valid), cfg.bptt + 1)], EVAL_BATCH_SIZE, cfg.bptt)
+        stepper.restart()
+    for _ in range(cli.warmup):
+        stepper.step()
+
+    losses, rows = [], 0
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(cli.batches):
+        loss, n = stepper.step()
+        losses.append(loss)
+        rows += n
+    sync(device)
+    train_time = time.perf_counter() - start
+    train_loss = float(torch.stack(losses).float().mean())
+
+    total_chunks = math.ceil((len(valid) - 1) / cfg.bptt)
+    chunks = min(cli.val_batches, total_chunks) if cli.val_batches else total_chunks
+    val_part = valid[:min(len(valid), chunks * cfg.bptt + 1)]
+    sync(device)
+    start = time.perf_counter()
+    with eval_context():
+        valid_loss = utils.evaluate(model, criterion, val_part, EVAL_BATCH_SIZE, cfg.bptt)
+    sync(device)
+    valid_time = time.perf_counter() - start
+
+    profile_table = profile_steps(stepper, cli.profile_steps, device) if cli.profile else None
+    return train_time, rows, train_loss, valid_time, valid_loss, chunks, total_chunks, profile_table
+
+
+def profile_steps(stepper, n, device):
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    stepper.model.train()  # after the validation pass
+    with profile(activities=activities) as prof:
+        for _ in range(n):
+            stepper.step()
+        sync(device)
+    sort_by = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    return f'profile of {n} training steps (sorted by {sort_by}):\n' + \
+        prof.key_averages().table(sort_by=sort_by, row_limit=20)
+
+
+def format_line(r):
+    valid_how = (f'(extrapolated from {r["valid_chunks_timed"]} of {r["valid_chunks_total"]} chunks)'
+                 if r['valid_extrapolated'] else f'(full pass, {r["valid_chunks_total"]} chunks)')
+    line = (f'recipe={r["recipe"]} option={r["option"]} device={r["device"]} torch={r["torch"]} '
+            f'train_s_per_epoch={r["train_s_per_epoch"]:.1f} (extrapolated from {r["train_batches_timed"]} batches) '
+            f'valid_s={r["valid_s"]:.2f} {valid_how} tokens_per_s={r["tokens_per_s"]:.0f} '
+            f'peak_mem={r["peak_mem_mb"]:.0f} MB ({r["peak_mem_kind"]}) ms_per_batch={r["ms_per_batch"]:.1f} '
+            f'train_loss={r["train_loss"]:.4f} valid_loss={r["valid_loss"]:.4f}')
+    if r['small']:
+        line += ' model=small'
+    if r['notes']:
+        line += ' note=' + '; '.join(r['notes'])
+    return line
+
+
+def load_average():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def describe(name, cfg, device, data):
+    load = load_average()
+    return (f'# {name}: {RECIPES[name]["note"]}: {cfg.model} emsize {cfg.emsize} nhid {cfg.nhid} nlayers '
+            f'{cfg.nlayers}, batch {cfg.batch_size}, bptt {cfg.bptt}, {cfg.optimizer} lr {cfg.lr}; '
+            f'data: {data}; device: {device}, {torch.get_num_threads()} threads, '
+            f'{os.cpu_count()} CPUs' + (f', load average {load} (other jobs slow CPU timings)' if load is not None else ''))
+
+
+def main(argv=None):
+    cli = parse_args(argv)
+    device = utils.choose_device(cli)
+    if cli.threads:
+        torch.set_num_threads(cli.threads)
+    out = open(cli.json, 'a') if cli.json else None
+    try:
+        for name in cli.recipe:
+            cfg = recipe_config(name, cli)
+            streams = None
+            for option in cli.options:
+                try:
+                    if streams is None:
+                        streams = load_streams(name, cfg, cli, device)
+                        print(describe(name, cfg, device, streams[3]), flush=True)
+                    record, table = run_config(name, option, cli, device, streams)
+                except Skip as e:
+                    print(f'recipe={name} option={option} device={device.type} torch={torch.__version__} '
+                          f'skipped: {e}', flush=True)
+                    record, table = dict(recipe=name, option=option, device=device.type, torch=torch.__version__,
+                                         skipped=str(e)), None
+                else:
+                    print(format_line(record), flush=True)
+                if table:
+                    print(table, flush=True)
+                if out:
+                    out.write(json.dumps(record) + '\n')
+                    out.flush()
+    except torch.cuda.OutOfMemoryError:
+        raise utils.UserError('GPU out of memory: try --batch-size smaller or --small') from None
+    finally:
+        if out:
+            out.close()
+    return 0
+
+
+if __name__ == '__main__':
+    utils.run(main)

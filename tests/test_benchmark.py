@@ -1,0 +1,66 @@
+"""CPU smoke test of benchmark.py: a tiny model, a few batches, the synthetic PTB-sized stream."""
+import json
+import re
+
+import pytest
+
+import benchmark
+import utils
+
+FAST = ['--small', '--batches', '3', '--warmup', '1', '--cpu', '--val-batches', '2', '--synthetic']
+
+
+def fields(line):
+    return dict(re.findall(r'(\w+)=(\S+)', line))
+
+
+def test_benchmark_prints_one_line_per_configuration(capsys, tmp_path):
+    path = tmp_path / 'bench.jsonl'
+    rc = benchmark.main(FAST + ['--recipe', 'ptb-2018', '--options', 'eager', 'fused-opt', 'tf32',
+                                '--json', str(path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    lines = [l for l in out.splitlines() if l.startswith('recipe=ptb-2018')]
+    assert len(lines) == 3, out
+
+    timed = [fields(l) for l in lines if 'skipped' not in l]
+    assert [f['option'] for f in timed] == ['eager', 'fused-opt']
+    for line, f in zip([l for l in lines if 'skipped' not in l], timed):
+        assert f['device'] == 'cpu' and f['torch']
+        for key in ('train_s_per_epoch', 'valid_s', 'tokens_per_s', 'peak_mem'):
+            assert float(f[key]) > 0, (key, line)
+        assert '(extrapolated from 3 batches)' in line
+        assert '(extrapolated from 2 of 106 chunks)' in line  # PTB valid: 73,760 tokens / 10 / bptt 70
+        assert 'MB (rss)' in line
+    assert 'option=tf32' in lines[2] and 'skipped' in lines[2]  # TF32 means nothing on a CPU
+
+    records = [json.loads(l) for l in path.read_text().splitlines()]
+    assert [r['option'] for r in records] == ['eager', 'fused-opt', 'tf32']
+    eager = records[0]
+    assert eager['recipe'] == 'ptb-2018' and eager['train_batches_timed'] == 3
+    assert eager['config']['batch_size'] == 20 and eager['config']['emsize'] == 32
+    assert eager['train_s_per_epoch'] > 0 and eager['tokens_per_s'] > 0 and eager['peak_mem_kind'] == 'rss'
+    assert records[2]['skipped']
+    # Same seed, same maths: the fused optimizer starts from and sees the same first batches.
+    assert abs(records[1]['train_loss'] - eager['train_loss']) < 1e-3
+
+
+def test_qrnn_recipe_is_skipped_or_runs(capsys):
+    assert benchmark.main(FAST + ['--recipe', 'ptb-qrnn', '--batches', '1']) == 0
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith('recipe=ptb-qrnn')][0]
+    assert 'skipped' in line or 'train_s_per_epoch=' in line
+
+
+def test_bad_values_are_user_errors():
+    with pytest.raises(utils.UserError):
+        benchmark.main(['--batches', '0'])
+    with pytest.raises(SystemExit):
+        benchmark.main(['--recipe', 'no-such-recipe'])
+
+
+def test_profile_prints_the_top_ops(capsys):
+    assert benchmark.main(FAST + ['--recipe', 'ptb-char', '--batches', '1', '--profile', '--profile-steps', '1',
+                                  '--threads', '1']) == 0
+    out = capsys.readouterr().out
+    assert 'recipe=ptb-char option=eager' in out and 'profile of 1 training steps' in out
+    assert 'Self CPU' in out
