@@ -528,3 +528,37 @@ def load_weights(model, criterion, ckpt, path):
         saved = ckpt.get('model_config', {})
         raise UserError(f'{path}: checkpoint does not fit the model the flags describe '
                         f'(it was saved with {saved}): {str(e).splitlines()[0]}') from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by main.py's descendants (finetune.py, pointer.py, generate.py)
+
+def report_epoch(epoch, epoch_start_time, val_loss):
+    """The end-of-epoch block main.py prints: time and valid loss / ppl / bpc between rules."""
+    print('-' * 89)
+    print(f'| end of epoch {epoch:3d} | time: {time.time() - epoch_start_time:5.2f}s | '
+          f'{report_line("valid", val_loss)}')
+    print('-' * 89)
+
+
+def adopt_run_args(args, saved_args, may_change):
+    """Continue a saved run with its own settings: copy every saved flag not in `may_change` into
+    `args`; returns the names of flags set (not None) in `args` that were overridden (to note)."""
+    ignored = sorted(k for k, v in saved_args.items()
+                     if k not in may_change and getattr(args, k, None) not in (None, v))
+    for k, v in saved_args.items():
+        if k not in may_change:
+            setattr(args, k, v)
+    return ignored
+
+
+def note_model_flags(args, model_config, flags=('model', 'emsize', 'nhid', 'nlayers')):
+    """Scripts that load a checkpoint build the model it describes; a model flag given on the command
+    line (not None) that disagrees is noted and replaced by the checkpoint's value."""
+    config_name = {'model': 'rnn_type', 'emsize': 'ninp', 'nhid': 'nhid', 'nlayers': 'nlayers'}
+    for flag in flags:
+        saved = model_config[config_name[flag]]
+        given = getattr(args, flag, None)
+        if given is not None and given != saved:
+            print(f'note: --{flag} {given} ignored: the checkpoint holds a model with {flag} {saved}')
+        setattr(args, flag, saved)

@@ -1,0 +1,188 @@
+"""Fine-tune a trained AWD-LSTM with ASGD from the first step (Merity, Keskar & Socher 2017).
+
+    python finetune.py --batch_size 20 --data data/penn --dropouti 0.4 --dropouth 0.25 --seed 141 --epoch 500 --save PTB.pt
+
+The published fine-tuning command lines are main.py's with finetune.py, so the flags are main.py's.
+The model is the checkpoint's (--model/--emsize/--nhid/--nlayers are taken from it); the dropouts,
+lr and the rest come from the flags. Training restarts with ASGD averaging from the first step
+(paper section 3; averaging a model that has already converged under NT-ASGD gains a few points of
+perplexity, section 6). Each epoch the averaged weights are evaluated on valid and saved when they beat
+the best so far (initially the loaded model's own valid loss). Training stops when the non-monotone
+condition fires on those averaged valid losses, or at --epochs; the best model is then evaluated on
+test. (The 2017 script exited with status 1 at the non-monotone stop, skipping test; here it is a
+normal end.)
+
+Fine-tuning modifies the saved model: by default it overwrites --save, as the original did; copy it
+to keep the original, or write elsewhere with --out. Beside the output it keeps a resume state
+(<out>.finetune.state, every epoch; distinct from main.py's <save>.state) and a JSON-lines log
+(<out without extension>.finetune.jsonl).
+"""
+import argparse
+import os
+import signal
+import time
+
+import torch
+
+import utils
+
+# Flags that may differ when continuing from the resume state; every other setting is the run's own.
+RESUME_MAY_CHANGE = ('epochs', 'resume', 'save', 'cuda', 'cpu', 'log_interval', 'data')
+MODEL_FLAGS = ('model', 'emsize', 'nhid', 'nlayers')
+EVAL_BATCH_SIZE, TEST_BATCH_SIZE = 10, 1
+
+
+def finetune_state_path(out):
+    return out + '.finetune.state'
+
+
+def finetune_log_path(out):
+    return os.path.splitext(out)[0] + '.finetune.jsonl'
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Fine-tune a saved AWD-LSTM with ASGD from the first step. Fine-tuning modifies the '
+                    'saved model (--save is overwritten unless --out is given); copy it to keep the original.')
+    utils.add_data_args(parser)
+    g = utils.add_model_args(parser)
+    g.description = 'taken from the checkpoint; a value that disagrees with it is noted and ignored'
+    parser.set_defaults(**dict.fromkeys(MODEL_FLAGS))
+    utils.add_dropout_args(parser)
+    utils.add_training_args(parser)
+    g = parser.add_argument_group('fine-tuning')
+    g.add_argument('--tied', action='store_true',
+                   help='accepted for compatibility and ignored: weights are always tied (in the original, '
+                        'passing --tied turned tying off)')
+    g.add_argument('--out', type=str, default=None, metavar='PATH',
+                   help='where to save the fine-tuned model (default: overwrite --save, as the original did; '
+                        'fine-tuning modifies the saved model, copy it to keep the original)')
+    g.add_argument('--resume', nargs='?', const='', default=None, metavar='STATE',
+                   help='continue an interrupted fine-tuning exactly where it stopped, from its resume state: '
+                        '<out>.finetune.state by default, or the STATE file (or output path) named')
+    args = parser.parse_args(argv)
+    # The model flags are None unless given; check_args only looks at the flags present.
+    utils.check_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if v is not None}))
+    if args.out is not None and args.out.strip() == '':
+        raise utils.UserError('--out must not be empty')
+    args.out = args.out or args.save
+    return args
+
+
+def find_state(args):
+    """The resume-state file --resume designates (the file itself, or the one beside an output path)."""
+    named = args.resume or args.out
+    path = named if named.endswith('.state') else finetune_state_path(named)
+    if not os.path.isfile(path):
+        raise utils.UserError(f'{path}: no fine-tuning resume state to continue from')
+    return path
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = utils.choose_device(args)
+
+    # The model: the checkpoint of main.py, or when resuming the state of this script's own run.
+    state_file = find_state(args) if args.resume is not None else None
+    source = state_file or args.save
+    ckpt = utils.load_checkpoint(source, map_location=device)
+    if state_file:
+        ignored = utils.adopt_run_args(args, ckpt['args'], RESUME_MAY_CHANGE)
+        if ignored:
+            print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')
+    utils.note_model_flags(args, ckpt['model_config'], MODEL_FLAGS)
+    print('Args:', args)
+
+    rng = utils.set_seed(args.seed)
+    corpus, train_data, val_data, test_data = utils.load_data(
+        args, (args.batch_size, EVAL_BATCH_SIZE, TEST_BATCH_SIZE), device)
+    utils.check_vocabulary(ckpt['idx2word'], corpus, source, args.data)
+    model, criterion = ckpt['model'], ckpt['criterion']
+    if not state_file:
+        model.set_dropouts(args.dropout, args.dropouth, args.dropouti, args.dropoute, args.wdrop)
+    params = list(model.parameters()) + list(criterion.parameters())
+    print('Model total parameters:', sum(p.numel() for p in params))
+
+    # ASGD with t0=0, lambd=0: every step from the first one enters the average (section 3).
+    optimizer = utils.make_optimizer('asgd', params, args.lr, args.wdecay)
+
+    def save_model(path):
+        utils.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word)
+
+    def save_state(epoch, done):
+        utils.save_checkpoint(finetune_state_path(args.out), model, criterion, optimizer, args,
+                              corpus.dictionary.idx2word, epoch=epoch, history=history,
+                              best_val_loss=best_val_loss, done=done, rng=utils.rng_state(rng, device))
+
+    log = utils.JsonLog(finetune_log_path(args.out), append=state_file is not None)
+    if state_file:
+        optimizer.load_state_dict(ckpt['optimizer'])
+        utils.restore_rng_state(ckpt['rng'], rng, device)
+        epoch_start, history, best_val_loss, done = ckpt['epoch'] + 1, list(ckpt['history']), \
+            ckpt['best_val_loss'], ckpt['done']
+        print(f'Resuming exactly from {state_file} after epoch {ckpt["epoch"]}')
+    else:
+        # The bar to beat is the loaded model itself: the output only ever holds the best model seen.
+        best_val_loss = utils.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
+        print(f'| before fine-tuning | {utils.report_line("valid", best_val_loss)}')
+        log.write(epoch=0, **utils.loss_record('valid', best_val_loss))
+        if args.out != args.save:
+            save_model(args.out)
+        epoch_start, history, done = 1, [], False
+
+    previous_sigterm = signal.signal(signal.SIGTERM, utils.on_sigterm)
+    try:
+        if done:
+            print('The saved fine-tuning had already stopped (non-monotone condition); evaluating on test')
+        for epoch in range(epoch_start, args.epochs + 1):
+            if done:
+                break
+            epoch_start_time = time.time()
+            with utils.progress_bar(len(train_data) // args.bptt, f'epoch {epoch}') as bar:
+                # Sequence lengths capped at bptt + 10, as in the original fine-tuning.
+                train_loss = utils.train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
+                                               seq_len_cap=args.bptt + 10,
+                                               log=bar.write if not bar.disable else print, progress=bar)
+            # Under ASGD the model is the running average of the iterates (section 3).
+            with utils.averaged_weights(optimizer, params):
+                val_loss = utils.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
+                utils.report_epoch(epoch, epoch_start_time, val_loss)
+                if val_loss < best_val_loss:
+                    save_model(args.out)
+                    print('Saving Averaged!')
+                    best_val_loss = val_loss
+            # The original's stop: the averaged valid loss is worse than the best one seen more than
+            # --nonmono epochs ago (the history holds the averaged losses of this run only).
+            done = utils.nonmono_triggered(history, val_loss, args.nonmono)
+            history.append(val_loss)
+            log.write(epoch=epoch, seconds=time.time() - epoch_start_time, lr=optimizer.param_groups[0]['lr'],
+                      optimizer='asgd', train_loss=train_loss, **utils.loss_record('valid', val_loss))
+            save_state(epoch, done)
+            if done:
+                print(f'Done! (valid loss has not improved on the best from more than {args.nonmono} epochs ago)')
+    except KeyboardInterrupt:
+        print('-' * 89)
+        print('Exiting from training early')
+    except utils.Preempted:
+        print(f'Terminated (SIGTERM): the state of the last completed epoch is in '
+              f'{finetune_state_path(args.out)}; rerun with --resume to continue')
+        return 143
+    except torch.cuda.OutOfMemoryError:
+        raise utils.UserError('GPU out of memory: try a smaller --batch_size or --bptt') from None
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+    # Load the best model (the output holds it from the start) and run it on test data.
+    best = utils.read_checkpoint(args.out, map_location=device)
+    model.load_state_dict(best['model'])
+    criterion.load_state_dict(best['criterion'])
+    test_loss = utils.evaluate(model, criterion, test_data, TEST_BATCH_SIZE, args.bptt)
+    print('=' * 89)
+    print(f'| End of training | {utils.report_line("test", test_loss)}')
+    print('=' * 89)
+    log.write(final=True, **utils.loss_record('valid', best_val_loss), **utils.loss_record('test', test_loss))
+    return 0
+
+
+if __name__ == '__main__':
+    utils.run(main)

@@ -1,0 +1,99 @@
+import os
+import shutil
+
+import pytest
+import torch
+
+import finetune
+import utils
+from conftest import TINY
+from pipeline_helpers import other_corpus, read_jsonl, train_tiny
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    return train_tiny(str(tmp_path_factory.mktemp('finetune')))
+
+
+def run(corpus, save, *flags):
+    return finetune.main(['--data', corpus, '--save', save, *TINY, *flags])
+
+
+def epoch_losses(out):
+    log = finetune.finetune_log_path(out)
+    return [(r['epoch'], r['valid_loss']) for r in read_jsonl(log) if 'epoch' in r]
+
+
+def test_resume_continues_exactly(trained, tmp_path):
+    corpus, save = trained
+    straight, resumed = str(tmp_path / 'straight.pt'), str(tmp_path / 'resumed.pt')
+    assert run(corpus, save, '--epochs', '4', '--out', straight) == 0
+    assert run(corpus, save, '--epochs', '2', '--out', resumed) == 0
+    assert run(corpus, save, '--epochs', '4', '--out', resumed, '--resume') == 0
+
+    assert [e for e, _ in epoch_losses(straight)] == [0, 1, 2, 3, 4]
+    assert epoch_losses(resumed) == epoch_losses(straight)  # exactly equal floats
+    a, b = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
+    for key in a['model']:
+        assert torch.equal(a['model'][key], b['model'][key]), key
+    final = [r for r in read_jsonl(finetune.finetune_log_path(straight)) if r.get('final')]
+    assert len(final) == 1 and final[0]['test_loss'] > 0
+    assert os.path.isfile(finetune.finetune_state_path(straight))
+    assert not os.path.exists(save + '.finetune.state')  # main's checkpoint and state are untouched
+
+
+def test_overwrites_save_by_default_and_keeps_best(trained, tmp_path, capsys):
+    corpus, save = trained
+    copy = str(tmp_path / 'copy.pt')
+    shutil.copy(save, copy)
+    before = torch.load(copy, weights_only=True)
+    assert run(corpus, copy, '--epochs', '1', '--tied') == 0
+    out = capsys.readouterr().out
+    assert '| End of training | test loss' in out
+    records = read_jsonl(finetune.finetune_log_path(copy))
+    after = torch.load(copy, weights_only=True)
+    if 'Saving Averaged!' in out:
+        assert records[1]['valid_loss'] < records[0]['valid_loss']
+        assert after['optimizer_name'] == 'asgd' and after['args']['out'] == copy
+    else:
+        assert all(torch.equal(before['model'][k], after['model'][k]) for k in before['model'])
+
+
+def test_nonmono_stop_still_evaluates_test(trained, tmp_path, capsys):
+    corpus, save = trained
+    out = str(tmp_path / 'ft.pt')
+    # --nonmono 1: stop once an epoch is worse than the best before the previous one (a high lr helps).
+    assert run(corpus, save, '--epochs', '30', '--nonmono', '1', '--lr', '60', '--out', out) == 0
+    text = capsys.readouterr().out
+    assert 'Done!' in text and '| End of training | test loss' in text
+    records = read_jsonl(finetune.finetune_log_path(out))
+    assert records[-1]['final'] and len(records) < 32
+    # Resuming a finished run goes straight to test.
+    assert run(corpus, save, '--epochs', '40', '--out', out, '--resume') == 0
+    assert 'already stopped' in capsys.readouterr().out
+
+
+def test_sigterm_keeps_last_completed_epoch(trained, tmp_path, monkeypatch):
+    corpus, save = trained
+    out = str(tmp_path / 'ft.pt')
+    real_train_epoch = utils.train_epoch
+
+    def preempted_at_epoch_2(*args, **kwargs):
+        if args[6] == 2:  # the epoch argument
+            raise utils.Preempted()
+        return real_train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(utils, 'train_epoch', preempted_at_epoch_2)
+    assert run(corpus, save, '--epochs', '3', '--out', out) == 143
+    state = torch.load(finetune.finetune_state_path(out), weights_only=True)
+    assert state['epoch'] == 1
+
+
+def test_bad_inputs(trained, tmp_path):
+    corpus, save = trained
+    with pytest.raises(utils.UserError, match='checkpoint not found'):
+        run(corpus, str(tmp_path / 'missing.pt'), '--epochs', '1')
+    with pytest.raises(utils.UserError, match='does not match'):
+        run(other_corpus(str(tmp_path / 'other')), save, '--epochs', '1', '--out', str(tmp_path / 'x.pt'))
+    with pytest.raises(utils.UserError, match='no fine-tuning resume state'):
+        run(corpus, save, '--epochs', '1', '--out', str(tmp_path / 'y.pt'), '--resume')

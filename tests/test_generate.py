@@ -1,0 +1,44 @@
+import pytest
+
+import data
+import generate
+import utils
+from pipeline_helpers import other_corpus, train_tiny
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    return train_tiny(str(tmp_path_factory.mktemp('generate')))
+
+
+def sampled_tokens(path):
+    """Reads generated text back into tokens: a line break is an <eos>, as in the corpus files."""
+    with open(path) as f:
+        lines = f.read().split('\n')
+    tokens = [w for line in lines[:-1] for w in line.split() + ['<eos>']]
+    return tokens + lines[-1].split()
+
+
+def test_words_vocabulary_and_seed(trained, tmp_path):
+    corpus, save = trained
+    outs = [str(tmp_path / f'{name}.txt') for name in ('a', 'b', 'c')]
+    for out, seed in zip(outs, (7, 7, 8)):
+        assert generate.main(['--data', corpus, '--checkpoint', save, '--outf', out, '--words', '150',
+                              '--seed', str(seed), '--cpu', '--temperature', '0.8']) == 0
+    texts = [open(out).read() for out in outs]
+    tokens = sampled_tokens(outs[0])
+    assert len(tokens) == 150
+    vocabulary = set(data.load_corpus(corpus).dictionary.idx2word)
+    assert set(tokens) <= vocabulary
+    assert texts[0] == texts[1] and texts[0] != texts[2]
+
+
+def test_bad_inputs(trained, tmp_path):
+    corpus, save = trained
+    with pytest.raises(utils.UserError, match='temperature'):
+        generate.main(['--data', corpus, '--checkpoint', save, '--temperature', '1e-4'])
+    with pytest.raises(utils.UserError, match='checkpoint not found'):
+        generate.main(['--data', corpus, '--checkpoint', str(tmp_path / 'none.pt')])
+    with pytest.raises(utils.UserError, match='does not match'):
+        generate.main(['--data', other_corpus(str(tmp_path / 'other')), '--checkpoint', save,
+                       '--outf', str(tmp_path / 'g.txt')])

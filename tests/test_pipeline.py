@@ -1,0 +1,43 @@
+"""main.py -> finetune.py -> pointer.py -> generate.py on a tiny corpus, each script's main() in-process."""
+import os
+import subprocess
+import sys
+
+import finetune
+import generate
+import main as train_script
+import pointer
+from conftest import REPO, TINY, write_corpus
+from pipeline_helpers import read_jsonl
+
+
+def test_pipeline_end_to_end(tmp_path, capsys):
+    corpus = write_corpus(str(tmp_path / 'corpus'), (150, 40, 40))
+    save = str(tmp_path / 'model.pt')
+    common = ['--data', corpus, '--save', save]
+    assert train_script.main([*common, '--epochs', '2', *TINY]) == 0
+    main_records = read_jsonl(str(tmp_path / 'model.jsonl'))
+    assert main_records[-1]['final']
+
+    assert finetune.main([*common, '--epochs', '2', *TINY]) == 0
+    ft_records = read_jsonl(str(tmp_path / 'model.finetune.jsonl'))
+    assert [r.get('epoch') for r in ft_records] == [0, 1, 2, None] and ft_records[-1]['final']
+    assert os.path.isfile(save + '.finetune.state') and os.path.isfile(save + '.state')
+    # The fine-tuned model is never worse on valid than the one it started from.
+    assert ft_records[-1]['valid_loss'] <= ft_records[0]['valid_loss']
+
+    assert pointer.main([*common, '--window', '30', '--bptt', '100', '--cpu']) == 0
+    assert read_jsonl(str(tmp_path / 'model.pointer.jsonl'))[-1]['valid_loss'] > 0
+
+    out = str(tmp_path / 'generated.txt')
+    assert generate.main(['--data', corpus, '--checkpoint', save, '--outf', out, '--words', '50', '--cpu']) == 0
+    assert os.path.getsize(out) > 0
+    assert '| End of pointer | test loss' in capsys.readouterr().out
+
+
+def test_error_is_one_line_with_status_2(tmp_path):
+    result = subprocess.run([sys.executable, 'finetune.py', '--save', str(tmp_path / 'missing.pt'), '--epochs', '1'],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith('error: ') and result.stderr.count('\n') == 1
+    assert 'missing.pt: checkpoint not found' in result.stderr
