@@ -233,11 +233,6 @@ def peak_memory(device):
 
 def run_config(name, option, cli, device, streams):
     cfg = recipe_config(name, cli)
-    if cfg.model == 'QRNN':
-        try:
-            import qrnn  # noqa: F401
-        except ImportError as e:
-            raise Skip(f'QRNN support is not on this branch yet (import qrnn failed: {e})') from None
     if option in ('tf32', 'fp32') and device.type != 'cuda':
         raise Skip(f'{option} only changes CUDA math (TF32); nothing to compare on {device.type}')
     if option == 'amp-bf16' and device.type == 'cuda' and not torch.cuda.is_bf16_supported():

@@ -26,8 +26,6 @@ import torch
 
 import utils
 
-# Flags that may differ when continuing from the resume state; every other setting is the run's own.
-RESUME_MAY_CHANGE = ('epochs', 'resume', 'save', 'cuda', 'cpu', 'log_interval', 'data')
 MODEL_FLAGS = ('model', 'emsize', 'nhid', 'nlayers')
 EVAL_BATCH_SIZE, TEST_BATCH_SIZE = 10, 1
 
@@ -87,7 +85,7 @@ def main(argv=None):
     source = state_file or args.save
     ckpt = utils.load_checkpoint(source, map_location=device)
     if state_file:
-        ignored = utils.adopt_run_args(args, ckpt['args'], RESUME_MAY_CHANGE)
+        ignored = utils.adopt_run_args(args, ckpt['args'], utils.RESUME_MAY_CHANGE)
         if ignored:
             print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')
     utils.note_model_flags(args, ckpt['model_config'], MODEL_FLAGS)

@@ -16,9 +16,6 @@ import utils
 from model import RNNModel
 from splitcross import SplitCrossEntropyLoss, splits_for_vocab
 
-# Flags that may differ when continuing a run from its resume state; every other setting is the run's own.
-RESUME_MAY_CHANGE = ('epochs', 'resume', 'save', 'cuda', 'cpu', 'log_interval', 'data')
-
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='AWD-LSTM language model training (NT-ASGD)')
@@ -52,11 +49,7 @@ def main(argv=None):
     saved_state = None
     if resume_state_file:
         saved_state = utils.read_checkpoint(resume_state_file)
-        ignored = sorted(k for k, v in saved_state['args'].items()
-                         if k not in RESUME_MAY_CHANGE and getattr(args, k, v) != v)
-        for k, v in saved_state['args'].items():
-            if k not in RESUME_MAY_CHANGE:
-                setattr(args, k, v)
+        ignored = utils.adopt_run_args(args, saved_state['args'], utils.RESUME_MAY_CHANGE)
         if ignored:
             print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')
     print('Args:', args)
@@ -123,14 +116,14 @@ def main(argv=None):
                 # Section 3: under ASGD the model is the running average of the iterates.
                 with utils.averaged_weights(optimizer, params):
                     val_loss = utils.evaluate(model, criterion, val_data, eval_batch_size, args.bptt)
-                    report_epoch(epoch, epoch_start_time, val_loss)
+                    utils.report_epoch(epoch, epoch_start_time, val_loss)
                     if val_loss < best_val_loss:
                         save_model(args.save)
                         print('Saving Averaged!')
                         best_val_loss = val_loss
             else:
                 val_loss = utils.evaluate(model, criterion, val_data, eval_batch_size, args.bptt)
-                report_epoch(epoch, epoch_start_time, val_loss)
+                utils.report_epoch(epoch, epoch_start_time, val_loss)
                 if val_loss < best_val_loss:
                     save_model(args.save)
                     print('Saving model (new best validation)')
@@ -176,13 +169,6 @@ def main(argv=None):
     print('=' * 89)
     log.write(final=True, **utils.loss_record('valid', best_val_loss), **utils.loss_record('test', test_loss))
     return 0
-
-
-def report_epoch(epoch, epoch_start_time, val_loss):
-    print('-' * 89)
-    print(f'| end of epoch {epoch:3d} | time: {time.time() - epoch_start_time:5.2f}s | '
-          f'{utils.report_line("valid", val_loss)}')
-    print('-' * 89)
 
 
 if __name__ == '__main__':

@@ -4,7 +4,6 @@ embedding -> embedding dropout -> locked dropout -> [weight-dropped RNN -> locke
 The model returns the last layer's (dropped) output; the decoder's weight and bias are applied by
 the loss (splitcross.py), which is how the adaptive softmax avoids a full vocabulary projection.
 """
-import torch
 import torch.nn as nn
 
 from embed_regularize import embedded_dropout

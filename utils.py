@@ -541,6 +541,10 @@ def report_epoch(epoch, epoch_start_time, val_loss):
     print('-' * 89)
 
 
+# Flags that may differ when continuing a run from its resume state; every other setting is the run's own.
+RESUME_MAY_CHANGE = ('epochs', 'resume', 'save', 'cuda', 'cpu', 'log_interval', 'data')
+
+
 def adopt_run_args(args, saved_args, may_change):
     """Continue a saved run with its own settings: copy every saved flag not in `may_change` into
     `args`; returns the names of flags set (not None) in `args` that were overridden (to note)."""

@@ -14,12 +14,6 @@ def train_tiny(folder, epochs=2, lines_per_split=(150, 40, 40)):
     return corpus, save
 
 
-def read_jsonl(path):
-    import json
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
 def other_corpus(folder):
     """A corpus with another vocabulary: a checkpoint of the tiny corpus does not fit it."""
     os.makedirs(folder, exist_ok=True)

@@ -7,7 +7,8 @@ import torch
 import finetune
 import utils
 from conftest import TINY
-from pipeline_helpers import other_corpus, read_jsonl, train_tiny
+from conftest import read_jsonl
+from pipeline_helpers import other_corpus, train_tiny
 
 
 @pytest.fixture(scope='module')

@@ -10,7 +10,7 @@ import torch
 
 import main
 import utils
-from conftest import PUBLISHED_MAIN, REPO, TINY, read_jsonl, tiny_run, write_corpus
+from conftest import PUBLISHED_MAIN, REPO, read_jsonl, tiny_run, write_corpus
 
 
 def run_main(argv):

@@ -7,15 +7,19 @@ import finetune
 import generate
 import main as train_script
 import pointer
-from conftest import REPO, TINY, write_corpus
-from pipeline_helpers import read_jsonl
+import utils
+import pytest
+
+from conftest import REPO, TINY, read_jsonl, write_corpus
 
 
-def test_pipeline_end_to_end(tmp_path, capsys):
+@pytest.mark.parametrize('rnn_type', ['LSTM', 'GRU', 'QRNN'])
+def test_pipeline_end_to_end(tmp_path, capsys, rnn_type):
     corpus = write_corpus(str(tmp_path / 'corpus'), (150, 40, 40))
     save = str(tmp_path / 'model.pt')
     common = ['--data', corpus, '--save', save]
-    assert train_script.main([*common, '--epochs', '2', *TINY]) == 0
+    assert train_script.main([*common, '--epochs', '2', '--model', rnn_type, *TINY]) == 0
+    assert utils.load_checkpoint(save)['model'].rnn_type == rnn_type
     main_records = read_jsonl(str(tmp_path / 'model.jsonl'))
     assert main_records[-1]['final']
 

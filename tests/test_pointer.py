@@ -6,7 +6,8 @@ import torch
 import pointer
 import utils
 from model import RNNModel
-from pipeline_helpers import other_corpus, read_jsonl, train_tiny
+from conftest import read_jsonl
+from pipeline_helpers import other_corpus, train_tiny
 from splitcross import SplitCrossEntropyLoss
 
 
