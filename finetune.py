@@ -162,22 +162,14 @@ def main(argv=None):
         print('-' * 89)
         print('Exiting from training early')
     except utils.Preempted:
-        print(f'Terminated (SIGTERM): the state of the last completed epoch is in '
-              f'{finetune_state_path(args.out)}; rerun with --resume to continue')
-        return 143
+        return utils.report_interrupted(finetune_state_path(args.out), '--resume')
     except torch.cuda.OutOfMemoryError:
-        raise utils.UserError('GPU out of memory: try a smaller --batch_size or --bptt') from None
+        raise utils.UserError(utils.OOM_MESSAGE) from None
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
 
     # Load the best model (the output holds it from the start) and run it on test data.
-    best = utils.read_checkpoint(args.out, map_location=device)
-    model.load_state_dict(best['model'])
-    criterion.load_state_dict(best['criterion'])
-    test_loss = utils.evaluate(model, criterion, test_data, TEST_BATCH_SIZE, args.bptt)
-    print('=' * 89)
-    print(f'| End of training | {utils.report_line("test", test_loss)}')
-    print('=' * 89)
+    test_loss = utils.evaluate_best_on_test(args.out, model, criterion, test_data, args.bptt, device)
     log.write(final=True, **utils.loss_record('valid', best_val_loss), **utils.loss_record('test', test_loss))
     return 0
 

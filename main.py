@@ -56,8 +56,8 @@ def main(argv=None):
 
     rng = utils.set_seed(args.seed)
     device = utils.choose_device(args)
-    corpus, train_data, val_data, test_data = utils.load_data(args, (args.batch_size, 10, 1), device)
-    eval_batch_size, test_batch_size = 10, 1
+    eval_batch_size = 10  # valid in 10 columns, test in 1, as the original
+    corpus, train_data, val_data, test_data = utils.load_data(args, (args.batch_size, eval_batch_size, 1), device)
     ntokens = len(corpus.dictionary)
 
     model = RNNModel(args.model, ntokens, args.emsize, args.nhid, args.nlayers, args.dropout, args.dropouth,
@@ -145,28 +145,14 @@ def main(argv=None):
         print('-' * 89)
         print('Exiting from training early')
     except utils.Preempted:
-        if os.path.isfile(utils.state_path(args.save)):
-            print(f'Terminated (SIGTERM): the state of the last completed epoch is in '
-                  f'{utils.state_path(args.save)}; rerun with --resume {args.save} to continue')
-        else:
-            print('Terminated (SIGTERM) before the first epoch completed: nothing to resume from')
-        return 143
+        return utils.report_interrupted(utils.state_path(args.save), f'--resume {args.save}')
     except torch.cuda.OutOfMemoryError:
-        raise utils.UserError('GPU out of memory: try --max-seq-len (e.g. bptt + 10) to cap the sampled '
-                              'sequence length, or a smaller --batch_size or --bptt') from None
+        raise utils.UserError(utils.OOM_MESSAGE) from None
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
 
     # Load the best saved model and run it on test data.
-    if not os.path.isfile(args.save):
-        raise utils.UserError(f'{args.save}: no model was saved (training stopped before the first evaluation)')
-    best = utils.read_checkpoint(args.save, map_location=device)
-    model.load_state_dict(best['model'])
-    criterion.load_state_dict(best['criterion'])
-    test_loss = utils.evaluate(model, criterion, test_data, test_batch_size, args.bptt)
-    print('=' * 89)
-    print(f'| End of training | {utils.report_line("test", test_loss)}')
-    print('=' * 89)
+    test_loss = utils.evaluate_best_on_test(args.save, model, criterion, test_data, args.bptt, device)
     log.write(final=True, **utils.loss_record('valid', best_val_loss), **utils.loss_record('test', test_loss))
     return 0
 

@@ -511,6 +511,34 @@ def restore_rng_state(state, rng, device):
         torch.cuda.set_rng_state(state['cuda'], device)
 
 
+OOM_MESSAGE = ('GPU out of memory: try --max-seq-len (e.g. bptt + 10) to cap the sampled sequence length, '
+               'or a smaller --batch_size or --bptt')
+
+
+def report_interrupted(state_file, resume_command):
+    """What a script prints when SIGTERM stops it; the caller then exits with status 143."""
+    if os.path.isfile(state_file):
+        print(f'Terminated (SIGTERM): the state of the last completed epoch is in {state_file}; '
+              f'rerun with {resume_command} to continue')
+    else:
+        print('Terminated (SIGTERM) before the first epoch completed: nothing to resume from')
+    return 143
+
+
+def evaluate_best_on_test(path, model, criterion, test_data, bptt, device):
+    """Load the best saved weights into `model` and report them on test (batch size 1)."""
+    if not os.path.isfile(path):
+        raise UserError(f'{path}: no model was saved (training stopped before the first evaluation)')
+    best = read_checkpoint(path, map_location=device)
+    model.load_state_dict(best['model'])
+    criterion.load_state_dict(best['criterion'])
+    test_loss = evaluate(model, criterion, test_data, 1, bptt)
+    print('=' * 89)
+    print(f'| End of training | {report_line("test", test_loss)}')
+    print('=' * 89)
+    return test_loss
+
+
 class Preempted(Exception):
     """SIGTERM: a scheduler is taking the machine back."""
 
