@@ -78,7 +78,7 @@ def load_corpus(path, use_cache=True, log=print):
     """Corpus(path), cached as `path/corpus.<content sha1>.pt` (tensors and strings, no pickled code).
 
     Tokenizing WikiText-103 takes minutes; the cache makes later runs start in seconds. If the folder
-    is read-only the corpus is simply rebuilt each time.
+    is read-only (or marked so) the corpus is simply rebuilt each time.
     """
     if not os.path.isdir(path):
         raise DataError(f'{path}: data folder not found (run ./getdata.sh first?)')
@@ -100,7 +100,8 @@ def load_corpus(path, use_cache=True, log=print):
             pass
     log('Producing dataset...')
     corpus = Corpus(path)
-    if use_cache:
+    # A folder marked read-only (a shared copy of the data) is left alone, even when running as root.
+    if use_cache and os.stat(path).st_mode & 0o222:
         from utils import atomic_torch_save  # utils imports data lazily; no cycle at import time
         try:
             counts = torch.tensor([corpus.dictionary.counter[i] for i in range(len(corpus.dictionary))])

@@ -59,3 +59,12 @@ def test_bad_files_are_clear_errors(tiny_corpus, problem):
 def test_missing_folder(tmp_path):
     with pytest.raises(data.DataError, match='not found'):
         data.load_corpus(str(tmp_path / 'nope'))
+
+
+def test_read_only_folder_gets_no_cache(tiny_corpus):
+    os.chmod(tiny_corpus, 0o555)
+    try:
+        data.load_corpus(tiny_corpus, log=lambda *a: None)
+        assert not [f for f in os.listdir(tiny_corpus) if f.startswith('corpus.')]
+    finally:
+        os.chmod(tiny_corpus, 0o755)
