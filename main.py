@@ -45,7 +45,7 @@ def main(argv=None):
     args = parse_args(argv)
     resume_state_file = utils.find_resume_state(args.resume) if args.resume else None
     if args.resume and resume_state_file is None and not os.path.isfile(args.resume):
-        raise utils.UserError(f'{args.resume}: --resume file not found')
+        raise utils.UserError(f'{args.resume}: checkpoint not found (--resume)')
     saved_state = None
     if resume_state_file:
         saved_state = utils.read_checkpoint(resume_state_file)
