@@ -19,10 +19,7 @@ to keep the original, or write elsewhere with --out. Beside the output it keeps 
 """
 import argparse
 import os
-import signal
 import time
-
-import torch
 
 import utils
 
@@ -128,8 +125,7 @@ def main(argv=None):
             save_model(args.out)
         epoch_start, history, done = 1, [], False
 
-    previous_sigterm = signal.signal(signal.SIGTERM, utils.on_sigterm)
-    try:
+    with utils.interruptible_training() as run:
         if done:
             print('The saved fine-tuning had already stopped (non-monotone condition); evaluating on test')
         for epoch in range(epoch_start, args.epochs + 1):
@@ -140,7 +136,7 @@ def main(argv=None):
                 # Sequence lengths capped at bptt + 10, as in the original fine-tuning.
                 train_loss = utils.train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
                                                seq_len_cap=args.bptt + 10,
-                                               log=bar.write if not bar.disable else print, progress=bar)
+                                               log=bar.write, progress=bar)
             # Under ASGD the model is the running average of the iterates (section 3).
             with utils.averaged_weights(optimizer, params):
                 val_loss = utils.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
@@ -158,15 +154,8 @@ def main(argv=None):
             save_state(epoch, done)
             if done:
                 print(f'Done! (valid loss has not improved on the best from more than {args.nonmono} epochs ago)')
-    except KeyboardInterrupt:
-        print('-' * 89)
-        print('Exiting from training early')
-    except utils.Preempted:
+    if run.preempted:
         return utils.report_interrupted(finetune_state_path(args.out), '--resume')
-    except torch.cuda.OutOfMemoryError:
-        raise utils.UserError(utils.OOM_MESSAGE) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
 
     # Load the best model (the output holds it from the start) and run it on test data.
     test_loss = utils.evaluate_best_on_test(args.out, model, criterion, test_data, args.bptt, device)

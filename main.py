@@ -7,10 +7,8 @@ epoch) and a JSON-lines log (<save without extension>.jsonl); reports the best m
 """
 import argparse
 import os
-import signal
 import time
 
-import torch
 
 import utils
 from model import RNNModel
@@ -104,9 +102,8 @@ def main(argv=None):
                               epoch=epoch, history=history, best_val_loss=best_val_loss, rng=utils.rng_state(rng, device))
 
     log = utils.JsonLog(utils.json_log_path(args.save), append=saved_state is not None)
-    previous_sigterm = signal.signal(signal.SIGTERM, utils.on_sigterm)
     # Loop over epochs; Ctrl-C stops early and still evaluates the best model on test.
-    try:
+    with utils.interruptible_training() as run:
         for epoch in range(epoch_start, args.epochs + 1):
             epoch_start_time = time.time()
             with utils.progress_bar(len(train_data) // args.bptt, f'epoch {epoch}') as bar:
@@ -141,15 +138,8 @@ def main(argv=None):
                       optimizer=utils.optimizer_name(optimizer), train_loss=train_loss,
                       **utils.loss_record('valid', val_loss))
             save_state(epoch)
-    except KeyboardInterrupt:
-        print('-' * 89)
-        print('Exiting from training early')
-    except utils.Preempted:
+    if run.preempted:
         return utils.report_interrupted(utils.state_path(args.save), f'--resume {args.save}')
-    except torch.cuda.OutOfMemoryError:
-        raise utils.UserError(utils.OOM_MESSAGE) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
 
     # Load the best saved model and run it on test data.
     test_loss = utils.evaluate_best_on_test(args.save, model, criterion, test_data, args.bptt, device)

@@ -5,6 +5,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -513,6 +514,26 @@ def restore_rng_state(state, rng, device):
 
 OOM_MESSAGE = ('GPU out of memory: try --max-seq-len (e.g. bptt + 10) to cap the sampled sequence length, '
                'or a smaller --batch_size or --bptt')
+
+
+@contextlib.contextmanager
+def interruptible_training():
+    """Around an epoch loop: Ctrl-C ends training (the caller goes on to test the best model, as the
+    original did); SIGTERM ends it with `.preempted` set (the caller exits 143); a GPU out-of-memory
+    error becomes a UserError with advice."""
+    outcome = argparse.Namespace(preempted=False)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield outcome
+    except KeyboardInterrupt:
+        print('-' * 89)
+        print('Exiting from training early')
+    except Preempted:
+        outcome.preempted = True
+    except torch.cuda.OutOfMemoryError:
+        raise UserError(OOM_MESSAGE) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def report_interrupted(state_file, resume_command):
