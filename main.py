@@ -9,7 +9,6 @@ import argparse
 import os
 import time
 
-
 import utils
 from model import RNNModel
 from splitcross import SplitCrossEntropyLoss, splits_for_vocab
