@@ -167,7 +167,7 @@ def set_seed(seed):
 
 def plain_args(args):
     """argparse.Namespace -> dict of plain values, storable in a weights_only checkpoint."""
-    return {k: v for k, v in vars(args).items()}
+    return dict(vars(args))
 
 
 # ---------------------------------------------------------------------------------------------
