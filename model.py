@@ -29,9 +29,12 @@ class RNNModel(nn.Module):
         sizes = [ninp] + [nhid] * (nlayers - 1) + [ninp if tie_weights else nhid]
         self.rnns = nn.ModuleList(
             self._make_layer(rnn_type, sizes[l], sizes[l + 1], l, wdrop) for l in range(nlayers))
-        self.decoder = nn.Linear(sizes[-1], ntoken)
+        # Built as Linear(nhid, ntoken) and then tied, as in the original: its default initialisation
+        # draws ntoken * nhid + ntoken numbers, so the same seed gives the original's initial weights.
+        self.decoder = nn.Linear(nhid, ntoken)
         if tie_weights:
             self.decoder.weight = self.encoder.weight
+            self.decoder.in_features = ninp  # the shape it really has once tied
         self.init_weights()
 
     @property
