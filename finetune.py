@@ -3,8 +3,10 @@
     python finetune.py --batch_size 20 --data data/penn --dropouti 0.4 --dropouth 0.25 --seed 141 --epoch 500 --save PTB.pt
 
 The published fine-tuning command lines are main.py's with finetune.py, so the flags are main.py's.
-The model is the checkpoint's (--model/--emsize/--nhid/--nlayers are taken from it); the dropouts,
-lr and the rest come from the flags. Training restarts with ASGD averaging from the first step
+As in the original finetune.py, the model is the checkpoint's, dropouts included (--model/--emsize/
+--nhid/--nlayers and --dropout/--dropouth/--dropouti/--dropoute/--wdrop are taken from it; a flag that
+disagrees is noted and ignored), and the sequence lengths are drawn from numpy seeded with 331 whatever
+--seed says (--seed seeds torch: the dropout masks); lr and the rest come from the flags. Training restarts with ASGD averaging from the first step
 (paper section 3; averaging a model that has already converged under NT-ASGD gains a few points of
 perplexity, section 6). Each epoch the averaged weights are evaluated on valid and saved when they beat
 the best so far (initially the loaded model's own valid loss). Training stops when the non-monotone
@@ -24,6 +26,9 @@ import time
 import utils
 
 MODEL_FLAGS = ('model', 'emsize', 'nhid', 'nlayers')
+DROPOUT_FLAGS = ('dropout', 'dropouth', 'dropouti', 'dropoute', 'wdrop')
+# Every version of the original finetune.py seeded numpy (the sequence lengths) with 331, not --seed.
+NUMPY_SEED = 331
 EVAL_BATCH_SIZE, TEST_BATCH_SIZE = 10, 1
 
 
@@ -43,7 +48,10 @@ def parse_args(argv=None):
     g = utils.add_model_args(parser)
     g.description = 'taken from the checkpoint; a value that disagrees with it is noted and ignored'
     parser.set_defaults(**dict.fromkeys(MODEL_FLAGS))
-    utils.add_dropout_args(parser)
+    g = utils.add_dropout_args(parser)
+    g.description = ('the dropouts are taken from the checkpoint, as the original did; a value that disagrees '
+                     'is noted and ignored')
+    parser.set_defaults(**dict.fromkeys(DROPOUT_FLAGS))
     utils.add_training_args(parser)
     g = parser.add_argument_group('fine-tuning')
     g.add_argument('--tied', action='store_true',
@@ -56,7 +64,7 @@ def parse_args(argv=None):
                    help='continue an interrupted fine-tuning exactly where it stopped, from its resume state: '
                         '<out>.finetune.state by default, or the STATE file (or output path) named')
     args = parser.parse_args(argv)
-    # The model flags are None unless given; check_args only looks at the flags present.
+    # The model and dropout flags are None unless given; check_args only looks at the flags present.
     utils.check_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if v is not None}))
     if args.out is not None and args.out.strip() == '':
         raise utils.UserError('--out must not be empty')
@@ -85,16 +93,14 @@ def main(argv=None):
         ignored = utils.adopt_run_args(args, ckpt['args'], utils.RESUME_MAY_CHANGE)
         if ignored:
             print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')
-    utils.note_model_flags(args, ckpt['model_config'], MODEL_FLAGS)
+    utils.note_model_flags(args, ckpt['model_config'], MODEL_FLAGS + DROPOUT_FLAGS)
     print('Args:', args)
 
-    rng = utils.set_seed(args.seed)
+    rng = utils.set_seed(args.seed, numpy_seed=NUMPY_SEED)
     corpus, train_data, val_data, test_data = utils.load_data(
         args, (args.batch_size, EVAL_BATCH_SIZE, TEST_BATCH_SIZE), device)
     utils.check_vocabulary(ckpt['idx2word'], corpus, source, args.data)
     model, criterion = ckpt['model'], ckpt['criterion']
-    if not state_file:
-        model.set_dropouts(args.dropout, args.dropouth, args.dropouti, args.dropoute, args.wdrop)
     params = list(model.parameters()) + list(criterion.parameters())
     print('Model total parameters:', sum(p.numel() for p in params))
 

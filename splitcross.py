@@ -69,11 +69,12 @@ class SplitCrossEntropyLoss(nn.Module):
         return list(zip(bounds[:-1], bounds[1:]))
 
     def _head_logprob(self, weight, bias, hiddens):
-        """log-softmax over the head words followed by one tombstone per tail."""
+        """log-softmax over the head words followed by the tombstones, tail k's at column -k (the
+        original's order: tail_vectors[-k] and tail_bias[-k] belong to tail k)."""
         ntokens = weight.size(0)
         head_end = min(self.splits[0], ntokens)
         tombstone_bias = self.tail_bias
-        empty = [start >= end for start, end in self._tails(ntokens)]
+        empty = [start >= end for start, end in reversed(self._tails(ntokens))]
         if any(empty):
             # An empty tail has no words to hand its mass to: give its tombstone none.
             empty = torch.tensor(empty, device=tombstone_bias.device)
@@ -98,8 +99,8 @@ class SplitCrossEntropyLoss(nn.Module):
 
         head_logprob, head_end = self._head_logprob(weight, bias, hiddens)
         columns = [head_logprob[:, :head_end]]
-        for k, (start, end) in enumerate(self._tails(weight.size(0))):
-            tombstone = head_logprob[:, head_end + k].unsqueeze(1)
+        for k, (start, end) in enumerate(self._tails(weight.size(0)), start=1):
+            tombstone = head_logprob[:, -k].unsqueeze(1)
             tail_logits = F.linear(hiddens, weight[start:end], bias[start:end])
             columns.append(tombstone + F.log_softmax(tail_logits, dim=-1))
         return torch.cat(columns, dim=1)
@@ -112,23 +113,32 @@ class SplitCrossEntropyLoss(nn.Module):
         if self.nsplits == 1:
             return F.cross_entropy(F.linear(hiddens, weight, bias), targets)
 
-        # Segment of each target: 0 for the head, k for tail k.
+        # Rows are grouped by segment (0 for the head, k for tail k), each group in its original order;
+        # one head softmax runs over all of them and the losses are summed group by group. This is the
+        # original's order of rows and of sums, so that loss and gradients are its own bit for bit.
         segment = torch.bucketize(targets, self.cut_points.to(targets.device), right=True)
+        rows = [torch.nonzero(segment == k).squeeze(1) for k in range(self.nsplits)]
+        group_hiddens = [hiddens.index_select(0, r) for r in rows]
+        head_logprob, head_end = self._head_logprob(
+            weight, bias, torch.cat([h for h in group_hiddens if len(h)]))
+        bounds = [(0, head_end)] + self._tails(weight.size(0))
 
-        # Head pass for every row: a head word is scored directly, a tail word
-        # through its tail's tombstone (head column head_end + k - 1).
-        head_logprob, head_end = self._head_logprob(weight, bias, hiddens)
-        head_column = torch.where(segment == 0, targets, head_end + segment - 1)
-        nll_sum = -head_logprob.gather(1, head_column.unsqueeze(1)).sum()
-
-        # Tail passes, each only over the rows that need it. Selecting those rows
-        # needs their count, so nonzero() waits for the device once per tail;
-        # that is the price of not scoring every row against every tail word.
-        for k, (start, end) in enumerate(self._tails(weight.size(0)), start=1):
-            rows = torch.nonzero(segment == k).squeeze(1)
-            tail_logits = F.linear(hiddens.index_select(0, rows), weight[start:end], bias[start:end])
-            tail_logprob = F.log_softmax(tail_logits, dim=-1)
-            word = (targets.index_select(0, rows) - start).unsqueeze(1)
-            nll_sum = nll_sum - tail_logprob.gather(1, word).sum()
-
-        return nll_sum / targets.numel()
+        total, offset = None, 0
+        for k, (r, h) in enumerate(zip(rows, group_hiddens)):
+            if len(r) == 0:
+                continue
+            group_head = head_logprob[offset:offset + len(r)]
+            group_targets = targets.index_select(0, r)
+            if k == 0:  # a head word is scored directly
+                nll = -group_head.gather(1, group_targets.unsqueeze(1))
+            else:  # a tail word: log p(tombstone of tail k) + log p(word | tail k)
+                start, end = bounds[k]
+                tail_logprob = F.log_softmax(F.linear(h, weight[start:end], bias[start:end]), dim=-1)
+                # The original normalised (tombstone + tail log-softmax) once more: mathematically the
+                # same tail log-softmax, kept for bitwise parity of the gradients.
+                tail_logprob = F.log_softmax(group_head[:, -k].unsqueeze(1) + tail_logprob, dim=-1)
+                word = (group_targets - start).unsqueeze(1)
+                nll = -(group_head[:, -k] + tail_logprob.gather(1, word).squeeze(1))
+            total = nll.sum() if total is None else total + nll.sum()
+            offset += len(r)
+        return total / targets.numel()

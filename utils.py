@@ -158,11 +158,12 @@ def choose_device(args):
     return torch.device('cpu')
 
 
-def set_seed(seed):
-    """Seeds torch (CPU and CUDA); returns the numpy generator that draws the BPTT lengths."""
+def set_seed(seed, numpy_seed=None):
+    """Seeds torch (CPU and CUDA) with `seed`; returns the numpy generator that draws the BPTT lengths,
+    seeded with `numpy_seed` (default: `seed`, as the original main.py did with np.random.seed)."""
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
-    return np.random.RandomState(seed)
+    return np.random.RandomState(seed if numpy_seed is None else numpy_seed)
 
 
 def plain_args(args):
@@ -607,10 +608,11 @@ def adopt_run_args(args, saved_args, may_change):
 
 def note_model_flags(args, model_config, flags=('model', 'emsize', 'nhid', 'nlayers')):
     """Scripts that load a checkpoint build the model it describes; a model flag given on the command
-    line (not None) that disagrees is noted and replaced by the checkpoint's value."""
-    config_name = {'model': 'rnn_type', 'emsize': 'ninp', 'nhid': 'nhid', 'nlayers': 'nlayers'}
+    line (not None) that disagrees is noted and replaced by the checkpoint's value. Dropout flags
+    (named as in the model's config) may be listed too."""
+    config_name = {'model': 'rnn_type', 'emsize': 'ninp'}
     for flag in flags:
-        saved = model_config[config_name[flag]]
+        saved = model_config[config_name.get(flag, flag)]
         given = getattr(args, flag, None)
         if given is not None and given != saved:
             print(f'note: --{flag} {given} ignored: the checkpoint holds a model with {flag} {saved}')

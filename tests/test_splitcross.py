@@ -105,9 +105,10 @@ def test_last_tail_runs_to_end_of_vocab():
     crit_sentinel = SplitCrossEntropyLoss(HIDDEN, SPLITS + [100 * 1000000])
     assert crit_sentinel.tail_vectors.shape == (3, HIDDEN)
     with torch.no_grad():
-        crit_sentinel.tail_vectors[:2] = crit.tail_vectors
-        crit_sentinel.tail_bias[:2] = crit.tail_bias
-        crit_sentinel.tail_bias[2] = 5.0  # would steal mass if it were not masked
+        # Tail k's tombstone is row -k (the original's order): the empty sentinel tail 3 is row 0.
+        crit_sentinel.tail_vectors[1:] = crit.tail_vectors
+        crit_sentinel.tail_bias[1:] = crit.tail_bias
+        crit_sentinel.tail_bias[0] = 5.0  # would steal mass if it were not masked
     logprob = crit_sentinel.logprob(weight, bias, hiddens)
     torch.testing.assert_close(logprob, crit.logprob(weight, bias, hiddens), atol=1e-6, rtol=0)
     torch.testing.assert_close(crit_sentinel(weight, bias, hiddens, targets),
@@ -144,3 +145,24 @@ def test_cuda_matches_cpu():
     cpu = crit(weight, bias, hiddens, targets)
     gpu = crit.cuda()(weight.cuda(), bias.cuda(), hiddens.cuda(), targets.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=1e-5)
+
+
+def test_tombstones_are_stored_in_the_original_order():
+    # The original scored tail k through column -k of the head softmax, so tail_vectors[-k] (and
+    # tail_bias[-k]) belong to tail k. Checked against a plain two-level softmax written out here.
+    weight, bias, hiddens, targets = make_inputs()
+    crit = make_criterion()
+    head_end = SPLITS[0]
+    head_logits = torch.cat([hiddens @ weight[:head_end].t() + bias[:head_end],
+                             hiddens @ crit.tail_vectors.t() + crit.tail_bias], dim=1)
+    head_logprob = torch.log_softmax(head_logits, dim=1)
+    bounds = SPLITS + [weight.size(0)]
+    expected = [head_logprob[:, :head_end]]
+    for k, (start, end) in enumerate(zip(bounds[:-1], bounds[1:]), start=1):
+        tombstone = head_logprob[:, head_end + len(SPLITS) - k]  # column -k
+        tail = torch.log_softmax(hiddens @ weight[start:end].t() + bias[start:end], dim=1)
+        expected.append(tombstone.unsqueeze(1) + tail)
+    expected = torch.cat(expected, dim=1)
+    torch.testing.assert_close(crit.logprob(weight, bias, hiddens), expected, atol=1e-5, rtol=0)
+    loss = -expected[torch.arange(targets.numel()), targets].mean()
+    torch.testing.assert_close(crit(weight, bias, hiddens, targets), loss, atol=1e-5, rtol=0)
