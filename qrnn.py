@@ -480,13 +480,31 @@ class QRNNLayer(nn.Module):
             (detached) across calls and use it as x_{t-1} for the first step
             of the next call (zeros on the first call, after ``reset()``, or
             if the batch shape changed).  No effect with window 1.
-        zoneout: probability used for the zoneout mask in training.  As in
-            the original QRNN code this is ``F = F * mask`` with
-            ``mask ~ Bernoulli(1 - zoneout)`` and no rescaling, i.e. with
-            probability ``zoneout`` the forget gate is set to 0 and that cell
-            takes the new candidate z_t (the paper's text describes the
-            complementary form, setting the gate to keep c_{t-1}).  Not used
-            by any AWD-LSTM recipe (0).
+        zoneout: zoneout probability p in [0, 1) (Krueger et al. 2016,
+            "Zoneout: Regularizing RNNs by Randomly Preserving Hidden
+            Activations"), applied to the cell state as in Salesforce's
+            pytorch-qrnn, which the original AWD-LSTM used.  Here the forget
+            gate F_t weights c_{t-1} and the candidate weight is 1 - F_t.
+
+            * Training: independently for every timestep, batch row and unit,
+              with probability p the unit *keeps its previous cell state*:
+              its candidate weight is set to 0, hence c_t = c_{t-1} and
+              h_t = O_t * c_{t-1} (h_t = c_{t-1} without the output gate).
+              This is done as F_t = 1 and Z_t = 0, so that the sequential,
+              loop and Triton back-ends give c_{t-1} bit for bit (the
+              parallel scan, which regroups the products, up to rounding).  With probability 1 - p the unit follows the
+              normal recurrence with its own F_t and Z_t.  No rescaling.
+            * Evaluation: deterministic, the expected update: the candidate
+              weight is multiplied by 1 - p, i.e.
+              c_t = (1 - (1 - p)(1 - F_t)) c_{t-1} + (1 - p)(1 - F_t) Z_t.
+
+            pytorch-qrnn writes its recurrence the other way round
+            (c_t = f_t z_t + (1 - f_t) c_{t-1}, its gate weighting the new
+            candidate), multiplies that gate by a Bernoulli(1 - p) mask in
+            training and by 1 - p in evaluation: the same behaviour as
+            above.  Only the gates are transformed, before the forget-mult,
+            so every back-end (sequential, scan, Triton) sees it alike.
+            zoneout=0 (every AWD-LSTM recipe) leaves the layer untouched.
         window: 1 (x_t) or 2 ([x_t, x_{t-1}], current first).
         output_gate: if False, h_t = c_t (no O gate).
         bias: bias of the linear map (extra keyword, default True).
@@ -557,10 +575,19 @@ class QRNNLayer(nn.Module):
             Z, Fg = Y.chunk(2, dim=2)
             O = None
         Z = torch.tanh(Z)
-        Fg = torch.sigmoid(Fg)
-        if self.zoneout and self.training:
-            mask = torch.empty_like(Fg).bernoulli_(1 - self.zoneout)
-            Fg = Fg * mask
+        if not self.zoneout:
+            Fg = torch.sigmoid(Fg)
+        elif self.training:
+            # keep ~ Bernoulli(1 - p); where it is 0 the unit keeps c_{t-1}.
+            # F = 1 alone is not enough for an exact copy (z + 1 * (c - z) rounds);
+            # with Z = 0 too, z + f * (c - z) and f * c + (1 - f) * z are c itself.
+            keep = torch.empty_like(Fg).bernoulli_(1 - self.zoneout).bool()
+            Fg = torch.where(keep, torch.sigmoid(Fg), 1.0)
+            Z = torch.where(keep, Z, 0.0)
+        else:
+            # candidate weight (1 - F) * (1 - p); 1 - F = sigmoid(-x) is computed
+            # directly (no cancellation) and the result stays in [0, 1].
+            Fg = 1 - (1 - self.zoneout) * torch.sigmoid(-Fg)
 
         c0 = None
         if hidden is not None:

@@ -297,28 +297,166 @@ def test_layer_calls_linear_as_module():
     torch.testing.assert_close(H2, ref(X)[0])
 
 
-def test_zoneout():
-    torch.manual_seed(0)
-    X = torch.randn(5, 3, 4)
-    layer = QRNNLayer(4, 6, zoneout=0.5, window=2, output_gate=False)
-    layer.eval()
-    H_eval, _ = layer(X)
-    torch.testing.assert_close(H_eval, manual_layer(layer, X)[0])  # no zoneout in eval
+def _zoneout_gates(layer, X):
+    """Z, F (forget gate, weights c_{t-1}) and O (or None) of ``layer`` on X, window 1 or 2."""
+    if layer.window == 2:
+        src = torch.cat([X, torch.cat([torch.zeros_like(X[:1]), X[:-1]])], 2)
+    else:
+        src = X
+    Y = layer.linear(src)
+    if layer.output_gate:
+        Z, Fg, O = Y.chunk(3, dim=2)
+        O = torch.sigmoid(O)
+    else:
+        (Z, Fg), O = Y.chunk(2, dim=2), None
+    return torch.tanh(Z), torch.sigmoid(Fg), O
+
+
+def zoneout_loop(layer, X, c0, keep=None):
+    """Straightforward per-timestep zoneout reference.
+
+    Training (``keep`` given, 1 = normal update, 0 = zoned out): a zoned-out
+    unit keeps its previous cell state, c_t = c_{t-1}.  Evaluation
+    (``keep=None``): the candidate weight (1 - F) is scaled by (1 - p).
+    Returns (H, C) for all timesteps.
+    """
+    p = layer.zoneout
+    Z, Fg, O = _zoneout_gates(layer, X)
+    c = c0
+    hs, cs = [], []
+    for t in range(X.shape[0]):
+        if keep is None:
+            w = (1 - Fg[t]) * (1 - p)  # weight of the new candidate
+            c = (1 - w) * c + w * Z[t]
+        else:
+            c = torch.where(keep[t] == 1, Fg[t] * c + (1 - Fg[t]) * Z[t], c)
+        cs.append(c)
+        hs.append(O[t] * c if O is not None else c)
+    return torch.stack(hs), torch.stack(cs)
+
+
+class _SpyForgetMult:
+    """Stands in for qrnn.forget_mult and records the cell states it returns."""
+
+    def __init__(self, backend=None):
+        self.backend = backend
+        self.C = None
+
+    def __call__(self, f, z, c0=None):
+        self.C = forget_mult(f, z, c0, backend=self.backend)
+        return self.C
+
+
+@pytest.mark.parametrize("output_gate", [False, True])
+@pytest.mark.parametrize("window", [1, 2])
+@pytest.mark.parametrize("backend", ["sequential", "loop", "scan"])
+def test_zoneout_training_keeps_previous_cell_state(monkeypatch, output_gate, window, backend):
+    p = 0.3
+    layer = _layer(input_size=4, hidden_size=7, zoneout=p, window=window,
+                   output_gate=output_gate, seed=window)
     layer.train()
-    torch.manual_seed(1)
-    H_a, _ = layer(X)
-    assert not torch.allclose(H_a, H_eval)
-    # reproduce: F = F * mask, mask ~ Bernoulli(1 - zoneout), no rescale
+    spy = _SpyForgetMult(backend)
+    monkeypatch.setattr(qrnn, "forget_mult", spy)
+    T, B = 9, 5
+    X = torch.randn(T, B, 4, dtype=DT, requires_grad=True)
+    c0 = torch.randn(B, 7, dtype=DT, requires_grad=True)
+    torch.manual_seed(123)
+    H, C_last = layer(X, c0)
+    C = spy.C
+    # the layer draws one Bernoulli(1 - p) "keep" mask of the gate shape
+    torch.manual_seed(123)
+    keep = torch.empty(T, B, 7, dtype=DT).bernoulli_(1 - p)
+    drop = keep == 0
+    assert 0 < drop.sum() < drop.numel()
+
+    # zoned-out units keep c_{t-1}; with the exact back-ends bit for bit
+    C_prev = torch.cat([c0.detach().unsqueeze(0), C[:-1].detach()])
+    Hd = H.detach()
+    if backend == "scan":  # parallel prefix scan: regrouped products, equal up to rounding
+        torch.testing.assert_close(C.detach()[drop], C_prev[drop], rtol=0, atol=1e-14)
+    else:
+        assert torch.equal(C.detach()[drop], C_prev[drop])
+        if not output_gate:
+            assert torch.equal(Hd[drop], C_prev[drop])  # h_t == c_{t-1}
+    _, _, O = _zoneout_gates(layer, X.detach())
+    if output_gate:  # h_t = O_t * c_{t-1}
+        if backend == "scan":
+            torch.testing.assert_close(Hd[drop], (O * C_prev)[drop], rtol=0, atol=1e-14)
+        else:
+            assert torch.equal(Hd[drop], (O * C_prev)[drop])
+
+    # everything (kept units' normal recurrence included) matches the per-timestep loop
+    H_ref, C_ref = zoneout_loop(layer, X, c0, keep)
+    torch.testing.assert_close(H, H_ref)
+    torch.testing.assert_close(C_last, C_ref[-1:])
+    assert torch.equal(C_ref[drop], torch.cat([c0.unsqueeze(0), C_ref[:-1]])[drop])
+    # kept units do not keep c_{t-1}
+    assert not torch.isclose(C.detach(), C_prev)[~drop].any()
+
+    # gradients as the loop's
+    params = [X, c0, layer.linear.weight, layer.linear.bias]
+    g1 = torch.autograd.grad((H ** 2).sum() + C_last.sum(), params)
+    g2 = torch.autograd.grad((H_ref ** 2).sum() + C_ref[-1].sum(), params)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
+def test_zoneout_drop_frequency_is_p():
+    # 40 x 50 units x 5 steps = 10,000 draws; a dropped unit is detected by h_t == c_{t-1}
+    # exactly (output_gate=False), independently of how the mask is drawn.
+    p = 0.2
+    layer = _layer(input_size=3, hidden_size=50, zoneout=p, window=1, output_gate=False, seed=7)
+    layer.train()
+    X = torch.randn(5, 40, 3, dtype=DT)
+    c0 = torch.randn(40, 50, dtype=DT)
+    torch.manual_seed(2024)
     with torch.no_grad():
-        src = torch.cat([X, torch.cat([torch.zeros(1, 3, 4), X[:-1]])], 2)
-        Z, Fg = layer.linear(src).chunk(2, dim=2)
-        Z, Fg = torch.tanh(Z), torch.sigmoid(Fg)
-        torch.manual_seed(1)
-        mask = torch.empty_like(Fg).bernoulli_(0.5)
-        ref = forget_mult_loop(Fg * mask, Z)
-    torch.testing.assert_close(H_a, ref)
-    # masked positions take the candidate z_t
-    torch.testing.assert_close(H_a[mask == 0], Z[mask == 0])
+        H, _ = layer(X, c0)
+    prev = torch.cat([c0.unsqueeze(0), H[:-1]])
+    frac = (H == prev).double().mean().item()
+    # sd = sqrt(0.2 * 0.8 / 10000) = 0.004: +-0.02 is 5 sd; keeping with probability p
+    # (frac ~ 0.8) or taking the candidate (frac ~ 0) fails
+    assert abs(frac - p) < 0.02, frac
+
+
+@pytest.mark.parametrize("output_gate", [False, True])
+@pytest.mark.parametrize("window", [1, 2])
+def test_zoneout_eval_scales_candidate_weight(output_gate, window):
+    p = 0.4
+    layer = _layer(input_size=4, hidden_size=6, zoneout=p, window=window,
+                   output_gate=output_gate, seed=3)
+    layer.eval()
+    X = torch.randn(8, 3, 4, dtype=DT)
+    c0 = torch.randn(1, 3, 6, dtype=DT)
+    H1, C1 = layer(X, c0)
+    torch.manual_seed(5)
+    H2, C2 = layer(X, c0)  # deterministic: no mask, no RNG use
+    assert torch.equal(H1, H2) and torch.equal(C1, C2)
+    H_ref, C_ref = zoneout_loop(layer, X, c0[0])
+    torch.testing.assert_close(H1, H_ref)
+    torch.testing.assert_close(C1, C_ref[-1:])
+    # and it is not the plain recurrence
+    assert not torch.allclose(H1, manual_layer(layer, X, c0)[0])
+
+
+def test_zoneout_zero_is_the_plain_layer():
+    layer = _layer(input_size=4, hidden_size=5, zoneout=0, window=2)
+    X = torch.randn(6, 2, 4, dtype=DT)
+    layer.train()
+    state = torch.get_rng_state()
+    H_train, C_train = layer(X)
+    assert torch.equal(torch.get_rng_state(), state)  # no mask drawn
+    layer.eval()
+    H_eval, C_eval = layer(X)
+    assert torch.equal(H_train, H_eval) and torch.equal(C_train, C_eval)
+    torch.testing.assert_close(H_train, manual_layer(layer, X)[0])
+    with pytest.raises(ValueError):
+        QRNNLayer(3, 4, zoneout=1.0)
+
+
+def test_qrnn_stack_passes_zoneout():
+    model = QRNN(3, 5, num_layers=2, zoneout=0.25)
+    assert [l.zoneout for l in model.layers] == [0.25, 0.25]
 
 
 # ---------------------------------------------------------------------------
