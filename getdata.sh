@@ -5,19 +5,41 @@
 set -euo pipefail
 
 # ---------------------------------------------------------------------------
-# Known md5 sums of the LAID-OUT files (what ends up under <out>/<name>/).
-# One "<name>/<file> <md5>" pair per line; add lines here when a sum is
-# established. A file without an entry is only checked for presence and
-# non-zero size (wikitext-2, wikitext-103 and enwik8 have no entries yet:
-# their laid-out sums could not be established offline, so none are invented).
+# Published checksums, embedded here so that nothing outside this script is
+# trusted at run time. One "<key> <algorithm> <sum>" per line.
+#   <name>/<split>.txt  a LAID-OUT file (what ends up under <out>/<name>/),
+#                       checked after a download and after a mirror copy;
+#   <archive>           a downloaded archive (by its official name, whatever
+#                       URL it came from), checked before it is unpacked;
+#   <archive>/<member>  a file unpacked from it, checked before it is used.
+# wikitext-2: md5 and sha1 of wiki.{train,valid,test}.tokens (sha1: the
+# per-file sums gluon-nlp checks after unpacking the official zip); the
+# laid-out files are byte copies of them. wikitext-103: gluon-nlp's sha1 of
+# the same three files. enwik8: the laid-out files are an encoding of the
+# verified 100,000,000-byte enwik8 and have no published sums of their own.
+# simple-examples.tgz (penn, pennchar) has no published sum; its laid-out
+# files are checked against theirs.
 # ---------------------------------------------------------------------------
-KNOWN_MD5='
-penn/train.txt      f26c4b92c5fdc7b3f8c7cdcb991d8420
-penn/valid.txt      aa0affc06ff7c36e977d7cd49e3839bf
-penn/test.txt       8b80168b89c18661a38ef683c0dc3721
-pennchar/train.txt  874909f99060142f6b88cc74c34baaa2
-pennchar/valid.txt  9e0fe5bec2a8bf43fd686dc23d5ab8bb
-pennchar/test.txt   1f9a2d1afe00f76e8bfbe09a65439681
+KNOWN_SUMS='
+penn/train.txt          md5   f26c4b92c5fdc7b3f8c7cdcb991d8420
+penn/valid.txt          md5   aa0affc06ff7c36e977d7cd49e3839bf
+penn/test.txt           md5   8b80168b89c18661a38ef683c0dc3721
+pennchar/train.txt      md5   874909f99060142f6b88cc74c34baaa2
+pennchar/valid.txt      md5   9e0fe5bec2a8bf43fd686dc23d5ab8bb
+pennchar/test.txt       md5   1f9a2d1afe00f76e8bfbe09a65439681
+wikitext-2/train.txt    md5   34a77ebe59551b3a3b3d8c0a2797c976
+wikitext-2/train.txt    sha1  863f29c46ef9d167fff4940ec821195882fe29d1
+wikitext-2/valid.txt    md5   d756d22ab2310e7e60c094bea5c5a8eb
+wikitext-2/valid.txt    sha1  0418625c8b4da6e4b5c7a0b9e78d4ae8f7ee5422
+wikitext-2/test.txt     md5   781c9418ab9414bd09e4aad825aae752
+wikitext-2/test.txt     sha1  c7b8ce0aa086fb34dab808c5c49224211eb2b172
+wikitext-103/train.txt  sha1  b7497e2dfe77e72cfef5e3dbc61b7b53712ac211
+wikitext-103/valid.txt  sha1  c326ac59dc587676d58c422eb8a03e119582f92b
+wikitext-103/test.txt   sha1  8a5befc548865cec54ed4273cf87dbbad60d1e47
+wikitext-2-v1.zip       md5   542ccefacc6c27f945fb54453812b3cd
+wikitext-103-v1.zip     md5   9ddaacaf6af0710eda8c456decff7832
+enwik8.zip              sha1  d856b1ccd937c51aeb9c342e47666fb8c38e7e72
+enwik8.zip/enwik8       md5   a1fa5ffddb56f4953e226637dabbb36a
 '
 
 ALL_DATASETS="penn pennchar wikitext-2 wikitext-103 enwik8"
@@ -65,13 +87,20 @@ Sources (downloaded with curl or wget, unpacked with tar / unzip or python3):
   Download URLs can be overridden with AWD_URL_PTB, AWD_URL_WT2,
   AWD_URL_WT103, AWD_URL_ENWIK8.
 
-Verification: files with a known md5 (penn, pennchar) are checked against it;
-the others are checked for presence and non-zero size (and, for enwik8, the
-split sizes when splitting). Files are laid out in a temporary folder inside
-OUT, verified, and only then moved into place. A dataset already present and
-verified is left alone; one present but failing verification is reported and
-left untouched (remove its folder and rerun). A folder holding only some of
-the three files is laid out again (its files replaced by verified ones).
+Verification: every laid-out file with a published sum is checked against it
+(penn, pennchar: md5; wikitext-2: md5 and sha1; wikitext-103: sha1), after a
+download and after a mirror copy alike. A download is also checked against
+the archive's published sum before it is unpacked (wikitext-2-v1.zip and
+wikitext-103-v1.zip: md5; enwik8.zip: sha1) and, for enwik8, the unpacked
+100,000,000-byte file against its md5 before it is split. The enwik8 splits
+have no published sums of their own: from a mirror they are only checked for
+presence and non-zero size. A mismatch stops the run with one line naming the
+file and both sums. Files are laid out in a temporary folder inside OUT,
+verified, and only then moved into place, so a failure leaves nothing
+half-written there. A dataset already present and verified is left alone; one
+present but failing verification is reported and left untouched (remove its
+folder and rerun). A folder holding only some of the three files is laid out
+again (its files replaced by verified ones).
 
 Exit status: 0 success, 1 failure (download, verification, missing data),
 2 usage error (unknown option or dataset name, missing mirror folder).
@@ -123,58 +152,78 @@ if [ -n "$MIRROR" ] && [ ! -d "$MIRROR" ]; then
 fi
 
 # ---------------------------------------------------------------- helpers
-md5_of() {
-    if command -v md5sum >/dev/null 2>&1; then
-        md5sum < "$1" | cut -d' ' -f1
+# sum_of ALGO FILE: the md5 or sha1 of FILE, in hex.
+sum_of() {
+    if command -v "${1}sum" >/dev/null 2>&1; then
+        "${1}sum" < "$2" | cut -d' ' -f1
     elif command -v python3 >/dev/null 2>&1; then
         python3 -c 'import hashlib, sys
-h = hashlib.md5()
-with open(sys.argv[1], "rb") as f:
+h = hashlib.new(sys.argv[1])
+with open(sys.argv[2], "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
         h.update(block)
-print(h.hexdigest())' "$1"
+print(h.hexdigest())' "$1" "$2"
     else
-        die "need md5sum or python3 to verify checksums"
+        die "need ${1}sum or python3 to verify checksums"
     fi
 }
 
-expected_md5() {  # $1 = "<name>/<file>"; prints the sum or nothing
-    printf '%s\n' "$KNOWN_MD5" | awk -v key="$1" '$1 == key { print $2; exit }'
+known_sums() {  # $1 = key; prints "<algorithm> <sum>" lines, none when unknown
+    printf '%s\n' "$KNOWN_SUMS" | awk -v key="$1" '$1 == key { print $2, $3 }'
 }
 
-has_all_sums() {  # $1 = dataset name
-    local s
+# sum_names NAME: the algorithms NAME's laid-out files are all checked with
+# ("md5", "md5 and sha1", ...); nothing when some file has no sum.
+sum_names() {
+    local s algos="" first=1 these
     for s in $SPLITS; do
-        [ -n "$(expected_md5 "$1/$s.txt")" ] || return 1
+        these="$(known_sums "$1/$s.txt" | cut -d' ' -f1 | paste -sd' ' -)"
+        [ -n "$these" ] || return 0
+        if [ "$first" = 1 ]; then algos="$these"; first=0; fi
     done
+    echo "${algos// / and }"
 }
 
-# verify_dir NAME DIR: check DIR/{train,valid,test}.txt for dataset NAME.
-# Prints one line per problem on stderr; returns 1 if any.
+# check_sums KEY FILE: FILE against every published sum of KEY (none: passes).
+# On a mismatch sets PROBLEM to "KEY: <algo> mismatch: expected X, got Y" and
+# returns 1. (Called outside command substitutions, so PROBLEM survives.)
+PROBLEM=""
+check_sums() {
+    local key="$1" file="$2" algo want got
+    while read -r algo want; do
+        [ -n "$algo" ] || continue
+        got="$(sum_of "$algo" "$file")"
+        if [ "$got" != "$want" ]; then
+            PROBLEM="$key: $algo mismatch: expected $want, got $got"
+            return 1
+        fi
+    done < <(known_sums "$key")
+}
+
+# verify_dir NAME DIR: check DIR/{train,valid,test}.txt for dataset NAME:
+# present, non-empty, and equal to their published sums. Stops at the first
+# problem, described in PROBLEM; returns 1 then.
 verify_dir() {
-    local name="$1" dir="$2" s f want got bad=0
+    local name="$1" dir="$2" s f
     for s in $SPLITS; do
         f="$dir/$s.txt"
-        if [ ! -f "$f" ]; then
-            echo "$PROG: $name/$s.txt: missing" >&2; bad=1; continue
-        fi
-        if [ ! -s "$f" ]; then
-            echo "$PROG: $name/$s.txt: empty file" >&2; bad=1; continue
-        fi
-        want="$(expected_md5 "$name/$s.txt")"
-        [ -n "$want" ] || continue
-        got="$(md5_of "$f")"
-        if [ "$got" != "$want" ]; then
-            echo "$PROG: $name/$s.txt: md5 mismatch: expected $want, got $got" >&2
-            bad=1
-        fi
+        if [ ! -f "$f" ]; then PROBLEM="$name/$s.txt: missing"; return 1; fi
+        if [ ! -s "$f" ]; then PROBLEM="$name/$s.txt: empty file"; return 1; fi
+        check_sums "$name/$s.txt" "$f" || return 1
     done
-    return "$bad"
 }
 
-report_unsummed() {
-    has_all_sums "$1" ||
-        echo "$1: no published md5 for the laid-out files; checked presence and sizes only"
+# verified_note NAME [SOURCE_VERIFIED]: the end of the "laid out" line.
+verified_note() {
+    local algos
+    algos="$(sum_names "$1")"
+    if [ -n "$algos" ]; then
+        echo "$algos verified"
+    elif [ "${2:-}" = source ]; then
+        echo "split from the verified source (no published sums for the split files)"
+    else
+        echo "no published sums for the laid-out files; checked presence and sizes only"
+    fi
 }
 
 all_present() {  # $1 = dir
@@ -189,7 +238,13 @@ any_present() {  # $1 = dir
 }
 
 WORK=""
-cleanup() { if [ -n "$WORK" ]; then rm -rf "$WORK"; fi; }
+OUT_CREATED=""
+# On any exit: remove the scratch folder, and OUT itself when this run created
+# it and nothing was laid out in it (a failed first run leaves no empty folder).
+cleanup() {
+    if [ -n "$WORK" ]; then rm -rf "$WORK"; fi
+    if [ -n "$OUT_CREATED" ]; then rmdir "$OUT" 2>/dev/null || true; fi
+}
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -198,6 +253,7 @@ trap 'exit 143' TERM
 # rename; big archives do not land on a small /tmp).
 workdir() {
     if [ -z "$WORK" ]; then
+        if [ ! -d "$OUT" ]; then OUT_CREATED=1; fi
         mkdir -p "$OUT"
         WORK="$(mktemp -d "$OUT/.getdata-tmp.XXXXXX")"
         mkdir -p "$WORK/downloads"
@@ -262,20 +318,31 @@ copy_split() {
     cat "$1" > "$2" || die "could not copy $1"
 }
 
+# check_download KEY FILE WHAT NAME: dies, in one line, when FILE does not
+# match KEY's published sums; WHAT says where FILE came from.
+check_download() {
+    check_sums "$1" "$2" ||
+        die "$PROBLEM ($3); nothing written to '$OUT/$4'"
+}
+
 # stage_download NAME STAGE: lay out NAME's three files in STAGE from the web.
 stage_download() {
     # (each step assigned on its own line so that a failure inside a command
     # substitution stops the script under set -e)
-    local name="$1" stage="$2" url archive dir member s
+    local name="$1" stage="$2" url official archive dir member s
+    # official: the archive's published name, which keys its sums whatever
+    # URL (AWD_URL_*) it was fetched from.
     case "$name" in
-        penn|pennchar) url="$URL_PTB" ;;
-        wikitext-2) url="$URL_WT2" ;;
-        wikitext-103) url="$URL_WT103" ;;
+        penn|pennchar) url="$URL_PTB"; official=simple-examples.tgz ;;
+        wikitext-2) url="$URL_WT2"; official=wikitext-2-v1.zip ;;
+        wikitext-103) url="$URL_WT103"; official=wikitext-103-v1.zip ;;
         enwik8)
             command -v python3 >/dev/null 2>&1 || die "need python3 to split enwik8"
-            url="$URL_ENWIK8" ;;
+            url="$URL_ENWIK8"; official=enwik8.zip ;;
     esac
     archive="$(fetch "$url")"
+    # Before unpacking: a wrong or truncated archive is refused as a whole.
+    check_download "$official" "$archive" "downloaded from $url" "$name"
     dir="$(unpack "$archive")"
     case "$name" in
         penn|pennchar)
@@ -292,6 +359,8 @@ stage_download() {
             done ;;
         enwik8)
             member="$(find_member "$dir" enwik8)"
+            # The split files have no published sums: their source must match.
+            check_download enwik8.zip/enwik8 "$member" "unpacked from $url" "$name"
             split_enwik8 "$member" "$stage" ;;
     esac
 }
@@ -343,14 +412,15 @@ stage_mirror() {
 for name in "${DATASETS[@]}"; do
     dest="$OUT/$name"
     if all_present "$dest"; then
-        if verify_dir "$name" "$dest"; then
-            echo "$name: already present, verified"
-            report_unsummed "$name"
-            continue
+        if ! verify_dir "$name" "$dest"; then
+            die "$PROBLEM in existing '$dest'; left untouched: remove '$dest' and rerun"
         fi
-        echo "$PROG: $name: existing files in '$dest' fail verification;" \
-             "left untouched: remove '$dest' and rerun" >&2
-        exit 1
+        if [ -n "$(sum_names "$name")" ]; then
+            echo "$name: already present, verified ($(sum_names "$name"))"
+        else
+            echo "$name: already present; $(verified_note "$name")"
+        fi
+        continue
     fi
     if any_present "$dest"; then
         echo "$name: '$dest' is incomplete; laying it out again" >&2
@@ -361,20 +431,22 @@ for name in "${DATASETS[@]}"; do
     mkdir -p "$stage"
     if [ -n "$MIRROR" ]; then
         stage_mirror "$name" "$stage"
+        from="copied from '$MIRROR/$name'"; source_checked=""
     else
         stage_download "$name" "$stage"
+        from="unpacked from the download"; source_checked=source
     fi
 
-    verify_dir "$name" "$stage" || die "$name: verification failed; nothing written to '$dest'"
-    mkdir -p "$dest"
-    for s in $SPLITS; do
-        mv -f "$stage/$s.txt" "$dest/$s.txt"
-    done
-    rm -rf "$stage"
-    if has_all_sums "$name"; then
-        echo "$name: laid out in $dest, md5 verified"
+    # Only verified files reach dest: the whole folder in one rename when dest
+    # is new, file by file over an incomplete one.
+    verify_dir "$name" "$stage" || die "$PROBLEM ($from); nothing written to '$dest'"
+    if [ -e "$dest" ]; then
+        for s in $SPLITS; do
+            mv -f "$stage/$s.txt" "$dest/$s.txt"
+        done
+        rm -rf "$stage"
     else
-        echo "$name: laid out in $dest"
-        report_unsummed "$name"
+        mv "$stage" "$dest"
     fi
+    echo "$name: laid out in $dest, $(verified_note "$name" "$source_checked")"
 done

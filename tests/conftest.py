@@ -39,6 +39,14 @@ def ptb_mirror():
     return path
 
 
+@pytest.fixture
+def wt2_mirror():
+    path = os.path.join(MIRROR, 'wikitext-2')
+    if not os.path.isdir(path):
+        pytest.skip('../shared/data/wikitext-2 (the dataset mirror) is not present')
+    return path
+
+
 # The main.py command lines of REFERENCE.md (2017 and 2018 recipes, QRNN, character level, enwik8,
 # WikiText-103), as published. Tests append TINY and a --data/--epochs/--save of their own.
 PUBLISHED_MAIN = [

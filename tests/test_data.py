@@ -12,6 +12,13 @@ def test_ptb_counts(ptb_mirror):
     assert len(corpus.dictionary) == 10000
 
 
+def test_wikitext2_counts(wt2_mirror):
+    # The figures published with the dataset mirror: split + one <eos> a line, one vocabulary.
+    corpus = data.Corpus(wt2_mirror)
+    assert (len(corpus.train), len(corpus.valid), len(corpus.test)) == (2088628, 217646, 245569)
+    assert len(corpus.dictionary) == 33278
+
+
 def test_eos_and_vocabulary_order(tmp_path):
     for name, text in (('train', 'a b\nc\n'), ('valid', 'b d\n'), ('test', 'e\n')):
         (tmp_path / f'{name}.txt').write_text(text)

@@ -1,0 +1,174 @@
+"""Learning curves from the JSON-lines logs of main.py and finetune.py, drawn to a PNG.
+
+    python plot.py PTB.jsonl WT2.jsonl -o curves.png [--labels PTB WT2] [--title "2018 recipes"]
+
+One figure for all the logs given, one colour per log: train perplexity (dashed) and valid perplexity
+(solid) by epoch on a log scale, a dotted vertical line where NT-ASGD switched from SGD to ASGD and a
+dash-dot one where the learning rate dropped (--when). A fine-tuning log (`.finetune.jsonl`) plots
+the same way; its epoch 0 is the valid perplexity before fine-tuning.
+
+matplotlib is needed by this script alone and is not in requirements.txt: `pip install matplotlib`.
+"""
+import argparse
+import json
+import math
+import os
+
+import utils
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Learning curves from JSON-lines training logs, to a PNG')
+    parser.add_argument('logs', nargs='+', help='logs written by main.py (<save>.jsonl) or finetune.py')
+    parser.add_argument('-o', '--output', default='curves.png', help='the PNG to write (default: curves.png)')
+    parser.add_argument('--labels', nargs='+', help='one legend label per log (default: the file names)')
+    parser.add_argument('--title', default='', help='title of the figure')
+    args = parser.parse_args(argv)
+    if args.labels is not None and len(args.labels) != len(args.logs):
+        raise utils.UserError(f'--labels: {len(args.labels)} labels for {len(args.logs)} logs')
+    if not args.output.lower().endswith('.png'):
+        raise utils.UserError(f'--output {args.output}: the figure is written as PNG; give a .png name')
+    return args
+
+
+def number(value):
+    """A finite float, or None: logs may hold null (or NaN, Infinity) where a figure was not finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def read_log(path):
+    """The records of a JSON-lines log, in file order."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = f.readlines()
+    except OSError as e:
+        raise utils.UserError(f'{path}: cannot read: {e.strerror}')
+    except UnicodeDecodeError:
+        raise utils.UserError(f'{path}: not a text file')
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise utils.UserError(f'{path}, line {n}: not JSON')
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def perplexity(record, kind):
+    """exp of the record's `<kind>_loss` (main.py writes the loss of both; the ppl only of valid),
+    or None when it is missing, not finite or too large to exponentiate."""
+    loss = number(record.get(f'{kind}_loss'))
+    return None if loss is None else number(utils.perplexity(loss))
+
+
+def curves(records):
+    """Per-epoch points and events of one log.
+
+    Returns (epochs, train_ppl, valid_ppl, asgd_switch, lr_drops): the point lists hold None where a
+    figure is missing; asgd_switch is an epoch or None, lr_drops a list of epochs. A record describes
+    the state after its epoch (main.py switches optimizer and divides lr before writing it), so an
+    event sits at the epoch after which it took effect.
+    """
+    by_epoch = {}
+    for record in records:
+        epoch = number(record.get('epoch'))
+        if record.get('final') or epoch is None:
+            continue  # a final record repeats the best valid figure and adds test: not a point
+        if perplexity(record, 'train') is None and perplexity(record, 'valid') is None:
+            continue
+        # A resumed run can log an epoch twice (killed after the log line, before the state); the
+        # later record is the one the run continued from.
+        by_epoch[epoch] = record
+    epochs = sorted(by_epoch)
+    ordered = [by_epoch[e] for e in epochs]
+    asgd_switch, lr_drops, seen_sgd, previous_lr = None, [], False, None
+    for epoch, record in zip(epochs, ordered):
+        optimizer, lr = record.get('optimizer'), number(record.get('lr'))
+        if optimizer == 'sgd':
+            seen_sgd = True
+        elif optimizer == 'asgd' and seen_sgd and asgd_switch is None:
+            asgd_switch = epoch
+        if lr is not None:
+            if previous_lr is not None and lr < previous_lr:
+                lr_drops.append(epoch)
+            previous_lr = lr
+    return (epochs, [perplexity(r, 'train') for r in ordered], [perplexity(r, 'valid') for r in ordered],
+            asgd_switch, lr_drops)
+
+
+def load_pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise utils.UserError('plot.py needs matplotlib, which is not installed: pip install matplotlib')
+    matplotlib.use('Agg')  # files only: no display needed, none opened
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def gaps(values):
+    """None -> NaN: matplotlib leaves a gap there instead of joining across a missing figure."""
+    return [math.nan if v is None else v for v in values]
+
+
+def draw(plt, runs, title, output):
+    """runs: (label, curves) pairs. Writes the figure to `output` as PNG."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for i, (label, (epochs, train, valid, asgd_switch, lr_drops)) in enumerate(runs):
+        colour = f'C{i % 10}'
+        # Markers as well as lines, so that a lone point (a one-epoch run, finetune's epoch 0) shows.
+        ax.plot(epochs, gaps(train), '--', marker='.', color=colour, alpha=0.8)
+        ax.plot(epochs, gaps(valid), '-', marker='.', color=colour, label=label)
+        if asgd_switch is not None:
+            ax.axvline(asgd_switch, color=colour, linestyle=':', linewidth=1.2)
+        for epoch in lr_drops:
+            ax.axvline(epoch, color=colour, linestyle='-.', linewidth=1.2)
+    ax.set_yscale('log')
+    # Perplexities as plain numbers (150, 200, 300), not powers of ten: they are read off the axis.
+    plain = FuncFormatter(lambda y, _: f'{y:g}')
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('perplexity')
+    ax.grid(True, which='both', alpha=0.3)
+    if title:
+        ax.set_title(title)
+    # The styles' meaning once, in grey, after the runs' colours.
+    key = [Line2D([], [], color='grey', linestyle='-', label='valid'),
+           Line2D([], [], color='grey', linestyle='--', label='train'),
+           Line2D([], [], color='grey', linestyle=':', label='SGD -> ASGD'),
+           Line2D([], [], color='grey', linestyle='-.', label='lr drop')]
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + key, fontsize='small')
+    fig.tight_layout()
+    try:
+        fig.savefig(output, format='png', dpi=100)
+    except OSError as e:
+        raise utils.UserError(f'{output}: cannot write: {e.strerror or e}')
+    finally:
+        plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    labels = args.labels or [os.path.splitext(os.path.basename(p))[0] for p in args.logs]
+    runs = []
+    for path, label in zip(args.logs, labels):
+        run = curves(read_log(path))
+        if not run[0]:
+            raise utils.UserError(f'{path}: no epoch records with a train or valid figure')
+        runs.append((label, run))
+    draw(load_pyplot(), runs, args.title, args.output)
+    print(f'wrote {args.output}')
+    return 0
+
+
+if __name__ == '__main__':
+    utils.run(main)

@@ -1,0 +1,182 @@
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+import main
+import plot
+import utils
+from conftest import REPO, tiny_run, write_corpus
+
+
+def have_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# plot.py's one optional dependency: CI installs it (requirements-test.txt); elsewhere these skip.
+needs_matplotlib = pytest.mark.skipif(not have_matplotlib(),
+                                      reason='matplotlib is not installed (pip install -r requirements-test.txt)')
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def record(epoch, lr, optimizer, train_loss, valid_loss):
+    return dict(epoch=epoch, seconds=1.0, lr=lr, optimizer=optimizer, train_loss=train_loss,
+                **utils.loss_record('valid', valid_loss))
+
+
+# Five epochs of main.py as written: SGD, the switch to ASGD logged at epoch 3, lr divided by 10
+# at epoch 4, a train figure written as null and a valid one as NaN (both mean "not finite"),
+# then the final record, which is no epoch.
+MAIN_LOG = [
+    record(1, 30, 'sgd', 6.5, 6.0),
+    record(2, 30, 'sgd', 5.8, 5.5),
+    {**record(3, 30, 'asgd', 5.5, 5.3), 'train_loss': None},
+    {**record(4, 3.0, 'asgd', 5.1, 5.2), 'valid_loss': math.nan, 'valid_ppl': math.nan, 'valid_bpc': math.nan},
+    record(5, 3.0, 'asgd', 5.0, 5.1),
+    dict(final=True, **utils.loss_record('valid', 5.1), **utils.loss_record('test', 5.0)),
+]
+# finetune.py: epoch 0 holds only the valid figures before fine-tuning; ASGD throughout.
+FINETUNE_LOG = [
+    dict(epoch=0, **utils.loss_record('valid', 5.1)),
+    record(1, 30, 'asgd', 5.0, 5.0),
+    record(2, 30, 'asgd', 4.9, 4.95),
+]
+
+
+def write_log(path, records):
+    with open(path, 'w') as f:
+        for r in records:
+            f.write(json.dumps(r) + '\n')
+    return str(path)
+
+
+def test_curves_of_a_main_log():
+    epochs, train, valid, asgd_switch, lr_drops = plot.curves(MAIN_LOG)
+    assert epochs == [1, 2, 3, 4, 5]  # the final record is no point
+    assert train[2] is None and valid[3] is None  # null and NaN are gaps
+    assert train[0] == pytest.approx(math.exp(6.5)) and valid[4] == pytest.approx(math.exp(5.1))
+    assert asgd_switch == 3
+    assert lr_drops == [4]
+
+
+def test_curves_of_a_finetune_log():
+    epochs, train, valid, asgd_switch, lr_drops = plot.curves(FINETUNE_LOG)
+    assert epochs == [0, 1, 2]
+    assert train[0] is None and valid[0] == pytest.approx(math.exp(5.1))
+    assert asgd_switch is None  # ASGD from the start: no switch
+    assert lr_drops == []
+
+
+def test_records_without_figures_are_skipped_and_a_repeated_epoch_keeps_the_later():
+    records = [record(1, 30, 'sgd', 6.0, 6.0), {'epoch': 2, 'train_loss': None, 'valid_loss': None},
+               record(2, 30, 'sgd', 9.0, 9.0), record(2, 30, 'sgd', 5.0, 5.5),
+               dict(final=True, epoch=2, **utils.loss_record('valid', 3.0))]  # final: never a point
+    epochs, train, valid, _, _ = plot.curves(records)
+    assert epochs == [1, 2]
+    assert train[1] == pytest.approx(math.exp(5.0)) and valid[1] == pytest.approx(math.exp(5.5))
+
+
+def test_null_and_non_finite_figures_are_alike():
+    for value in (None, math.nan, math.inf, -math.inf, True, '3'):
+        assert plot.number(value) is None, value
+    assert plot.number(3) == 3.0
+    assert plot.perplexity({'valid_loss': 800.0}, 'valid') is None  # exp overflows: no point
+
+
+@needs_matplotlib
+def test_small_logs_give_a_png(tmp_path, capsys):
+    logs = [write_log(tmp_path / 'PTB.jsonl', MAIN_LOG), write_log(tmp_path / 'PTB.finetune.jsonl', FINETUNE_LOG)]
+    out = tmp_path / 'curves.png'
+    assert plot.main([*logs, '-o', str(out), '--labels', 'main', 'finetune', '--title', 'PTB']) == 0
+    assert out.read_bytes().startswith(PNG_SIGNATURE)
+    import matplotlib.image
+    pixels = matplotlib.image.imread(str(out))
+    assert pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert pixels.std() > 0.05  # something is drawn, not a blank canvas
+
+
+@needs_matplotlib
+def test_the_log_of_a_real_main_run(tmp_path):
+    # The log as main.py writes it today (file name, fields, encoding), from a run of seconds.
+    corpus = write_corpus(str(tmp_path / 'tiny'), lines_per_split=(80, 20, 20))
+    save = str(tmp_path / 'tiny.pt')
+    assert main.main(tiny_run(corpus, save, epochs=2, extra=['--when', '2'])) == 0
+    log = utils.json_log_path(save)
+    epochs, train, valid, _, lr_drops = plot.curves(plot.read_log(log))
+    assert epochs == [1, 2] and None not in train + valid
+    assert lr_drops == [2]
+    out = tmp_path / 'tiny.png'
+    assert plot.main([log, '-o', str(out)]) == 0
+    assert out.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def run_plot(argv):
+    """plot.py's main as the command line runs it: returns (exit status, stderr lines)."""
+    return subprocess.run([sys.executable, os.path.join(REPO, 'plot.py'), *argv], capture_output=True,
+                          text=True, timeout=120)
+
+
+def in_process(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        utils.run(lambda: plot.main(argv))
+    return stop.value.code, capsys.readouterr().err.splitlines()
+
+
+def test_missing_log_is_one_line_error(tmp_path):
+    missing = str(tmp_path / 'nope.jsonl')
+    r = run_plot([missing, '-o', str(tmp_path / 'c.png')])
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [f'error: {missing}: cannot read: No such file or directory']
+    assert not (tmp_path / 'c.png').exists()
+
+
+@pytest.mark.parametrize('problem', ['no usable records', 'not JSON', 'wrong suffix', 'labels'])
+def test_bad_input_is_one_line_error(tmp_path, capsys, problem):
+    log = write_log(tmp_path / 'run.jsonl', MAIN_LOG)
+    out = str(tmp_path / 'c.png')
+    argv, expected = [log, '-o', out], None
+    if problem == 'no usable records':
+        write_log(log, [MAIN_LOG[-1], {'epoch': 1, 'train_loss': None, 'valid_loss': None}])
+        expected = f'error: {log}: no epoch records with a train or valid figure'
+    elif problem == 'not JSON':
+        with open(log, 'a') as f:
+            f.write('{"epoch": 6, "train_lo\n')
+        expected = f'error: {log}, line 7: not JSON'
+    elif problem == 'wrong suffix':
+        argv = [log, '-o', str(tmp_path / 'c.pdf')]
+        expected = f'error: --output {tmp_path / "c.pdf"}: the figure is written as PNG; give a .png name'
+    else:
+        argv = [log, '--labels', 'a', 'b', '-o', out]
+        expected = 'error: --labels: 2 labels for 1 logs'
+    code, err = in_process(argv, capsys)
+    assert code == 2 and err == [expected]
+    assert not os.path.exists(out)
+
+
+@needs_matplotlib
+def test_unwritable_output_is_one_line_error(tmp_path, capsys):
+    log = write_log(tmp_path / 'run.jsonl', MAIN_LOG)
+    out = str(tmp_path / 'run.jsonl' / 'c.png')  # under a file: unwritable, even for root
+    code, err = in_process([log, '-o', out], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith(f'error: {out}: cannot write: ')
+
+
+def test_missing_matplotlib_is_a_clear_error(tmp_path):
+    # A stand-in package that fails to import as an absent one does, ahead of any installed matplotlib.
+    fake = tmp_path / 'no-matplotlib' / 'matplotlib'
+    fake.mkdir(parents=True)
+    (fake / '__init__.py').write_text('raise ImportError("No module named \'matplotlib\'")\n')
+    log = write_log(tmp_path / 'run.jsonl', MAIN_LOG)
+    env = dict(os.environ, PYTHONPATH=str(fake.parent))
+    r = subprocess.run([sys.executable, os.path.join(REPO, 'plot.py'), log, '-o', str(tmp_path / 'c.png')],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == ['error: plot.py needs matplotlib, which is not installed: pip install matplotlib']
