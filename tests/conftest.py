@@ -4,6 +4,12 @@ import sys
 
 import pytest
 
+# One thread per process: the tests start subprocesses (and CI has 2 cores), and several processes each
+# spinning 2 OpenMP threads on 2 cores run many times slower than one thread each. Set before torch is
+# imported so that subprocesses inherit it.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+os.environ.setdefault('MKL_NUM_THREADS', '1')
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 MIRROR = os.path.join(os.path.dirname(REPO), 'shared', 'data')
