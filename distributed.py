@@ -24,6 +24,7 @@ With N ranks:
 - after every epoch the ranks compare a digest of their weights and stop with an error if they differ.
 """
 import atexit
+import collections
 import datetime
 import functools
 import hashlib
@@ -93,6 +94,18 @@ class Distributed:
         self.enabled = world_size > 1
         self.is_main = rank == 0
         self.broken = False
+        self._recent = collections.deque(maxlen=8)  # see _collective
+
+    def _collective(self, op, tensor, *args):
+        """op(tensor, *args), waited for. The work object (and the tensor) stays referenced here until 8
+        later collectives have passed: else gloo's worker thread may drop the last reference, and
+        releasing a tensor Python has seen takes the GIL; if the interpreter is finalizing just then
+        (a collective right before exit), the process aborts ("terminate called without an active
+        exception")."""
+        work = op(tensor, *args, async_op=True)
+        work.wait()
+        self._recent.append((work, tensor))
+        return tensor
 
     def _tensor(self, value):
         return torch.tensor([float(value)], dtype=torch.float64, device=self.cuda_device or 'cpu')
@@ -133,18 +146,14 @@ class Distributed:
         if not self.enabled:
             return value
         import torch.distributed as dist
-        t = self._tensor(value)
-        dist.all_reduce(t)
-        return t.item() / self.world_size
+        return self._collective(dist.all_reduce, self._tensor(value)).item() / self.world_size
 
     def shared(self, value):
         """Rank 0's value on every rank (the validation loss every decision is taken from)."""
         if not self.enabled:
             return value
         import torch.distributed as dist
-        t = self._tensor(value)
-        dist.broadcast(t, 0)
-        return t.item()
+        return self._collective(dist.broadcast, self._tensor(value), 0).item()
 
     def barrier(self):
         if self.enabled:
