@@ -135,8 +135,9 @@ class Distributed:
     def seed_ranks(self, seed, epoch):
         """Each rank its own dropout masks: re-seed torch (CPU and CUDA) from (seed, rank, epoch).
 
-        Called at the start of every epoch, so a resumed run draws what an uninterrupted one would,
-        whatever the number of ranks it had before. The numpy generator (sequence lengths) is untouched.
+        Called at the start of every epoch, so a run resumed on as many ranks draws what the
+        uninterrupted one would, and on another number of ranks each rank still has its own stream.
+        The numpy generator (sequence lengths, the same on every rank) is untouched.
         """
         if self.enabled:
             torch.manual_seed(rank_seed(seed, self.rank, epoch))
@@ -239,7 +240,8 @@ def _report_lost_ranks(context, previous_hook, kind, value, tb):
     import torch.distributed as dist
     dist_errors = tuple(getattr(dist, name) for name in ('DistError', 'DistBackendError', 'DistNetworkError')
                         if hasattr(dist, name))
-    if isinstance(value, dist_errors) or (isinstance(value, RuntimeError) and any(s in str(value) for s in LOST_CONTACT)):
+    lost = isinstance(value, RuntimeError) and any(s in str(value) for s in LOST_CONTACT)
+    if isinstance(value, dist_errors) or lost:
         context.broken = True
         first = (str(value).strip().splitlines() or [kind.__name__])[0].split('. This is typically')[0]
         print(f'error: rank {context.rank} of {context.world_size} lost contact with the other ranks ({first[:300]}); '

@@ -123,7 +123,8 @@ def main(argv=None):
         print(f'Resuming exactly from {state_file} after epoch {ckpt["epoch"]}')
     else:
         # The bar to beat is the loaded model itself: the output only ever holds the best model seen.
-        best_val_loss = dist.shared(utils.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt))  # [distributed]
+        best_val_loss = utils.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
+        best_val_loss = dist.shared(best_val_loss)  # [distributed] rank 0's result, on every rank
         print(f'| before fine-tuning | {utils.report_line("valid", best_val_loss)}')
         log.write(epoch=0, **utils.loss_record('valid', best_val_loss))
         if args.out != args.save:
@@ -146,7 +147,8 @@ def main(argv=None):
             train_loss = dist.mean(train_loss)  # [distributed] over all columns
             # Under ASGD the model is the running average of the iterates (section 3).
             with utils.averaged_weights(optimizer, params):
-                val_loss = dist.shared(utils.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt))  # [distributed]
+                val_loss = utils.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
+                val_loss = dist.shared(val_loss)  # [distributed] rank 0's result, on every rank
                 utils.report_epoch(epoch, epoch_start_time, val_loss)
                 if val_loss < best_val_loss:
                     save_model(args.out)

@@ -119,14 +119,16 @@ def main(argv=None):
             if utils.is_asgd(optimizer):
                 # Section 3: under ASGD the model is the running average of the iterates.
                 with utils.averaged_weights(optimizer, params):
-                    val_loss = dist.shared(utils.evaluate(model, criterion, val_data, eval_batch_size, args.bptt))  # [distributed]
+                    val_loss = utils.evaluate(model, criterion, val_data, eval_batch_size, args.bptt)
+                    val_loss = dist.shared(val_loss)  # [distributed] rank 0's result, on every rank
                     utils.report_epoch(epoch, epoch_start_time, val_loss)
                     if val_loss < best_val_loss:
                         save_model(args.save)
                         print('Saving Averaged!')
                         best_val_loss = val_loss
             else:
-                val_loss = dist.shared(utils.evaluate(model, criterion, val_data, eval_batch_size, args.bptt))  # [distributed]
+                val_loss = utils.evaluate(model, criterion, val_data, eval_batch_size, args.bptt)
+                val_loss = dist.shared(val_loss)  # [distributed] rank 0's result, on every rank
                 utils.report_epoch(epoch, epoch_start_time, val_loss)
                 if val_loss < best_val_loss:
                     save_model(args.save)
