@@ -4,6 +4,7 @@
     python benchmark.py --recipe ptb-2018 wt2 --options eager tf32 amp-bf16 fused-opt compile
     python benchmark.py --recipe ptb-2018 --small --cpu --batches 3 --warmup 1     # seconds, on a CPU
     python benchmark.py --recipe ptb-2018 --profile           # torch.profiler top-20 ops of a few steps
+    python benchmark.py --recipe ptb-2018 --nproc 1 2 4       # data-parallel scaling on 1, 2, 4 GPUs
 
 For each (recipe, option) it builds the recipe's model, runs --warmup training steps, times --batches
 training steps (the very step main.py takes: utils.train_step, with variable-length BPTT and the lr
@@ -21,6 +22,13 @@ peak_mem is torch.cuda.max_memory_allocated on a GPU (reset per configuration); 
 process's maximum resident set size so far (ru_maxrss), which never decreases from one configuration to
 the next in the same process. On a CPU shared with other jobs, timings with the default thread count
 can swing several-fold; --threads 1 gives steadier (if slower) figures.
+
+Data parallel (distributed.py): `--nproc 1 2 4` runs the benchmark once per count, each in fresh processes
+(N > 1 under `python -m torch.distributed.run --standalone --nproc_per_node N`: one GPU per process, or gloo
+on the CPU), with the recipe's global --batch_size split among the ranks as main.py splits it; each line
+then gives nproc, tokens_per_s (all ranks together) and tokens_per_s_per_rank, and a last `scaling` line
+per recipe and option compares each count with the first. `torchrun --nproc_per_node N benchmark.py ...`
+gives the same line for one N. train_s_per_epoch is the time of one epoch with that many ranks.
 
 Options (--options, compared side by side in one process; each starts from the same seed):
   eager      main.py's path, PyTorch defaults (note: on a GPU these let cuDNN's LSTM use TF32, while
@@ -41,12 +49,15 @@ import math
 import os
 import platform
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 import types
 
 import torch
 
+import distributed
 import utils
 from model import RNNModel
 from splitcross import SplitCrossEntropyLoss, splits_for_vocab
@@ -119,6 +130,9 @@ def parse_args(argv=None):
                         help='torch CPU threads (torch.set_num_threads); on a CPU shared with other jobs, 1 '
                              'avoids the large slowdowns of oversubscribed OpenMP threads')
     parser.add_argument('--json', type=str, default=None, metavar='PATH', help='append one JSON record per line')
+    parser.add_argument('--nproc', nargs='+', type=int, default=None, metavar='N',
+                        help='data-parallel scaling: run once per process count N (N > 1 through torchrun, one GPU '
+                             'per process; gloo on the CPU) and report tokens/s per rank and in all')
     utils.add_device_args(parser)
     args = parser.parse_args(argv)
     if args.batches < 1:
@@ -132,6 +146,8 @@ def parse_args(argv=None):
         raise utils.UserError(f'--threads must be positive, got {args.threads}')
     if args.profile_steps < 1:
         raise utils.UserError(f'--profile-steps must be positive, got {args.profile_steps}')
+    if args.nproc is not None and min(args.nproc) < 1:
+        raise utils.UserError(f'--nproc must be positive, got {args.nproc}')
     return args
 
 
@@ -194,15 +210,17 @@ def make_optimizer(cfg, params, option, device):
 class Stepper:
     """Walks the training stream like utils.train_epoch, one utils.train_step per call."""
 
-    def __init__(self, model, criterion, optimizer, params, train, cfg, rng, autocast, clip_foreach, device):
+    def __init__(self, model, criterion, optimizer, params, train, cfg, rng, autocast, clip_foreach, device,
+                 forward=None):
         self.__dict__.update(model=model, criterion=criterion, optimizer=optimizer, params=params, train=train,
-                             cfg=cfg, rng=rng, autocast=autocast, clip_foreach=clip_foreach, device=device)
+                             cfg=cfg, rng=rng, autocast=autocast, clip_foreach=clip_foreach, device=device,
+                             forward=forward)
         self.restart()
 
     def restart(self):
         self.model.train()
         self.model.reset()
-        self.hidden = self.model.init_hidden(self.cfg.batch_size)
+        self.hidden = self.model.init_hidden(self.train.size(1))  # this rank's columns (all of them: batch_size)
         self.i = 0
 
     def step(self):
@@ -213,7 +231,7 @@ class Stepper:
         data, targets = utils.get_batch(self.train, self.i, seq_len=seq_len)
         loss, self.hidden = utils.train_step(self.model, self.criterion, self.optimizer, self.params, data, targets,
                                              self.hidden, self.cfg, seq_len, autocast=self.autocast,
-                                             clip_foreach=self.clip_foreach)
+                                             clip_foreach=self.clip_foreach, forward=self.forward)
         self.i += seq_len
         return loss, len(data)
 
@@ -231,13 +249,14 @@ def peak_memory(device):
     return rss / (2 ** 20 if sys.platform == 'darwin' else 2 ** 10), 'rss'
 
 
-def run_config(name, option, cli, device, streams):
+def run_config(name, option, cli, device, streams, dist=distributed.Distributed()):
     cfg = recipe_config(name, cli)
     if option in ('tf32', 'fp32') and device.type != 'cuda':
         raise Skip(f'{option} only changes CUDA math (TF32); nothing to compare on {device.type}')
     if option == 'amp-bf16' and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
         raise Skip('this GPU has no bfloat16 support')
     train, valid, ntokens, _ = streams
+    train = dist.shard(train)  # this rank's columns of the global batch (all of them for one process)
 
     notes = []
     if device.type == 'cuda':
@@ -256,7 +275,7 @@ def run_config(name, option, cli, device, streams):
     if option == 'compile':
         model.compile(dynamic=True)
     stepper = Stepper(model, criterion, optimizer, params, train, cfg, rng, autocast,
-                      True if option == 'fused-opt' else None, device)
+                      True if option == 'fused-opt' else None, device, forward=dist.wrap(model, criterion))
 
     with precision_flags(option, device):
         try:
@@ -277,7 +296,8 @@ def run_config(name, option, cli, device, streams):
         threads=torch.get_num_threads(), load_avg_1min=load_average(), torch=torch.__version__,
         train_s_per_epoch=train_time / rows * epoch_rows, train_batches_timed=cli.batches, warmup=cli.warmup,
         ms_per_batch=1000 * train_time / cli.batches, batches_per_epoch=round(epoch_rows * cli.batches / rows),
-        tokens_per_s=rows * cfg.batch_size / train_time,
+        nproc=dist.world_size, tokens_per_s=dist.world_size * dist.mean(rows * train.size(1) / train_time),
+        tokens_per_s_per_rank=dist.mean(rows * train.size(1) / train_time),
         valid_s=valid_time * total_chunks / chunks, valid_chunks_timed=chunks, valid_chunks_total=total_chunks,
         valid_extrapolated=chunks < total_chunks,
         peak_mem_mb=mem, peak_mem_kind=mem_kind, train_loss=train_loss, valid_loss=valid_loss,
@@ -338,7 +358,8 @@ def format_line(r):
                  if r['valid_extrapolated'] else f'(full pass, {r["valid_chunks_total"]} chunks)')
     line = (f'recipe={r["recipe"]} option={r["option"]} device={r["device"]} torch={r["torch"]} '
             f'train_s_per_epoch={r["train_s_per_epoch"]:.1f} (extrapolated from {r["train_batches_timed"]} batches) '
-            f'valid_s={r["valid_s"]:.2f} {valid_how} tokens_per_s={r["tokens_per_s"]:.0f} '
+            f'valid_s={r["valid_s"]:.2f} {valid_how} nproc={r["nproc"]} tokens_per_s={r["tokens_per_s"]:.0f} '
+            f'tokens_per_s_per_rank={r["tokens_per_s_per_rank"]:.0f} '
             f'peak_mem={r["peak_mem_mb"]:.0f} MB ({r["peak_mem_kind"]}) ms_per_batch={r["ms_per_batch"]:.1f} '
             f'train_loss={r["train_loss"]:.4f} valid_loss={r["valid_loss"]:.4f}')
     if r['small']:
@@ -363,12 +384,62 @@ def describe(name, cfg, device, data):
             f'{os.cpu_count()} CPUs' + (f', load average {load} (other jobs slow CPU timings)' if load is not None else ''))
 
 
+def without_nproc(argv):
+    """argv minus --nproc and its values (and any abbreviation argparse would accept for it)."""
+    kept, skipping = [], False
+    for token in argv:
+        name = token.split('=', 1)[0]
+        if token.startswith('--') and len(name) > 3 and '--nproc'.startswith(name):
+            skipping = '=' not in token
+            continue
+        if skipping and token.isdigit():
+            continue
+        skipping = False
+        kept.append(token)
+    return kept
+
+
+def scaling(cli, argv):
+    """--nproc: each process count in fresh processes (torchrun for N > 1), then a scaling summary."""
+    fd, path = tempfile.mkstemp(prefix='bench-nproc-', suffix='.jsonl')
+    os.close(fd)
+    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')}
+    try:
+        for n in cli.nproc:
+            child = without_nproc(argv) + ['--json', path]
+            launcher = [] if n == 1 else ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(n)]
+            rc = subprocess.run([sys.executable, *launcher, os.path.abspath(__file__), *child], env=env).returncode
+            if rc != 0:
+                raise utils.UserError(f'the benchmark on {n} process{"es" if n > 1 else ""} failed (exit status {rc}; '
+                                      'its output is above)')
+        with open(path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    finally:
+        os.unlink(path)
+    if cli.json:
+        with open(cli.json, 'a') as out:
+            out.writelines(json.dumps(r) + '\n' for r in records)
+    for key in dict.fromkeys((r['recipe'], r['option']) for r in records if 'nproc' in r):
+        runs = [r for r in records if (r['recipe'], r['option']) == key and 'nproc' in r]
+        base = runs[0]
+        parts = [f'nproc={r["nproc"]} tokens_per_s={r["tokens_per_s"]:.0f} '
+                 f'(x{r["tokens_per_s"] / base["tokens_per_s"]:.2f} of nproc={base["nproc"]}, '
+                 f'{100 * r["tokens_per_s"] * base["nproc"] / (base["tokens_per_s"] * r["nproc"]):.0f}% of linear)'
+                 for r in runs]
+        print(f'scaling recipe={key[0]} option={key[1]}: ' + ' | '.join(parts), flush=True)
+    return 0
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     cli = parse_args(argv)
+    if cli.nproc is not None and distributed.world_from_env() is None:
+        return scaling(cli, argv)
+    dist = distributed.setup(cli)  # under torchrun: this process is one rank; only rank 0 prints and writes
     device = utils.choose_device(cli)
     if cli.threads:
         torch.set_num_threads(cli.threads)
-    out = open(cli.json, 'a') if cli.json else None
+    out = dist.if_main(open, cli.json, 'a') if cli.json else None
     try:
         for name in cli.recipe:
             cfg = recipe_config(name, cli)
@@ -378,7 +449,7 @@ def main(argv=None):
                     if streams is None:
                         streams = load_streams(name, cfg, cli, device)
                         print(describe(name, cfg, device, streams[3]), flush=True)
-                    record, table = run_config(name, option, cli, device, streams)
+                    record, table = run_config(name, option, cli, device, streams, dist)
                 except Skip as e:
                     print(f'recipe={name} option={option} device={device.type} torch={torch.__version__} '
                           f'skipped: {e}', flush=True)

@@ -23,6 +23,7 @@ import argparse
 import os
 import time
 
+import distributed
 import utils
 
 MODEL_FLAGS = ('model', 'emsize', 'nhid', 'nlayers')
@@ -83,6 +84,7 @@ def find_state(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    dist = distributed.setup(args)  # [distributed] torchrun's ranks (README); one process: changes nothing
     device = utils.choose_device(args)
 
     # The model: the checkpoint of main.py, or when resuming the state of this script's own run.
@@ -99,6 +101,7 @@ def main(argv=None):
     rng = utils.set_seed(args.seed, numpy_seed=NUMPY_SEED)
     corpus, train_data, val_data, test_data = utils.load_data(
         args, (args.batch_size, EVAL_BATCH_SIZE, TEST_BATCH_SIZE), device)
+    train_data = dist.shard(train_data)  # [distributed] this rank's columns of the batch
     utils.check_vocabulary(ckpt['idx2word'], corpus, source, args.data)
     model, criterion = ckpt['model'], ckpt['criterion']
     params = list(model.parameters()) + list(criterion.parameters())
@@ -106,6 +109,7 @@ def main(argv=None):
 
     # ASGD with t0=0, lambd=0: every step from the first one enters the average (section 3).
     optimizer = utils.make_optimizer('asgd', params, args.lr, args.wdecay)
+    forward = dist.wrap(model, criterion)  # [distributed] DDP averages the gradients; None for one process
 
     def save_model(path):
         utils.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word)
@@ -114,8 +118,9 @@ def main(argv=None):
         utils.save_checkpoint(finetune_state_path(args.out), model, criterion, optimizer, args,
                               corpus.dictionary.idx2word, epoch=epoch, history=history,
                               best_val_loss=best_val_loss, done=done, rng=utils.rng_state(rng, device))
+    save_model, save_state = dist.writer(save_model), dist.writer(save_state)  # [distributed] rank 0 writes
 
-    log = utils.JsonLog(finetune_log_path(args.out), append=state_file is not None)
+    log = dist.if_main(utils.JsonLog, finetune_log_path(args.out), append=state_file is not None)  # [distributed]
     if state_file:
         optimizer.load_state_dict(ckpt['optimizer'])
         utils.restore_rng_state(ckpt['rng'], rng, device)
@@ -125,6 +130,7 @@ def main(argv=None):
     else:
         # The bar to beat is the loaded model itself: the output only ever holds the best model seen.
         best_val_loss = utils.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
+        best_val_loss = dist.shared(best_val_loss)  # [distributed] rank 0's result, on every rank
         print(f'| before fine-tuning | {utils.report_line("valid", best_val_loss)}')
         log.write(epoch=0, **utils.loss_record('valid', best_val_loss))
         if args.out != args.save:
@@ -138,14 +144,17 @@ def main(argv=None):
             if done:
                 break
             epoch_start_time = time.time()
+            dist.seed_ranks(args.seed, epoch)  # [distributed] each rank its own dropout masks
             with utils.progress_bar(len(train_data) // args.bptt, f'epoch {epoch}') as bar:
                 # Sequence lengths capped at bptt + 10, as in the original fine-tuning.
                 train_loss = utils.train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
                                                seq_len_cap=args.bptt + 10,
-                                               log=bar.write, progress=bar)
+                                               log=bar.write, progress=bar, forward=forward)  # [distributed]
+            train_loss = dist.mean(train_loss)  # [distributed] over all columns
             # Under ASGD the model is the running average of the iterates (section 3).
             with utils.averaged_weights(optimizer, params):
                 val_loss = utils.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
+                val_loss = dist.shared(val_loss)  # [distributed] rank 0's result, on every rank
                 utils.report_epoch(epoch, epoch_start_time, val_loss)
                 if val_loss < best_val_loss:
                     save_model(args.out)
@@ -156,7 +165,8 @@ def main(argv=None):
             done = utils.nonmono_triggered(history, val_loss, args.nonmono)
             history.append(val_loss)
             log.write(epoch=epoch, seconds=time.time() - epoch_start_time, lr=optimizer.param_groups[0]['lr'],
-                      optimizer='asgd', train_loss=train_loss, **utils.loss_record('valid', val_loss))
+                      optimizer='asgd', train_loss=train_loss, **utils.loss_record('valid', val_loss),
+                      **dist.check_in_sync(params))  # [distributed]
             save_state(epoch, done)
             if done:
                 print(f'Done! (valid loss has not improved on the best from more than {args.nonmono} epochs ago)')

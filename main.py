@@ -9,6 +9,7 @@ import argparse
 import os
 import time
 
+import distributed
 import utils
 from model import RNNModel
 from splitcross import SplitCrossEntropyLoss, splits_for_vocab
@@ -40,6 +41,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    dist = distributed.setup(args)  # [distributed] torchrun's ranks (README); one process: changes nothing
     resume_state_file = utils.find_resume_state(args.resume) if args.resume else None
     if args.resume and resume_state_file is None and not os.path.isfile(args.resume):
         raise utils.UserError(f'{args.resume}: checkpoint not found (--resume)')
@@ -55,6 +57,7 @@ def main(argv=None):
     device = utils.choose_device(args)
     eval_batch_size = 10  # valid in 10 columns, test in 1, as the original
     corpus, train_data, val_data, test_data = utils.load_data(args, (args.batch_size, eval_batch_size, 1), device)
+    train_data = dist.shard(train_data)  # [distributed] this rank's columns of the batch
     ntokens = len(corpus.dictionary)
 
     model = RNNModel(args.model, ntokens, args.emsize, args.nhid, args.nlayers, args.dropout, args.dropouth,
@@ -92,6 +95,7 @@ def main(argv=None):
     elif args.resume:
         print(f'Restarting from the weights of {args.resume} (no resume state beside it): '
               f'fresh {optimizer_kind} optimizer, lr {args.lr} and dropouts from the flags')
+    forward = dist.wrap(model, criterion)  # [distributed] DDP averages the gradients; None for one process
 
     def save_model(path):
         utils.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word)
@@ -99,19 +103,24 @@ def main(argv=None):
     def save_state(epoch):
         utils.save_checkpoint(utils.state_path(args.save), model, criterion, optimizer, args, corpus.dictionary.idx2word,
                               epoch=epoch, history=history, best_val_loss=best_val_loss, rng=utils.rng_state(rng, device))
+    save_model, save_state = dist.writer(save_model), dist.writer(save_state)  # [distributed] rank 0 writes
 
-    log = utils.JsonLog(utils.json_log_path(args.save), append=saved_state is not None)
+    log = dist.if_main(utils.JsonLog, utils.json_log_path(args.save), append=saved_state is not None)  # [distributed]
     # Loop over epochs; Ctrl-C stops early and still evaluates the best model on test.
     with utils.interruptible_training() as run:
         for epoch in range(epoch_start, args.epochs + 1):
             epoch_start_time = time.time()
+            dist.seed_ranks(args.seed, epoch)  # [distributed] each rank its own dropout masks
             with utils.progress_bar(len(train_data) // args.bptt, f'epoch {epoch}') as bar:
                 train_loss = utils.train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
-                                               seq_len_cap=args.max_seq_len, log=bar.write, progress=bar)
+                                               seq_len_cap=args.max_seq_len, log=bar.write, progress=bar,
+                                               forward=forward)  # [distributed]
+            train_loss = dist.mean(train_loss)  # [distributed] over all columns
             if utils.is_asgd(optimizer):
                 # Section 3: under ASGD the model is the running average of the iterates.
                 with utils.averaged_weights(optimizer, params):
                     val_loss = utils.evaluate(model, criterion, val_data, eval_batch_size, args.bptt)
+                    val_loss = dist.shared(val_loss)  # [distributed] rank 0's result, on every rank
                     utils.report_epoch(epoch, epoch_start_time, val_loss)
                     if val_loss < best_val_loss:
                         save_model(args.save)
@@ -119,6 +128,7 @@ def main(argv=None):
                         best_val_loss = val_loss
             else:
                 val_loss = utils.evaluate(model, criterion, val_data, eval_batch_size, args.bptt)
+                val_loss = dist.shared(val_loss)  # [distributed] rank 0's result, on every rank
                 utils.report_epoch(epoch, epoch_start_time, val_loss)
                 if val_loss < best_val_loss:
                     save_model(args.save)
@@ -135,7 +145,7 @@ def main(argv=None):
                 history.append(val_loss)
             log.write(epoch=epoch, seconds=time.time() - epoch_start_time, lr=optimizer.param_groups[0]['lr'],
                       optimizer=utils.optimizer_name(optimizer), train_loss=train_loss,
-                      **utils.loss_record('valid', val_loss))
+                      **utils.loss_record('valid', val_loss), **dist.check_in_sync(params))  # [distributed]
             save_state(epoch)
     if run.preempted:
         return utils.report_interrupted(utils.state_path(args.save), f'--resume {args.save}')

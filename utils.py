@@ -186,13 +186,14 @@ class NonFiniteLoss(UserError):
 
 
 def train_step(model, criterion, optimizer, params, data, targets, hidden, args, seq_len,
-               autocast=None, clip_foreach=None):
+               autocast=None, clip_foreach=None, forward=None):
     """One optimisation step of train_epoch on one batch; returns (detached raw loss, new hidden).
 
     The learning rate is scaled by seq_len / bptt for this step and restored after it; the loss is
     cross-entropy plus AR and TAR; gradients are clipped to args.clip. benchmark.py times this same
     step. `autocast` (a context manager factory, e.g. a bf16 torch.autocast) wraps the forward pass
     and the loss, and `clip_foreach` is passed to clip_grad_norm_; training leaves both at None.
+    `forward` (distributed.py: the DDP wrapper) runs the model's forward when given.
     """
     base_lr = optimizer.param_groups[0]['lr']
     optimizer.param_groups[0]['lr'] = base_lr * seq_len / args.bptt
@@ -200,7 +201,7 @@ def train_step(model, criterion, optimizer, params, data, targets, hidden, args,
     optimizer.zero_grad()
 
     with (autocast() if autocast is not None else contextlib.nullcontext()):
-        output, hidden, raw_outputs, dropped_outputs = model(data, hidden, return_h=True)
+        output, hidden, raw_outputs, dropped_outputs = (forward or model)(data, hidden, return_h=True)  # [distributed]
         raw_loss = criterion(model.decoder.weight, model.decoder.bias, output, targets)
         loss = raw_loss
         if args.alpha:  # AR: penalise large activations of the (dropped) last layer output
@@ -216,7 +217,7 @@ def train_step(model, criterion, optimizer, params, data, targets, hidden, args,
 
 
 def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
-                seq_len_cap=None, log=print, progress=None):
+                seq_len_cap=None, log=print, progress=None, forward=None):
     """One pass over the training stream with truncated BPTT; returns the mean raw training loss.
 
     Each step: a sampled sequence length, the learning rate scaled by seq_len / bptt (so short
@@ -226,7 +227,7 @@ def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rn
     """
     model.train()
     model.reset()
-    hidden = model.init_hidden(args.batch_size)
+    hidden = model.init_hidden(train_data.size(1))  # [distributed] this rank's columns (all of them: --batch_size)
     device = train_data.device
     epoch_loss = torch.zeros((), device=device)
     interval_loss = torch.zeros((), device=device)
@@ -245,7 +246,8 @@ def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rn
         seq_len = sample_seq_len(rng, args.bptt, seq_len_cap)
         base_lr = optimizer.param_groups[0]['lr']
         data, targets = get_batch(train_data, i, seq_len=seq_len)
-        raw_loss, hidden = train_step(model, criterion, optimizer, params, data, targets, hidden, args, seq_len)
+        raw_loss, hidden = train_step(model, criterion, optimizer, params, data, targets, hidden, args, seq_len,
+                                      forward=forward)  # [distributed]
         first_bad_batch = torch.where((first_bad_batch < 0) & ~torch.isfinite(raw_loss),
                                       batch + 1, first_bad_batch)
         interval_loss += raw_loss

@@ -64,3 +64,25 @@ def test_profile_prints_the_top_ops(capsys):
     out = capsys.readouterr().out
     assert 'recipe=ptb-char option=eager' in out and 'profile of 1 training steps' in out
     assert 'Self CPU' in out
+
+
+def test_without_nproc_drops_the_flag_and_its_values():
+    assert benchmark.without_nproc(['--small', '--nproc', '1', '2', '--cpu']) == ['--small', '--cpu']
+    assert benchmark.without_nproc(['--nproc=2', '--batches', '3']) == ['--batches', '3']
+    assert benchmark.without_nproc(['--npro', '4']) == []
+
+
+def test_nproc_reports_tokens_per_rank_and_in_all(capsys, tmp_path):
+    # Each count runs in fresh processes (2 ranks through torchrun, gloo); their lines reach our stdout.
+    path = tmp_path / 'bench.jsonl'
+    argv = FAST + ['--recipe', 'ptb-2018', '--batch-size', '4', '--batches', '2', '--val-batches', '1',
+                   '--threads', '1', '--nproc', '1', '2', '--json', str(path)]
+    assert benchmark.main(argv) == 0
+    records = [json.loads(l) for l in path.read_text().splitlines()]
+    assert [r['nproc'] for r in records] == [1, 2]
+    one, two = records
+    assert one['tokens_per_s'] == one['tokens_per_s_per_rank'] > 0
+    assert abs(two['tokens_per_s'] - 2 * two['tokens_per_s_per_rank']) < 1e-6 * two['tokens_per_s']
+    assert two['config']['batch_size'] == 4  # the global batch, 2 columns per rank
+    out = capsys.readouterr().out
+    assert 'scaling recipe=ptb-2018 option=eager: nproc=1 tokens_per_s=' in out and '| nproc=2 tokens_per_s=' in out

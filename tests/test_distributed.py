@@ -1,0 +1,205 @@
+"""Data-parallel training (distributed.py) on the CPU with gloo: torchrun with 2 processes, a tiny model.
+
+The 2-rank runs are subprocesses of `python -m torch.distributed.run --standalone --nproc_per_node 2`;
+the 1-process references run in this process, on today's code path.
+"""
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import distributed
+import finetune
+import main
+import utils
+from conftest import REPO, read_jsonl, tiny_run
+
+NO_DROPOUT = ['--dropout', '0', '--dropouth', '0', '--dropouti', '0', '--dropoute', '0', '--wdrop', '0']
+# On the tiny corpus these switch to ASGD after epoch 5 (the valid loss of epoch 5 is not a new best);
+# lr 10 keeps training stable enough that float rounding differences do not grow beyond 1e-6.
+SWITCH = ['--lr', '10', '--nonmono', '0']
+TOL = 1e-5
+TORCHRUN_ENV = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT',
+                'GROUP_RANK', 'ROLE_RANK', 'TORCHELASTIC_RUN_ID')
+
+
+def torchrun_command(script, argv, nproc=2):
+    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
+            script, *argv]
+
+
+def torchrun_env():
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    env['OMP_NUM_THREADS'] = '1'
+    return env
+
+
+def torchrun(script, argv, nproc=2, timeout=180):
+    result = subprocess.run(torchrun_command(script, argv, nproc), cwd=REPO, env=torchrun_env(),
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def epochs(path):
+    return [r for r in read_jsonl(path) if 'epoch' in r]
+
+
+def assert_close_records(ours, reference):
+    assert [r['epoch'] for r in ours] == [r['epoch'] for r in reference]
+    for a, b in zip(ours, reference):
+        assert a.get('optimizer') == b.get('optimizer'), (a, b)
+        for key in ('train_loss', 'valid_loss'):
+            if key in b:
+                assert abs(a[key] - b[key]) < TOL, (key, a, b)
+
+
+def assert_close_weights(path_a, path_b):
+    a, b = utils.read_checkpoint(path_a), utils.read_checkpoint(path_b)
+    assert a['model'].keys() == b['model'].keys()  # plain keys: no `module.` prefix
+    for part in ('model', 'criterion'):
+        for k in a[part]:
+            assert torch.allclose(a[part][k], b[part][k], atol=TOL, rtol=0), (part, k)
+
+
+def test_two_ranks_train_the_one_process_model_across_the_asgd_switch_and_resume_in_one_process(tmp_path, tiny_corpus):
+    flags = NO_DROPOUT + SWITCH
+    ref, two = str(tmp_path / 'ref.pt'), str(tmp_path / 'two.pt')
+    # The reference: one process, 6 epochs, then (exact resume) a 7th.
+    assert main.main(tiny_run(tiny_corpus, ref, epochs=6, extra=flags)) == 0
+    ref_state_6 = str(tmp_path / 'ref6.state')
+    shutil.copyfile(ref + '.state', ref_state_6)
+
+    # 2 ranks, the same global --batch_size (2 columns each), the same 6 epochs.
+    result = torchrun('main.py', tiny_run(tiny_corpus, two, epochs=6, extra=flags))
+    assert result.stdout.count('| end of epoch') == 6  # rank 0 alone prints
+    two_records = epochs(str(tmp_path / 'two.jsonl'))
+    assert {r['optimizer'] for r in two_records} == {'sgd', 'asgd'}  # across the switch
+    assert all(r['world_size'] == 2 for r in two_records)
+    assert_close_records(two_records, epochs(str(tmp_path / 'ref.jsonl')))
+    assert_close_weights(two + '.state', ref_state_6)
+    assert_close_weights(two, ref)  # the best model (ASGD averages) too
+    assert utils.load_checkpoint(two)['model'] is not None  # loads in a single process
+
+    # The 2-rank state continues in one process, as the reference does.
+    assert main.main(tiny_run(tiny_corpus, ref, epochs=7, extra=flags + ['--resume', ref])) == 0
+    assert main.main(tiny_run(tiny_corpus, two, epochs=7, extra=flags + ['--resume', two])) == 0
+    assert_close_records(epochs(str(tmp_path / 'two.jsonl')), epochs(str(tmp_path / 'ref.jsonl')))
+    assert_close_weights(two + '.state', ref + '.state')
+
+
+def test_finetune_on_two_ranks_is_the_one_process_finetune(tmp_path, tiny_corpus):
+    save = str(tmp_path / 'm.pt')
+    assert main.main(tiny_run(tiny_corpus, save, epochs=1)) == 0
+    argv = tiny_run(tiny_corpus, save, epochs=2, extra=NO_DROPOUT + ['--lr', '10'])
+    assert finetune.main(argv + ['--out', str(tmp_path / 'one.pt')]) == 0
+    torchrun('finetune.py', argv + ['--out', str(tmp_path / 'two.pt')])
+    assert_close_records(epochs(str(tmp_path / 'two.finetune.jsonl')), epochs(str(tmp_path / 'one.finetune.jsonl')))
+    assert_close_weights(str(tmp_path / 'two.pt.finetune.state'), str(tmp_path / 'one.pt.finetune.state'))
+
+
+def worker_pid(parent, rank):
+    """The pid of torchrun's worker of `rank` (a child of the torchrun process)."""
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+            if ppid != parent:
+                continue
+            with open(f'/proc/{entry}/environ', 'rb') as f:
+                if f'RANK={rank}'.encode() in f.read().split(b'\0'):
+                    return int(entry)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='finds the worker processes through /proc')
+def test_with_dropout_ranks_stay_identical_and_killing_one_rank_stops_the_others(tmp_path, tiny_corpus):
+    save = str(tmp_path / 'm.pt')
+    log = tmp_path / 'm.jsonl'
+    out, err = open(tmp_path / 'out.txt', 'w'), open(tmp_path / 'err.txt', 'w')
+    proc = subprocess.Popen(torchrun_command('main.py', tiny_run(tiny_corpus, save, epochs=10000)), cwd=REPO,
+                            env=torchrun_env(), stdout=out, stderr=err)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and proc.poll() is None and \
+                (not log.exists() or len(log.read_text().splitlines()) < 3):
+            time.sleep(0.1)
+        assert proc.poll() is None, (tmp_path / 'err.txt').read_text()[-3000:]
+        victim = worker_pid(proc.pid, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.time()
+        rc = proc.wait(timeout=60)
+        stopped_after = time.time() - killed_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out.close()
+        err.close()
+    stdout, stderr = (tmp_path / 'out.txt').read_text(), (tmp_path / 'err.txt').read_text()
+    assert rc != 0 and stopped_after < 45, (rc, stopped_after)
+    # torchrun's report names the killed rank; the survivor says why it stopped (a broken collective, or
+    # torchrun's SIGTERM, whichever reaches it first).
+    assert 'FAILED' in stderr and 'SIGKILL' in stderr, stderr[-3000:]
+    assert ('lost contact with the other ranks' in stderr or 'stopped by SIGTERM' in stderr
+            or 'Terminated (SIGTERM)' in stdout), stdout[-2000:] + stderr[-3000:]
+
+    # With dropout on, each rank draws its own masks, yet all hold the same weights after every epoch.
+    records = epochs(str(log))
+    assert len(records) >= 3
+    for r in records:
+        assert r['world_size'] == 2 and len(set(r['weight_digests'])) == 1, r
+    assert len({r['weight_digests'][0] for r in records}) == len(records)
+    assert utils.read_checkpoint(save + '.state')['epoch'] >= 3  # the state of the last epoch is kept
+
+
+def test_one_process_is_left_alone(monkeypatch):
+    for name in TORCHRUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    stdout, hook, handler = sys.stdout, sys.excepthook, signal.getsignal(signal.SIGTERM)
+    d = distributed.setup(argparse.Namespace(cpu=True))
+    assert not d.enabled and d.is_main and d.world_size == 1
+    assert (sys.stdout, sys.excepthook, signal.getsignal(signal.SIGTERM)) == (stdout, hook, handler)
+    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('WORLD_SIZE', '1')  # torchrun with one process: today's path as well
+    assert not distributed.setup(argparse.Namespace(cpu=True)).enabled
+
+    data = torch.arange(12).view(3, 4)
+    rng_before = torch.get_rng_state()
+    assert d.shard(data) is data and d.wrap(None, None) is None
+    assert d.mean(1.25) == 1.25 and d.shared(2.5) == 2.5 and d.check_in_sync([torch.ones(2)]) == {}
+    d.seed_ranks(1111, 3)
+    d.barrier()
+    assert torch.equal(torch.get_rng_state(), rng_before)  # no random draw
+    fn = lambda: 7  # noqa: E731
+    assert d.writer(fn) is fn
+    assert d.if_main(dict, a=1) == {'a': 1}
+
+
+def test_columns_split_evenly_or_a_clear_error():
+    data = torch.arange(24).view(4, 6)  # 6 columns
+    shares = [distributed.Distributed(rank, 3).shard(data) for rank in range(3)]
+    assert torch.equal(torch.cat(shares, dim=1), data) and all(s.size(1) == 2 for s in shares)
+    with pytest.raises(utils.UserError, match=r'--batch_size 6 does not split evenly over 4 ranks'):
+        distributed.Distributed(1, 4).shard(data)
+
+
+def test_each_rank_and_epoch_has_its_own_dropout_seed():
+    seeds = {distributed.rank_seed(1111, rank, epoch) for rank in range(8) for epoch in range(1, 50)}
+    assert len(seeds) == 8 * 49 and all(0 <= s < 2 ** 63 for s in seeds)
+    assert distributed.rank_seed(1111, 1, 2) == distributed.rank_seed(1111, 1, 2)
+
+
+def test_other_ranks_ignore_the_log():
+    log = distributed.Distributed(1, 2).if_main(open, '/nonexistent/never-opened')
+    log.write(epoch=1)  # ignored
