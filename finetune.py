@@ -83,6 +83,7 @@ def main(argv=None):
     ckpt = utils.load_checkpoint(source, map_location=device)
     if state_file:
         ignored = utils.adopt_run_args(args, ckpt['args'], utils.RESUME_MAY_CHANGE)
+        utils.check_resumed_args(args, state_file)
         if ignored:
             print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')
     utils.note_model_flags(args, ckpt['model_config'], MODEL_FLAGS)

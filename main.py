@@ -47,6 +47,7 @@ def main(argv=None):
     if resume_state_file:
         saved_state = utils.read_checkpoint(resume_state_file)
         ignored = utils.adopt_run_args(args, saved_state['args'], utils.RESUME_MAY_CHANGE)
+        utils.check_resumed_args(args, resume_state_file)
         if ignored:
             print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')
     print('Args:', args)

@@ -118,33 +118,58 @@ def add_device_args(parser):
     parser.add_argument('--cpu', action='store_true', help='run on the CPU even when a GPU is present')
 
 
+# Which values each numeric flag may take: (flags, test, what the message says).
+FLAG_RULES = [
+    (('dropout', 'dropouth', 'dropouti', 'dropoute', 'wdrop'), lambda v: 0 <= v < 1, 'in [0, 1)'),
+    (('emsize', 'nhid', 'nlayers', 'batch_size', 'bptt', 'epochs', 'log_interval'),
+     lambda v: isinstance(v, int) and v > 0, 'a positive integer'),
+    (('lr',), lambda v: 0 < v < math.inf, 'positive and finite'),
+    # A negative clip makes clip_grad_norm_ flip every gradient: training goes uphill.
+    (('clip',), lambda v: v >= 0, '>= 0 (0: no clipping)'),
+    (('wdecay', 'alpha', 'beta'), lambda v: 0 <= v < math.inf, '>= 0 and finite'),
+    (('nonmono',), lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0'),
+    (('seed',), lambda v: isinstance(v, int) and 0 <= v <= 2 ** 32 - 1, 'an integer in [0, 2**32 - 1]'),
+]
+
+
+def flag_name(name):
+    return '--' + ('log-interval' if name == 'log_interval' else name)
+
+
 def check_args(args):
     """Impossible flag values become a UserError naming the flag."""
     def require(ok, message):
         if not ok:
             raise UserError(message)
-    for name in ('dropout', 'dropouth', 'dropouti', 'dropoute', 'wdrop'):
-        if hasattr(args, name):
-            value = getattr(args, name)
-            require(0 <= value < 1, f'--{name} must be in [0, 1), got {value}')
-    for name in ('emsize', 'nhid', 'nlayers', 'batch_size', 'bptt', 'epochs', 'log_interval'):
-        if hasattr(args, name):
-            value = getattr(args, name)
-            require(value > 0, f'--{name.replace("_", "-") if name == "log_interval" else name} '
-                               f'must be positive, got {value}')
-    if hasattr(args, 'lr'):
-        require(args.lr > 0, f'--lr must be positive, got {args.lr}')
-    if hasattr(args, 'nonmono'):
-        require(args.nonmono >= 0, f'--nonmono must be >= 0, got {args.nonmono}')
+
+    def holds(test, value):
+        try:
+            return bool(test(value)) and not isinstance(value, bool)
+        except TypeError:  # a value of the wrong type, e.g. from a hand-edited resume state
+            return False
+    for names, test, expected in FLAG_RULES:
+        for name in names:
+            if hasattr(args, name):
+                value = getattr(args, name)
+                require(holds(test, value), f'{flag_name(name)} must be {expected}, got {value!r}')
     if hasattr(args, 'model'):
         require(args.model in ('LSTM', 'QRNN', 'GRU'), f'--model must be LSTM, QRNN or GRU, got {args.model!r}')
     if hasattr(args, 'optimizer'):
         require(args.optimizer in ('sgd', 'adam'), f'--optimizer must be sgd or adam, got {args.optimizer!r}')
     if hasattr(args, 'when'):
-        bad = [e for e in args.when if e <= 0 and e != -1]
+        bad = [e for e in args.when if not holds(lambda e: e > 0 or e == -1, e)] \
+            if isinstance(args.when, list) else [args.when]
         require(not bad, f'--when epochs must be positive (or the default -1), got {bad}')
     if getattr(args, 'save', None) is not None:
         require(args.save.strip() != '', '--save must not be empty')
+
+
+def check_resumed_args(args, path):
+    """Flags taken from a resume state are checked as those of the command line are."""
+    try:
+        check_args(args)
+    except UserError as e:
+        raise UserError(f'{path}: the run settings saved in it are invalid: {e}') from None
 
 
 def choose_device(args):

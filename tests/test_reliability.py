@@ -1,0 +1,108 @@
+"""Reliability, second round: each test reproduces one finding of a fault-injection pass (issue 11)
+on a tiny model, and checks what should happen instead."""
+import fcntl
+import json
+import os
+import random
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import data
+import dynamiceval
+import finetune
+import generate
+import main as train_script
+import pointer
+import utils
+from conftest import REPO, TINY, read_jsonl, tiny_run, write_corpus
+
+LEGACY_FORMAT = 'awd-lstm-checkpoint-1'  # checkpoints written before the digest
+
+
+def train(corpus, save, epochs=1, extra=()):
+    return train_script.main(tiny_run(corpus, save, epochs, extra))
+
+
+def must_not_run(*args, **kwargs):
+    raise AssertionError('the bad location should have been found before this step')
+
+
+def epochs_of(save):
+    return [r['epoch'] for r in read_jsonl(utils.json_log_path(save)) if 'epoch' in r]
+
+
+def temporaries(folder):
+    return [name for name in os.listdir(folder) if name.endswith('.tmp')]
+
+
+def hand_made(raw, path, digest=False):
+    """Writes a checkpoint dict as someone could by hand: the legacy format without a digest, or the
+    current one with a correct digest (a digest vouches for the bytes, not for the contents)."""
+    raw = dict(raw)
+    raw.pop('digest', None)
+    if digest:
+        raw = utils.with_digest({**raw, 'format': utils.CHECKPOINT_FORMAT})
+    else:
+        raw['format'] = LEGACY_FORMAT
+    torch.save(raw, path)
+    return path
+
+
+@pytest.fixture
+def small_corpus(tmp_path):
+    return write_corpus(str(tmp_path / 'small'), (150, 40, 40))
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """A corpus, a one-epoch checkpoint with its resume state, and a one-epoch fine-tuning state."""
+    folder = tmp_path_factory.mktemp('reliability')
+    corpus = write_corpus(str(folder / 'corpus'), (150, 40, 40))
+    save = str(folder / 'model.pt')
+    assert train(corpus, save) == 0
+    tuned = str(folder / 'tuned.pt')
+    assert finetune.main(['--data', corpus, '--save', save, '--out', tuned, '--epochs', '1', *TINY]) == 0
+    return corpus, save, finetune.finetune_state_path(tuned)
+
+
+def copy_checkpoint(trained, tmp_path):
+    """The fixture's checkpoint and state, copied so that a test may damage them."""
+    _, save, _ = trained
+    copy = str(tmp_path / 'copy.pt')
+    shutil.copy(save, copy)
+    shutil.copy(utils.state_path(save), utils.state_path(copy))
+    return copy
+
+
+@pytest.mark.parametrize('flags,match', [
+    (['--clip', '-1'], '--clip'), (['--wdecay', '-1'], '--wdecay'), (['--wdecay', 'nan'], '--wdecay'),
+    (['--seed', '-1'], '--seed'), (['--seed', str(2 ** 32)], '--seed'), (['--lr', 'inf'], '--lr'),
+])
+def test_flags_that_would_train_uphill_or_crash_are_refused(tmp_path, small_corpus, monkeypatch, flags, match):
+    monkeypatch.setattr(utils, 'train_epoch', must_not_run)
+    with pytest.raises(utils.UserError, match=match):
+        train(small_corpus, str(tmp_path / 'm.pt'), extra=flags)
+
+
+@pytest.mark.parametrize('script', [generate, dynamiceval], ids=lambda s: s.__name__)
+def test_scripts_refuse_an_impossible_seed(trained, tmp_path, script):
+    corpus, save, _ = trained
+    argv = (['--checkpoint', save, '--outf', str(tmp_path / 'g.txt')] if script is generate else ['--save', save])
+    with pytest.raises(utils.UserError, match='--seed'):
+        script.main(['--data', corpus, *argv, '--seed', '-1', '--cpu'])
+
+
+@pytest.mark.parametrize('flag,value', [('bptt', 0), ('lr', -1.0), ('batch_size', 'four'), ('dropout', 1.5)])
+def test_a_resume_state_with_invalid_flags_is_refused(trained, tmp_path, flag, value):
+    corpus, _, _ = trained
+    copy = copy_checkpoint(trained, tmp_path)
+    raw = torch.load(utils.state_path(copy), weights_only=True)
+    raw['args'][flag] = value
+    hand_made(raw, utils.state_path(copy))
+    with pytest.raises(utils.UserError, match=f'copy.pt.state: .*--{flag}'):
+        train(corpus, copy, epochs=2, extra=['--resume', copy])
