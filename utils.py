@@ -497,9 +497,12 @@ def load_data(args, batch_sizes, device, log=print):
     splits = []
     for name, bsz in zip(data.SPLITS, batch_sizes):
         stream = getattr(corpus, name)
-        if len(stream) // bsz < 2:
+        # Evaluation needs 2 rows (inputs and their next words); one training batch needs 3, since
+        # train_epoch stops 2 rows before the end: with 2 rows it would train on nothing.
+        rows = 3 if name == 'train' else 2
+        if len(stream) // bsz < rows:
             raise UserError(f'{os.path.join(args.data, name + ".txt")}: {len(stream)} tokens are too few '
-                            f'for batch size {bsz}')
+                            f'for batch size {bsz} (at least {rows * bsz})')
         splits.append(batchify(stream, bsz, device=device))
     return (corpus, *splits)
 

@@ -97,6 +97,24 @@ def test_scripts_refuse_an_impossible_seed(trained, tmp_path, script):
         script.main(['--data', corpus, *argv, '--seed', '-1', '--cpu'])
 
 
+def corpus_of(folder, train_lines):
+    """Lines of 3 words + <eos> = 4 tokens each; valid and test big enough for their batch sizes."""
+    os.makedirs(folder)
+    for name, n in (('train', train_lines), ('valid', 10), ('test', 10)):
+        with open(os.path.join(folder, name + '.txt'), 'w') as f:
+            f.write(' a b c \n' * n)
+    return folder
+
+
+def test_a_train_split_needs_at_least_one_batch(tmp_path):
+    # Batch size 4: 8 tokens make 2 rows, which train nothing; 12 make 3 rows, one batch.
+    with pytest.raises(utils.UserError, match=r'train.txt: 8 tokens are too few'):
+        train(corpus_of(str(tmp_path / 'two_rows'), 2), str(tmp_path / 'a.pt'))
+    save = str(tmp_path / 'b.pt')
+    assert train(corpus_of(str(tmp_path / 'three_rows'), 3), save) == 0
+    assert read_jsonl(utils.json_log_path(save))[0]['train_loss'] > 0
+
+
 @pytest.mark.parametrize('flag,value', [('bptt', 0), ('lr', -1.0), ('batch_size', 'four'), ('dropout', 1.5)])
 def test_a_resume_state_with_invalid_flags_is_refused(trained, tmp_path, flag, value):
     corpus, _, _ = trained
