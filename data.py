@@ -102,11 +102,11 @@ def load_corpus(path, use_cache=True, log=print):
     corpus = Corpus(path)
     # A folder marked read-only (a shared copy of the data) is left alone, even when running as root.
     if use_cache and os.stat(path).st_mode & 0o222:
-        from utils import atomic_torch_save  # utils imports data lazily; no cycle at import time
+        import utils  # utils imports data lazily; no cycle at import time
+        counts = torch.tensor([corpus.dictionary.counter[i] for i in range(len(corpus.dictionary))])
         try:
-            counts = torch.tensor([corpus.dictionary.counter[i] for i in range(len(corpus.dictionary))])
-            atomic_torch_save({'idx2word': corpus.dictionary.idx2word, 'counts': counts,
-                               **{split: getattr(corpus, split) for split in SPLITS}}, cache)
-        except OSError:
-            pass
+            utils.atomic_torch_save({'idx2word': corpus.dictionary.idx2word, 'counts': counts,
+                                     **{split: getattr(corpus, split) for split in SPLITS}}, cache)
+        except (utils.UserError, OSError) as e:  # a full disk: no cache this time
+            log(f'note: corpus cache not written: {e}')
     return corpus

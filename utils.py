@@ -6,6 +6,7 @@ import json
 import math
 import os
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -19,12 +20,37 @@ class UserError(Exception):
 
 
 def run(main):
-    """Runs a script's main(), turning a UserError into `error: ...` and a non-zero exit."""
+    """Runs a script's main(); what goes wrong ends in one line on stderr, never a traceback.
+
+    A UserError (bad input) or an OSError (the file system: a full disk, a missing folder) is
+    `error: ...` with exit status 2; Ctrl-C outside the training loop is `error: interrupted`, 130;
+    a closed output pipe (`| head`) ends quietly with 141, as a program killed by SIGPIPE would.
+    """
     try:
-        sys.exit(main())
+        status = main()
+        sys.stdout.flush()  # so that a closed pipe shows here, not in the interpreter's flush at exit
     except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
+        fail(str(e), 2)
+    except BrokenPipeError:
+        # Nothing more can be shown; point stdout at /dev/null so that the final flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+    except KeyboardInterrupt:
+        fail('interrupted (Ctrl-C)', 130)
+    except OSError as e:
+        fail(f'{e.filename}: {e.strerror}' if e.filename and e.strerror else str(e), 2)
+    sys.exit(status)
+
+
+def fail(message, status):
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(status)
+
+
+def first_line(error):
+    """The first line of an exception's message (torch's can run to many lines)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,22 +417,33 @@ def progress_bar(total, desc):
 CHECKPOINT_FORMAT = 'awd-lstm-checkpoint-1'
 
 
-def atomic_torch_save(obj, path):
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
+def atomic_write(path, write):
+    """Write a file through a temporary file in the same folder: write(f), flush, fsync, rename.
 
-    A crash at any point leaves either the old file or the new one, never a half-written one.
+    A crash at any point leaves either the old file or the new one, never a half-written one. A
+    symlinked `path` is written through to its target (not replaced by a file). The new file keeps
+    the mode of the one it replaces, or else gets the umask's default, as open() would give it. A
+    failure (a full disk: torch raises RuntimeError, Python OSError) is a UserError naming the file,
+    and the temporary file is removed.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
     try:
+        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(target) + '.', suffix='.tmp', dir=folder)
+    except OSError as e:
+        raise UserError(f'{path}: could not be written ({e.strerror})') from None
+    try:
+        os.fchmod(fd, file_mode(target))
         with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        os.replace(tmp, target)
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, (OSError, RuntimeError)):
+            raise UserError(f'{path}: could not be written ({first_line(e)})') from None
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -414,6 +451,22 @@ def atomic_torch_save(obj, path):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def file_mode(path):
+    """The permission bits for a new version of `path`: those of the file it replaces, or the
+    umask's default (mkstemp alone would give 0600 whatever the umask)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def atomic_torch_save(obj, path):
+    """torch.save through atomic_write."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(path, model, criterion, optimizer, args, idx2word, **extra):

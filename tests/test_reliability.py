@@ -115,6 +115,37 @@ def test_a_train_split_needs_at_least_one_batch(tmp_path):
     assert read_jsonl(utils.json_log_path(save))[0]['train_loss'] > 0
 
 
+# ---------------------------------------------------------------------------------------------
+# One-line errors instead of tracebacks
+
+DISK_FULL = RuntimeError('[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing '
+                         'file data/0: file write failed')
+
+
+def disk_full(obj, f, *args, **kwargs):
+    f.write(b'PK\x03\x04 the start of a file')
+    raise DISK_FULL
+
+
+def test_a_full_disk_while_caching_the_corpus_only_skips_the_cache(small_corpus, monkeypatch):
+    monkeypatch.setattr(torch, 'save', disk_full)
+    notes = []
+    corpus = data.load_corpus(small_corpus, log=notes.append)
+    assert len(corpus.train) > 0
+    assert not [f for f in os.listdir(small_corpus) if f.startswith('corpus.')] and not temporaries(small_corpus)
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_a_one_line_error(tmp_path, small_corpus, monkeypatch):
+    save = str(tmp_path / 'm.pt')
+    assert train(small_corpus, save) == 0
+    before = open(save, 'rb').read()
+    monkeypatch.setattr(torch, 'save', disk_full)
+    with pytest.raises(utils.UserError, match=r'm.pt: could not be written .*PytorchStreamWriter') as e:
+        train(small_corpus, save, extra=['--lr', '1'])
+    assert '\n' not in str(e.value)
+    assert open(save, 'rb').read() == before and not temporaries(tmp_path)
+
+
 @pytest.mark.parametrize('flag,value', [('bptt', 0), ('lr', -1.0), ('batch_size', 'four'), ('dropout', 1.5)])
 def test_a_resume_state_with_invalid_flags_is_refused(trained, tmp_path, flag, value):
     corpus, _, _ = trained
@@ -124,3 +155,67 @@ def test_a_resume_state_with_invalid_flags_is_refused(trained, tmp_path, flag, v
     hand_made(raw, utils.state_path(copy))
     with pytest.raises(utils.UserError, match=f'copy.pt.state: .*--{flag}'):
         train(corpus, copy, epochs=2, extra=['--resume', copy])
+
+
+def run_script(main, capsys):
+    """utils.run(main) as a script runs it: returns (exit status, stderr)."""
+    try:
+        utils.run(main)
+    except SystemExit as e:
+        return e.code, capsys.readouterr().err
+    except KeyboardInterrupt:
+        pytest.fail('KeyboardInterrupt escaped utils.run')
+    pytest.fail('utils.run returned without exiting')
+
+
+def test_ctrl_c_during_start_up_is_one_line(tmp_path, small_corpus, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(utils, 'load_data', interrupted)
+    status, err = run_script(lambda: train_script.main(tiny_run(small_corpus, str(tmp_path / 'm.pt'))), capsys)
+    assert status == 130 and err.count('\n') == 1 and 'Traceback' not in err
+
+
+def test_an_unexpected_os_error_is_one_line(capsys):
+    def fails():
+        raise OSError(28, 'No space left on device', 'somewhere.pt')
+    status, err = run_script(fails, capsys)
+    assert status == 2 and err == "error: somewhere.pt: No space left on device\n"
+
+
+def test_output_piped_into_head_ends_quietly(trained, tmp_path):
+    corpus, save, _ = trained
+    proc = subprocess.Popen([sys.executable, 'generate.py', '--data', corpus, '--checkpoint', save,
+                             '--outf', str(tmp_path / 'g.txt'), '--words', '300', '--log-interval', '1', '--cpu'],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader has gone, as `| head` does once it has its lines
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141
+    assert 'Traceback' not in err and 'Exception ignored' not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Smaller
+
+@pytest.mark.parametrize('umask', [0o022, 0o002, 0o077])
+def test_atomic_writes_follow_the_umask_and_keep_an_existing_mode(tmp_path, umask):
+    path = str(tmp_path / 'x.pt')
+    old = os.umask(umask)
+    try:
+        utils.atomic_torch_save({'x': torch.ones(1)}, path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+    os.chmod(path, 0o640)
+    utils.atomic_torch_save({'x': torch.zeros(1)}, path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+
+
+def test_a_symlinked_save_is_written_through(tmp_path, small_corpus):
+    store = tmp_path / 'store'
+    store.mkdir()
+    link = str(tmp_path / 'm.pt')
+    os.symlink(str(store / 'm.pt'), link)
+    assert train(small_corpus, link, epochs=2, extra=['--lr', '1']) == 0
+    assert os.path.islink(link)
+    assert utils.read_checkpoint(str(store / 'm.pt'))['model'].keys()
