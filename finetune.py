@@ -82,6 +82,7 @@ def main(argv=None):
     source = state_file or args.save
     ckpt = utils.load_checkpoint(source, map_location=device)
     if state_file:
+        utils.check_state(ckpt, state_file, 'finetune')
         ignored = utils.adopt_run_args(args, ckpt['args'], utils.RESUME_MAY_CHANGE)
         utils.check_resumed_args(args, state_file)
         if ignored:
@@ -108,12 +109,12 @@ def main(argv=None):
     def save_state(epoch, done):
         utils.save_checkpoint(finetune_state_path(args.out), model, criterion, optimizer, args,
                               corpus.dictionary.idx2word, epoch=epoch, history=history,
-                              best_val_loss=best_val_loss, done=done, rng=utils.rng_state(rng, device))
+                              best_val_loss=best_val_loss, done=done, rng=utils.rng_state(rng, device),
+                              script='finetune')
 
     log = utils.JsonLog(finetune_log_path(args.out), append=state_file is not None)
     if state_file:
-        optimizer.load_state_dict(ckpt['optimizer'])
-        utils.restore_rng_state(ckpt['rng'], rng, device)
+        utils.restore_training_state(optimizer, rng, device, ckpt, state_file)
         epoch_start, history, best_val_loss, done = ckpt['epoch'] + 1, list(ckpt['history']), \
             ckpt['best_val_loss'], ckpt['done']
         print(f'Resuming exactly from {state_file} after epoch {ckpt["epoch"]}')
@@ -159,7 +160,7 @@ def main(argv=None):
         return utils.report_interrupted(finetune_state_path(args.out), '--resume')
 
     # Load the best model (the output holds it from the start) and run it on test data.
-    test_loss = utils.evaluate_best_on_test(args.out, model, criterion, test_data, args.bptt, device)
+    test_loss = utils.evaluate_best_on_test(args.out, model, criterion, test_data, args.bptt)
     log.write(final=True, **utils.loss_record('valid', best_val_loss), **utils.loss_record('test', test_loss))
     return 0
 

@@ -45,7 +45,7 @@ def main(argv=None):
         raise utils.UserError(f'{args.resume}: checkpoint not found (--resume)')
     saved_state = None
     if resume_state_file:
-        saved_state = utils.read_checkpoint(resume_state_file)
+        saved_state = utils.read_state(resume_state_file, 'main')
         ignored = utils.adopt_run_args(args, saved_state['args'], utils.RESUME_MAY_CHANGE)
         utils.check_resumed_args(args, resume_state_file)
         if ignored:
@@ -86,8 +86,7 @@ def main(argv=None):
 
     optimizer = utils.make_optimizer(optimizer_kind, params, args.lr, args.wdecay)
     if saved_state is not None:
-        optimizer.load_state_dict(saved_state['optimizer'])
-        utils.restore_rng_state(saved_state['rng'], rng, device)
+        utils.restore_training_state(optimizer, rng, device, saved_state, resume_state_file)
         print(f'Resuming exactly from {resume_state_file} after epoch {saved_state["epoch"]} '
               f'({optimizer_kind}, lr {optimizer.param_groups[0]["lr"]})')
     elif args.resume:
@@ -99,7 +98,8 @@ def main(argv=None):
 
     def save_state(epoch):
         utils.save_checkpoint(utils.state_path(args.save), model, criterion, optimizer, args, corpus.dictionary.idx2word,
-                              epoch=epoch, history=history, best_val_loss=best_val_loss, rng=utils.rng_state(rng, device))
+                              epoch=epoch, history=history, best_val_loss=best_val_loss, rng=utils.rng_state(rng, device),
+                              script='main')
 
     log = utils.JsonLog(utils.json_log_path(args.save), append=saved_state is not None)
     # Loop over epochs; Ctrl-C stops early and still evaluates the best model on test.
@@ -142,7 +142,7 @@ def main(argv=None):
         return utils.report_interrupted(utils.state_path(args.save), f'--resume {args.save}')
 
     # Load the best saved model and run it on test data.
-    test_loss = utils.evaluate_best_on_test(args.save, model, criterion, test_data, args.bptt, device)
+    test_loss = utils.evaluate_best_on_test(args.save, model, criterion, test_data, args.bptt)
     log.write(final=True, **utils.loss_record('valid', best_val_loss), **utils.loss_record('test', test_loss))
     return 0
 

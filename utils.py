@@ -2,6 +2,7 @@
 evaluation pass, NT-ASGD's switch rule and weight averaging, checkpoint I/O and error reporting."""
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -414,7 +415,9 @@ def progress_bar(total, desc):
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 
-CHECKPOINT_FORMAT = 'awd-lstm-checkpoint-1'
+# Format 2 adds the digest; format 1 files (written before it) still load, unverified.
+CHECKPOINT_FORMAT = 'awd-lstm-checkpoint-2'
+LEGACY_CHECKPOINT_FORMAT = 'awd-lstm-checkpoint-1'
 
 
 def atomic_write(path, write):
@@ -469,9 +472,60 @@ def atomic_torch_save(obj, path):
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def content_digest(obj):
+    """sha256 over the contents of a checkpoint (or corpus cache) dict, as 'sha256:<hex>'.
+
+    Walked in a fixed order (dict keys sorted), each value tagged with its type and length; a tensor
+    contributes its dtype, shape and bytes. A flipped bit in a stored tensor loads without any error
+    from torch, so read_checkpoint compares this with the digest stored at save time.
+    """
+    digest = hashlib.sha256()
+    _digest_into(digest, obj)
+    return 'sha256:' + digest.hexdigest()
+
+
+def _digest_into(digest, obj):
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        digest.update(f'tensor {t.dtype} {tuple(t.shape)}\0'.encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        digest.update(f'dict {len(obj)}\0'.encode())
+        for key in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+            _digest_into(digest, key)
+            _digest_into(digest, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f'{"tuple" if isinstance(obj, tuple) else "list"} {len(obj)}\0'.encode())
+        for item in obj:
+            _digest_into(digest, item)
+    elif isinstance(obj, str):
+        data = obj.encode('utf-8', 'surrogatepass')
+        digest.update(f'str {len(data)}\0'.encode() + data)
+    elif obj is None or isinstance(obj, (bool, int, float)):
+        digest.update(f'{type(obj).__name__} {obj!r}\0'.encode())
+    else:
+        raise TypeError(f'a {type(obj).__name__} has no place in a checkpoint')
+
+
+def with_digest(obj):
+    """The dict `obj` with its content digest added under 'digest'."""
+    return {**obj, 'digest': content_digest(obj)}
+
+
+def digest_matches(obj):
+    """Whether the dict `obj` holds a digest of the rest of its contents (with_digest's)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get('digest'), str):
+        return False
+    try:
+        return obj['digest'] == content_digest({k: v for k, v in obj.items() if k != 'digest'})
+    except TypeError:  # something no checkpoint holds
+        return False
+
+
 def save_checkpoint(path, model, criterion, optimizer, args, idx2word, **extra):
-    """A plain dict of tensors, numbers and strings: loadable with torch.load(weights_only=True)."""
-    atomic_torch_save({
+    """A plain dict of tensors, numbers and strings: loadable with torch.load(weights_only=True).
+    `extra` holds what a resume state adds."""
+    atomic_torch_save(with_digest({
         'format': CHECKPOINT_FORMAT,
         'model_config': dict(model.config),
         'model': model.state_dict(),
@@ -482,40 +536,73 @@ def save_checkpoint(path, model, criterion, optimizer, args, idx2word, **extra):
         'args': plain_args(args) if isinstance(args, argparse.Namespace) else dict(args),
         'idx2word': list(idx2word),
         **extra,
-    }, path)
+    }), path)
 
 
-def read_checkpoint(path, map_location=None):
-    """The raw dict of a checkpoint, with a UserError for anything that is not one of ours."""
+# The fields every checkpoint holds, and the types they must have.
+CHECKPOINT_FIELDS = {'model_config': dict, 'model': dict, 'criterion_config': dict, 'criterion': dict,
+                     'args': dict, 'idx2word': list, 'optimizer': (dict, type(None)),
+                     'optimizer_name': (str, type(None))}
+
+
+def read_checkpoint(path):
+    """The raw dict of a checkpoint, its tensors on the CPU, with a UserError for anything that is not
+    one of ours: unreadable, carrying pickled code, damaged (its digest does not match), or missing
+    fields a checkpoint has."""
     if not path:
         raise UserError('no checkpoint given (--save)')
     if not os.path.isfile(path):
         raise UserError(f'{path}: checkpoint not found')
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         text = str(e)
         if 'Weights only load failed' in text or 'Unsupported global' in text:
             raise UserError(f'{path}: refused: the file needs pickled Python objects to load '
                             '(not a plain-data checkpoint; it was not executed)') from None
         raise UserError(f'{path}: not a readable checkpoint (truncated or not a torch file)') from None
-    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get('format') not in (CHECKPOINT_FORMAT, LEGACY_CHECKPOINT_FORMAT):
         raise UserError(f'{path}: not a checkpoint written by this code')
+    if ckpt['format'] == CHECKPOINT_FORMAT and not digest_matches(ckpt):
+        raise UserError(f'{path}: damaged checkpoint: its contents do not match the digest stored in it'
+                        if 'digest' in ckpt else f'{path}: damaged checkpoint: its digest is missing')
+    check_fields(ckpt, path, CHECKPOINT_FIELDS, 'checkpoint')
+    for key in ('model', 'criterion'):
+        if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt[key].items()):
+            raise UserError(f'{path}: damaged checkpoint: {key!r} must map names to tensors')
+    if not all(isinstance(word, str) for word in ckpt['idx2word']):
+        raise UserError(f"{path}: damaged checkpoint: 'idx2word' must be a list of words")
     return ckpt
+
+
+def check_fields(ckpt, path, fields, what):
+    """Each field of `fields` (name: type or tuple of types) is in `ckpt` with such a type; a bool
+    counts as a number only where bool is named."""
+    for key, kinds in fields.items():
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        if key not in ckpt:
+            raise UserError(f'{path}: damaged {what}: it has no {key!r} field')
+        value = ckpt[key]
+        if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+            raise UserError(f'{path}: damaged {what}: its {key!r} field holds a {type(value).__name__}')
 
 
 def load_checkpoint(path, map_location=None):
     """Load a checkpoint of main.py / finetune.py.
 
     Returns the checkpoint dict with `model` an RNNModel holding the saved weights, `criterion` the
-    SplitCrossEntropyLoss, `args` the training arguments (a dict), `idx2word` the vocabulary, and
-    `model_state` / `criterion_state` / `optimizer` the raw state dicts.
+    SplitCrossEntropyLoss (both moved to `map_location`, a device, when given), `args` the training
+    arguments (a dict), `idx2word` the vocabulary, and `model_state` / `criterion_state` /
+    `optimizer` the raw state dicts (on the CPU).
     """
     from model import RNNModel
     from splitcross import SplitCrossEntropyLoss
-    ckpt = read_checkpoint(path, map_location)
-    model = RNNModel(**ckpt['model_config'])
-    criterion = SplitCrossEntropyLoss(**ckpt['criterion_config'])
+    ckpt = read_checkpoint(path)
+    try:
+        model = RNNModel(**ckpt['model_config'])
+        criterion = SplitCrossEntropyLoss(**ckpt['criterion_config'])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f'{path}: the model configuration stored in it cannot be built ({first_line(e)})') from None
     try:
         model.load_state_dict(ckpt['model'])
         criterion.load_state_dict(ckpt['criterion'])
@@ -585,6 +672,40 @@ def rng_state(rng, device):
     return state
 
 
+# The fields of a resume state beyond a checkpoint's, and the types they must have.
+STATE_FIELDS = {'epoch': int, 'history': list, 'best_val_loss': (int, float), 'optimizer': dict,
+                'optimizer_name': str, 'rng': dict}
+
+
+def check_state(state, path, script):
+    """A resume state of `script` ('main' or 'finetune') with the fields it needs. States written
+    before they named their script are told apart by finetune.py's `done`."""
+    kind = state.get('script', 'finetune' if 'done' in state else 'main')
+    if kind != script:
+        raise UserError(f'{path}: a resume state of {kind}.py, not of {script}.py: continue it with '
+                        f'{kind}.py --resume')
+    check_fields(state, path, {**STATE_FIELDS, **({'done': bool} if script == 'finetune' else {})}, 'resume state')
+    if not all(isinstance(v, (int, float)) for v in state['history']):
+        raise UserError(f"{path}: damaged resume state: its 'history' must hold validation losses")
+
+
+def read_state(path, script):
+    """The raw dict of a resume state of `script`, checked as read_checkpoint and check_state do."""
+    state = read_checkpoint(path)
+    check_state(state, path, script)
+    return state
+
+
+def restore_training_state(optimizer, rng, device, state, path):
+    """Put the optimizer (with ASGD's averages) and every random state back as `state` saved them."""
+    try:
+        optimizer.load_state_dict(state['optimizer'])
+        restore_rng_state(state['rng'], rng, device)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        raise UserError(f'{path}: damaged resume state: its optimizer or random state cannot be restored '
+                        f'({first_line(e)})') from None
+
+
 def restore_rng_state(state, rng, device):
     torch.set_rng_state(state['torch'])
     n = state['numpy']
@@ -627,11 +748,11 @@ def report_interrupted(state_file, resume_command):
     return 143
 
 
-def evaluate_best_on_test(path, model, criterion, test_data, bptt, device):
+def evaluate_best_on_test(path, model, criterion, test_data, bptt):
     """Load the best saved weights into `model` and report them on test (batch size 1)."""
     if not os.path.isfile(path):
         raise UserError(f'{path}: no model was saved (training stopped before the first evaluation)')
-    best = read_checkpoint(path, map_location=device)
+    best = read_checkpoint(path)
     model.load_state_dict(best['model'])
     criterion.load_state_dict(best['criterion'])
     test_loss = evaluate(model, criterion, test_data, 1, bptt)

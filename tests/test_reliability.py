@@ -97,6 +97,69 @@ def test_scripts_refuse_an_impossible_seed(trained, tmp_path, script):
         script.main(['--data', corpus, *argv, '--seed', '-1', '--cpu'])
 
 
+def same(a, b):
+    """Equal as checkpoint contents: tensors bit for bit, containers item by item."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and torch.equal(a.view(torch.uint8) if a.dtype == torch.bool else a,
+                                                       b.view(torch.uint8) if b.dtype == torch.bool else b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and (a == b or a != a and b != b)
+
+
+@pytest.mark.parametrize('which', ['checkpoint', 'state'])
+def test_a_flipped_bit_never_loads_as_other_weights(trained, tmp_path, which):
+    _, save, _ = trained
+    path = save if which == 'checkpoint' else utils.state_path(save)
+    reference = torch.load(path, weights_only=True)
+    content = open(path, 'rb').read()
+    flipped_path = str(tmp_path / 'flipped.pt')
+    rnd = random.Random(11)
+    silently_different = []
+    for _ in range(300):
+        bit = rnd.randrange(len(content) * 8)
+        damaged = bytearray(content)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        with open(flipped_path, 'wb') as f:
+            f.write(damaged)
+        try:
+            loaded = utils.read_checkpoint(flipped_path)
+        except utils.UserError as e:
+            assert 'flipped.pt' in str(e) and '\n' not in str(e)
+            continue
+        if not same(loaded, reference):
+            silently_different.append(bit)
+    assert not silently_different, f'{len(silently_different)} of 300 flips loaded with other contents'
+
+
+def test_a_checkpoint_without_its_digest_is_refused_unless_it_predates_digests(trained, tmp_path):
+    _, save, _ = trained
+    raw = torch.load(save, weights_only=True)
+    legacy = hand_made(raw, str(tmp_path / 'legacy.pt'))
+    assert utils.load_checkpoint(legacy)['model'] is not None  # written before this change: still loads
+    stripped = {k: v for k, v in raw.items() if k != 'digest'}
+    torch.save(stripped, str(tmp_path / 'stripped.pt'))
+    with pytest.raises(utils.UserError, match='stripped.pt: .*digest'):
+        utils.load_checkpoint(str(tmp_path / 'stripped.pt'))
+
+
+def test_a_corpus_cache_with_a_swapped_vocabulary_is_rebuilt(small_corpus):
+    data.load_corpus(small_corpus, log=lambda *a: None)
+    cache, = [os.path.join(small_corpus, f) for f in os.listdir(small_corpus) if f.startswith('corpus.')]
+    saved = torch.load(cache, weights_only=True)
+    saved['idx2word'][0], saved['idx2word'][1] = saved['idx2word'][1], saved['idx2word'][0]
+    torch.save(saved, cache)
+    notes = []
+    corpus = data.load_corpus(small_corpus, log=notes.append)
+    assert corpus.dictionary.idx2word == data.Corpus(small_corpus).dictionary.idx2word
+    assert any(cache in note for note in notes)  # says which file it did not trust
+    again = data.load_corpus(small_corpus, log=lambda *a: None)  # and the rebuilt cache is good
+    assert again.dictionary.idx2word == corpus.dictionary.idx2word
+
+
 def corpus_of(folder, train_lines):
     """Lines of 3 words + <eos> = 4 tokens each; valid and test big enough for their batch sizes."""
     os.makedirs(folder)
@@ -144,6 +207,60 @@ def test_a_full_disk_while_saving_a_checkpoint_is_a_one_line_error(tmp_path, sma
         train(small_corpus, save, extra=['--lr', '1'])
     assert '\n' not in str(e.value)
     assert open(save, 'rb').read() == before and not temporaries(tmp_path)
+
+
+def test_each_script_resumes_only_its_own_states(trained, tmp_path):
+    corpus, save, finetune_state = trained
+    copy = copy_checkpoint(trained, tmp_path)
+    with pytest.raises(utils.UserError, match=r'main\.py'):
+        finetune.main(['--data', corpus, '--save', copy, '--resume', utils.state_path(copy), '--epochs', '2', *TINY])
+    with pytest.raises(utils.UserError, match=r'finetune\.py'):
+        train(corpus, str(tmp_path / 'x.pt'), epochs=2, extra=['--resume', finetune_state])
+
+
+BROKEN = {
+    'model missing': lambda c: c.pop('model'),
+    'model not a dict': lambda c: c.__setitem__('model', [1, 2]),
+    'a weight replaced by a number': lambda c: c['model'].__setitem__(next(iter(c['model'])), 3),
+    'args not a dict': lambda c: c.__setitem__('args', 'lr=30'),
+    'vocabulary not words': lambda c: c.__setitem__('idx2word', list(range(len(c['idx2word'])))),
+    'model_config with an unknown key': lambda c: c['model_config'].__setitem__('colour', 'blue'),
+    'model_config with a wrong type': lambda c: c['model_config'].__setitem__('nhid', 'twelve'),
+    'criterion_config missing a key': lambda c: c['criterion_config'].pop('splits'),
+}
+
+
+@pytest.mark.parametrize('digest', [False, True], ids=['legacy', 'with digest'])
+@pytest.mark.parametrize('case', BROKEN)
+def test_hand_made_checkpoints_with_missing_or_wrong_fields(trained, tmp_path, case, digest):
+    corpus, save, _ = trained
+    raw = torch.load(save, weights_only=True)
+    BROKEN[case](raw)
+    path = hand_made(raw, str(tmp_path / 'hand.pt'), digest)
+    with pytest.raises(utils.UserError, match='hand.pt'):
+        utils.load_checkpoint(path)
+    if not case.startswith(('model_config', 'criterion_config')):  # main.py builds the model from its flags
+        with pytest.raises(utils.UserError, match='hand.pt'):
+            train(corpus, str(tmp_path / 'x.pt'), extra=['--resume', path])
+
+
+STATE_BROKEN = {
+    'epoch not a number': lambda s: s.__setitem__('epoch', 'one'),
+    'history missing': lambda s: s.pop('history'),
+    'random state damaged': lambda s: s['rng'].__setitem__('numpy', {}),
+    'optimizer state of another shape': lambda s: s['optimizer']['param_groups'].append({'params': [99]}),
+}
+
+
+@pytest.mark.parametrize('case', STATE_BROKEN)
+def test_hand_made_resume_states_with_missing_or_wrong_fields(trained, tmp_path, case):
+    corpus, _, _ = trained
+    copy = copy_checkpoint(trained, tmp_path)
+    raw = torch.load(utils.state_path(copy), weights_only=True)
+    STATE_BROKEN[case](raw)
+    hand_made(raw, utils.state_path(copy))
+    with pytest.raises(utils.UserError, match='copy.pt.state'):
+        train(corpus, copy, epochs=2, extra=['--resume', copy])
 
 
 @pytest.mark.parametrize('flag,value', [('bptt', 0), ('lr', -1.0), ('batch_size', 'four'), ('dropout', 1.5)])
