@@ -39,6 +39,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    # Before any work: the output must be writable and must not be the checkpoint or the corpus.
+    utils.check_output(args.outf, '--outf', inputs=[args.checkpoint, *utils.data_files(args.data)])
     device = utils.choose_device(args)
     utils.set_seed(args.seed)
     ckpt = utils.load_checkpoint(args.checkpoint, map_location=device)

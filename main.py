@@ -3,7 +3,8 @@
     python main.py --batch_size 20 --data data/penn --dropouti 0.4 --dropouth 0.25 --seed 141 --epoch 500 --save PTB.pt
 
 Saves the best model (by validation loss) to --save, a resume state beside it (<save>.state, every
-epoch) and a JSON-lines log (<save without extension>.jsonl); reports the best model on test.
+epoch) and a JSON-lines log (<save>.jsonl, appended to); reports the best model on test. While it
+runs it holds <save>.lock: a second run on the same --save stops at once.
 """
 import argparse
 import os
@@ -16,7 +17,7 @@ from splitcross import SplitCrossEntropyLoss, splits_for_vocab
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='AWD-LSTM language model training (NT-ASGD)')
-    utils.add_data_args(parser, default_save=f'{int(time.time() * 100)}.pt')
+    utils.add_data_args(parser)
     utils.add_model_args(parser)
     utils.add_dropout_args(parser)
     utils.add_training_args(parser)
@@ -30,8 +31,11 @@ def parse_args(argv=None):
     g.add_argument('--resume', type=str, default='',
                    help='continue a run: from its resume state (<path>.state, or the state file itself) '
                         'exactly where it stopped; from a checkpoint alone, restart from its weights '
-                        "with the flags' lr and dropouts, as the original did")
+                        "with the flags' lr and dropouts, as the original did. Without --save the run "
+                        'goes on writing to the files it names')
     args = parser.parse_args(argv)
+    if args.save is None:  # --resume X alone continues the run X, in its own files
+        args.save = utils.save_of_state(args.resume) if args.resume else f'{int(time.time() * 100)}.pt'
     utils.check_args(args)
     if args.max_seq_len is not None and args.max_seq_len < 5:
         raise utils.UserError(f'--max-seq-len must be at least 5 (the shortest sampled length), got {args.max_seq_len}')
@@ -40,6 +44,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    outputs = [(path, '--save') for path in (args.save, utils.state_path(args.save), utils.json_log_path(args.save))]
+    outputs += [(f'{args.save}.e{epoch}', '--when') for epoch in args.when if epoch > 0]
+    with utils.run_files(args.save, outputs, inputs=utils.data_files(args.data)):
+        return train(args)
+
+
+def train(args):
+    """The whole run, once its files are claimed."""
     resume_state_file = utils.find_resume_state(args.resume) if args.resume else None
     if args.resume and resume_state_file is None and not os.path.isfile(args.resume):
         raise utils.UserError(f'{args.resume}: checkpoint not found (--resume)')
@@ -50,6 +62,9 @@ def main(argv=None):
         utils.check_resumed_args(args, resume_state_file)
         if ignored:
             print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')
+    # An exact resume continues its run (a state from before run ids has None); anything else is a new run.
+    run = saved_state.get('run') if saved_state is not None else utils.new_run_id()
+    state_is_ours = saved_state is not None and utils.same_file(resume_state_file, utils.state_path(args.save))
     print('Args:', args)
 
     rng = utils.set_seed(args.seed)
@@ -94,16 +109,17 @@ def main(argv=None):
               f'fresh {optimizer_kind} optimizer, lr {args.lr} and dropouts from the flags')
 
     def save_model(path):
-        utils.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word)
+        utils.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word, run=run)
 
     def save_state(epoch):
         utils.save_checkpoint(utils.state_path(args.save), model, criterion, optimizer, args, corpus.dictionary.idx2word,
                               epoch=epoch, history=history, best_val_loss=best_val_loss, rng=utils.rng_state(rng, device),
-                              script='main')
+                              script='main', run=run)
 
-    log = utils.JsonLog(utils.json_log_path(args.save), append=saved_state is not None)
+    log = utils.JsonLog(utils.json_log_path(args.save), run,
+                        resumed_after=saved_state['epoch'] if saved_state is not None else None)
     # Loop over epochs; Ctrl-C stops early and still evaluates the best model on test.
-    with utils.interruptible_training() as run:
+    with utils.interruptible_training() as training:
         for epoch in range(epoch_start, args.epochs + 1):
             epoch_start_time = time.time()
             with utils.progress_bar(len(train_data) // args.bptt, f'epoch {epoch}') as bar:
@@ -138,11 +154,13 @@ def main(argv=None):
                       optimizer=utils.optimizer_name(optimizer), train_loss=train_loss,
                       **utils.loss_record('valid', val_loss))
             save_state(epoch)
-    if run.preempted:
-        return utils.report_interrupted(utils.state_path(args.save), f'--resume {args.save}')
+            state_is_ours = True
+    if training.preempted:
+        return utils.report_interrupted(utils.state_path(args.save), f'--resume {args.save} --data {args.data}',
+                                        state_is_ours)
 
-    # Load the best saved model and run it on test data.
-    test_loss = utils.evaluate_best_on_test(args.save, model, criterion, test_data, args.bptt)
+    # Load the best model this run saved and run it on test data.
+    test_loss = utils.evaluate_best_on_test(args.save, model, criterion, test_data, args.bptt, run=run)
     log.write(final=True, **utils.loss_record('valid', best_val_loss), **utils.loss_record('test', test_loss))
     return 0
 

@@ -6,11 +6,13 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import stat
 import sys
 import tempfile
 import time
+import uuid
 
 import numpy as np
 import torch
@@ -391,19 +393,73 @@ def loss_record(kind, loss):
 
 
 class JsonLog:
-    """A JSON-lines log: one record per call, flushed at once so a crash loses nothing written."""
+    """A JSON-lines log, appended to and never truncated: one record per call, flushed at once so a
+    crash loses nothing written.
 
-    def __init__(self, path, append=False):
-        self.path = path
-        self.file = open(path, 'a' if append else 'w')
+    Runs that share a log (a new run on an old --save, a restart from a checkpoint) are told apart by
+    `run`, the id each record carries. Numbers that are not finite are written as null, so that
+    strict JSON parsers read every line. A resumed run passes `resumed_after` (the epoch of its
+    resume state): its own records of later epochs, and its final record, are dropped, since it is
+    about to redo those epochs (kill -9 can strike between an epoch's record and its state).
+    """
+
+    def __init__(self, path, run=None, resumed_after=None):
+        self.path, self.run = path, run
+        if resumed_after is not None:
+            self._forget_records_after(resumed_after)
+        try:
+            self.file = open(path, 'a')
+        except OSError as e:
+            raise UserError(f'{path}: cannot write the log ({e.strerror})') from None
 
     def write(self, **record):
-        self.file.write(json.dumps(record) + '\n')
-        self.file.flush()
+        if self.run is not None:
+            record = {'run': self.run, **record}
+        try:
+            self.file.write(json.dumps(finite_or_null(record), allow_nan=False) + '\n')
+            self.file.flush()
+        except OSError as e:
+            raise UserError(f'{self.path}: could not write the log ({e.strerror or e})') from None
+
+    def _forget_records_after(self, epoch):
+        if not os.path.isfile(self.path):
+            return
+        with open(self.path) as f:
+            lines = f.readlines()
+        kept = [line for line in lines if not self._redone(line, epoch)]
+        if len(kept) < len(lines):
+            atomic_write_text(''.join(kept), self.path)
+
+    def _redone(self, line, epoch):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return False  # not ours to judge
+        return (isinstance(record, dict) and record.get('run') == self.run
+                and (record.get('final', False) or (record.get('epoch') or 0) > epoch))
+
+
+def finite_or_null(value):
+    """`value` with every float that is inf or NaN replaced by None (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 def json_log_path(save):
-    return os.path.splitext(save)[0] + '.jsonl'
+    """The log of the run saving to `save`: the whole name plus .jsonl, so that two --save names
+    never share a log (stripping an extension made runs/lr0.5 and runs/lr0.1 both runs/lr0.jsonl)."""
+    return save + '.jsonl'
+
+
+def new_run_id():
+    """The id of a run: kept in its checkpoints, resume state and log records, and carried over by
+    an exact resume, so that a run only ever reports or offers files it wrote itself."""
+    return uuid.uuid4().hex[:16]
 
 
 def progress_bar(total, desc):
@@ -472,6 +528,10 @@ def atomic_torch_save(obj, path):
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def atomic_write_text(text, path):
+    atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+
+
 def content_digest(obj):
     """sha256 over the contents of a checkpoint (or corpus cache) dict, as 'sha256:<hex>'.
 
@@ -524,7 +584,7 @@ def digest_matches(obj):
 
 def save_checkpoint(path, model, criterion, optimizer, args, idx2word, **extra):
     """A plain dict of tensors, numbers and strings: loadable with torch.load(weights_only=True).
-    `extra` holds what a resume state adds."""
+    `extra` holds what a resume state adds, and `run`, the id of the run that wrote it."""
     atomic_torch_save(with_digest({
         'format': CHECKPOINT_FORMAT,
         'model_config': dict(model.config),
@@ -648,10 +708,101 @@ def load_data(args, batch_sizes, device, log=print):
 
 
 # ---------------------------------------------------------------------------------------------
+# The files a run writes: checked before any work is done, locked while the run lasts
+
+def data_files(folder):
+    """The split files of a corpus folder: inputs that no output may overwrite."""
+    import data
+    return [os.path.join(folder, split + '.txt') for split in data.SPLITS]
+
+
+def writable(path):
+    """Whether `path` may be written. A file or folder marked read-only (no write bit) is respected
+    even by root, for whom os.access always says yes (data.py treats the corpus cache the same way)."""
+    return os.access(path, os.W_OK) and bool(os.stat(path).st_mode & 0o222)
+
+
+def check_output(path, flag, inputs=()):
+    """Fail at once, not after an epoch, if the file `path` (named by `flag`) cannot be written or
+    would overwrite one of `inputs`. A symlink is judged by its target, which is what gets written."""
+    if os.path.isdir(path):
+        raise UserError(f'{path}: is a folder ({flag} names the file to write)')
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise UserError(f'{folder}: folder does not exist ({flag} {path})')
+    if not writable(folder):
+        raise UserError(f'{folder}: folder is read-only ({flag} {path})')
+    if os.path.exists(target):
+        if not writable(target):
+            raise UserError(f'{path}: file is read-only ({flag})')
+        for source in inputs:
+            if os.path.exists(source) and os.path.samefile(target, source):
+                raise UserError(f'{path}: {flag} would overwrite {source}, an input of this run')
+
+
+@contextlib.contextmanager
+def run_files(save, outputs, inputs=()):
+    """Claims the files of a run for as long as it lasts.
+
+    `outputs` are (path, flag) pairs: each must be writable (check_output). Then an exclusive lock
+    on `<save>.lock` is held, so that a second run on the same files stops at once instead of
+    interleaving its log records and checkpoints with this one's; the lock goes with the process,
+    however it ends. Holding it, the hidden temporary files that a killed run left behind for these
+    outputs are removed.
+    """
+    for path, flag in outputs:
+        check_output(path, flag, inputs)
+    lock = hold_lock(save + '.lock')
+    try:
+        remove_stale_temporaries(path for path, _ in outputs)
+        yield
+    finally:
+        os.close(lock)
+
+
+def hold_lock(path):
+    """An open descriptor holding an exclusive flock on `path`; a UserError if another holds it."""
+    import fcntl  # POSIX only, as are the scripts' signals
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise UserError(f'{path}: cannot create the lock of this run ({e.strerror})') from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise UserError(f'{path[:-len(".lock")]}: another run is using these files (it holds {path}); '
+                        'wait for it to end, or write elsewhere') from None
+    return fd
+
+
+def remove_stale_temporaries(paths):
+    """Remove the temporary files of atomic_write (`.<name>.<random>.tmp`) left beside these files by
+    a run that was killed while writing them. Only the holder of the run's lock may call this."""
+    for path in paths:
+        folder, name = os.path.split(os.path.realpath(path))
+        pattern = re.compile(re.escape('.' + name + '.') + r'[^.]+\.tmp')
+        for entry in os.listdir(folder):
+            if pattern.fullmatch(entry):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, entry))
+
+
+# ---------------------------------------------------------------------------------------------
 # Resume state: everything needed to continue a run exactly (issue: exact resume)
 
 def state_path(save):
     return save + '.state'
+
+
+def save_of_state(path):
+    """The checkpoint a resume state belongs to: `--resume X.state` continues the run saving to X."""
+    return path[:-len('.state')] if path.endswith('.state') else path
+
+
+def same_file(a, b):
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
 
 
 def find_resume_state(resume):
@@ -738,21 +889,27 @@ def interruptible_training():
         signal.signal(signal.SIGTERM, previous)
 
 
-def report_interrupted(state_file, resume_command):
-    """What a script prints when SIGTERM stops it; the caller then exits with status 143."""
-    if os.path.isfile(state_file):
+def report_interrupted(state_file, resume_command, state_is_ours):
+    """What a script prints when SIGTERM stops it; the caller then exits with status 143.
+    `state_is_ours`: this run wrote `state_file` (or resumed from it); a file of an earlier run
+    under the same name is never offered."""
+    if state_is_ours:
         print(f'Terminated (SIGTERM): the state of the last completed epoch is in {state_file}; '
               f'rerun with {resume_command} to continue')
     else:
-        print('Terminated (SIGTERM) before the first epoch completed: nothing to resume from')
+        print('Terminated (SIGTERM) before the first epoch completed: nothing to resume from'
+              + (f' ({state_file} is an earlier run\'s)' if os.path.exists(state_file) else ''))
     return 143
 
 
-def evaluate_best_on_test(path, model, criterion, test_data, bptt):
-    """Load the best saved weights into `model` and report them on test (batch size 1)."""
-    if not os.path.isfile(path):
-        raise UserError(f'{path}: no model was saved (training stopped before the first evaluation)')
-    best = read_checkpoint(path)
+def evaluate_best_on_test(path, model, criterion, test_data, bptt, run=None):
+    """Load the best saved weights into `model` and report them on test (batch size 1).
+    With `run` given, the checkpoint must be one that run saved: a file an earlier run left under
+    the same name (Ctrl-C before this run's first save) is never reported as this run's."""
+    best = read_checkpoint(path) if os.path.isfile(path) else None
+    if best is None or run is not None and best.get('run') != run:
+        raise UserError(f'{path}: no model was saved by this run (it stopped before its first evaluation)'
+                        + ('; the file there is an earlier run\'s and was not evaluated' if best else ''))
     model.load_state_dict(best['model'])
     criterion.load_state_dict(best['criterion'])
     test_loss = evaluate(model, criterion, test_data, 1, bptt)

@@ -79,6 +79,46 @@ def copy_checkpoint(trained, tmp_path):
     return copy
 
 
+# ---------------------------------------------------------------------------------------------
+# Silent wrong results
+
+@pytest.mark.parametrize('nhid', ['12', '16'], ids=['same architecture', 'other architecture'])
+def test_ctrl_c_before_the_first_save_never_reports_an_older_runs_checkpoint(tmp_path, small_corpus,
+                                                                            monkeypatch, nhid):
+    save = str(tmp_path / 'm.pt')
+    assert train(small_corpus, save) == 0
+    before = open(save, 'rb').read()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(utils, 'train_epoch', interrupted)
+    with pytest.raises(utils.UserError, match='no model was saved by this run'):
+        train(small_corpus, save, extra=['--nhid', nhid])
+    assert open(save, 'rb').read() == before
+
+
+def preempt(*args, **kwargs):
+    raise utils.Preempted()
+
+
+@pytest.mark.parametrize('script', ['main', 'finetune'])
+def test_sigterm_before_the_first_epoch_ends_never_offers_an_older_runs_state(trained, tmp_path, monkeypatch,
+                                                                             capsys, script):
+    corpus, _, _ = trained
+    save = copy_checkpoint(trained, tmp_path)  # an earlier run's checkpoint and state
+    if script == 'main':
+        run = lambda: train(corpus, save, epochs=3)
+    else:
+        argv = ['--data', corpus, '--save', save, '--epochs', '1', *TINY]
+        assert finetune.main(argv) == 0  # leaves <save>.finetune.state
+        run = lambda: finetune.main(argv)
+    capsys.readouterr()
+    monkeypatch.setattr(utils, 'train_epoch', preempt)
+    assert run() == 143
+    out = capsys.readouterr().out
+    assert 'nothing to resume from' in out and 'rerun with' not in out
+
+
 @pytest.mark.parametrize('flags,match', [
     (['--clip', '-1'], '--clip'), (['--wdecay', '-1'], '--wdecay'), (['--wdecay', 'nan'], '--wdecay'),
     (['--seed', '-1'], '--seed'), (['--seed', str(2 ** 32)], '--seed'), (['--lr', 'inf'], '--lr'),
@@ -179,6 +219,120 @@ def test_a_train_split_needs_at_least_one_batch(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# Data loss
+
+def test_log_names_of_different_saves_never_collide(tmp_path, small_corpus):
+    runs = tmp_path / 'runs'
+    runs.mkdir()
+    saves = {lr: str(runs / f'lr{lr}') for lr in ('0.5', '0.1')}
+    for lr, save in saves.items():
+        assert train(small_corpus, save, extra=['--lr', lr]) == 0
+    assert utils.json_log_path(saves['0.5']) != utils.json_log_path(saves['0.1'])
+    for lr, save in saves.items():
+        records = [r for r in read_jsonl(utils.json_log_path(save)) if 'epoch' in r]
+        assert [r['lr'] for r in records] == [float(lr)]
+
+
+def test_resume_from_a_checkpoint_alone_keeps_its_log(tmp_path, small_corpus):
+    save = str(tmp_path / 'm.pt')
+    assert train(small_corpus, save) == 0
+    os.remove(utils.state_path(save))
+    log = utils.json_log_path(save)
+    before = read_jsonl(log)
+    with pytest.raises(utils.UserError, match='does not fit'):  # a resume that fails ...
+        train(small_corpus, save, extra=['--resume', save, '--nhid', '20'])
+    assert read_jsonl(log) == before  # ... leaves the log as it was
+    assert train(small_corpus, save, extra=['--resume', save]) == 0
+    after = read_jsonl(log)
+    assert after[:len(before)] == before and len(after) == 2 * len(before)
+    assert len({r['run'] for r in after}) == 2  # two runs, told apart
+
+
+@pytest.mark.parametrize('with_state', [True, False])
+def test_resume_alone_continues_the_run_it_names(tmp_path, small_corpus, monkeypatch, with_state):
+    monkeypatch.chdir(tmp_path)
+    save = str(tmp_path / 'part.pt')
+    assert train(small_corpus, save) == 0
+    if not with_state:
+        os.remove(utils.state_path(save))
+    files = set(os.listdir(tmp_path))
+    assert train_script.main([*TINY, '--data', small_corpus, '--epochs', '2', '--resume', save]) == 0
+    assert set(os.listdir(tmp_path)) - files <= {'part.pt.state'}  # no timestamp-named run beside it
+    assert utils.read_checkpoint(utils.state_path(save))['epoch'] == 2
+    assert epochs_of(save) == ([1, 2] if with_state else [1, 1, 2])
+
+
+def test_a_second_run_on_the_same_files_stops_at_once(trained, tmp_path, monkeypatch):
+    corpus, _, _ = trained
+    save = copy_checkpoint(trained, tmp_path)
+    monkeypatch.setattr(utils, 'load_data', must_not_run)
+    with open(save + '.lock', 'a') as held:  # as another run holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(utils.UserError, match='another run'):
+            train(corpus, save)
+        with pytest.raises(utils.UserError, match='another run'):  # fine-tuning writes the same file
+            finetune.main(['--data', corpus, '--save', save, '--epochs', '1', *TINY])
+    monkeypatch.undo()
+    assert train(corpus, save) == 0  # released with its holder
+
+
+@pytest.mark.parametrize('target', ['checkpoint', 'train.txt'])
+def test_generate_never_overwrites_its_inputs(trained, tmp_path, target):
+    corpus, save, _ = trained
+    data_copy = str(tmp_path / 'data')
+    shutil.copytree(corpus, data_copy)
+    ckpt = str(tmp_path / 'model.pt')
+    shutil.copy(save, ckpt)
+    outf = ckpt if target == 'checkpoint' else os.path.join(data_copy, 'train.txt')
+    before = open(outf, 'rb').read()
+    with pytest.raises(utils.UserError, match='would overwrite'):
+        generate.main(['--data', data_copy, '--checkpoint', ckpt, '--outf', outf, '--words', '5', '--cpu'])
+    assert open(outf, 'rb').read() == before
+
+
+def test_main_never_saves_over_its_data(tmp_path, small_corpus, monkeypatch):
+    monkeypatch.setattr(utils, 'train_epoch', must_not_run)
+    with pytest.raises(utils.UserError, match='would overwrite'):
+        train(small_corpus, os.path.join(small_corpus, 'valid.txt'))
+
+
+# Run main.py in a subprocess that dies as under kill -9 while writing the resume state of epoch 2:
+# after the epoch's log record, leaving a half-written hidden temporary file.
+DIES_WRITING_STATE_2 = '''
+import os, sys
+sys.path.insert(0, os.getcwd())
+import main, utils
+real = utils.atomic_torch_save
+
+def dies(obj, path):
+    if path.endswith('.state') and obj['epoch'] == 2:
+        folder, name = os.path.split(path)
+        with open(os.path.join(folder, '.' + name + '.k9k9k9k9.tmp'), 'wb') as f:
+            f.write(b'half a state file')
+        os._exit(137)
+    return real(obj, path)
+
+utils.atomic_torch_save = dies
+main.main(sys.argv[1:])
+'''
+
+
+def test_resume_after_kill_9_leaves_one_record_per_epoch_and_no_temporaries(tmp_path, small_corpus):
+    save, straight = str(tmp_path / 'm.pt'), str(tmp_path / 'straight.pt')
+    killed = subprocess.run([sys.executable, '-c', DIES_WRITING_STATE_2, *tiny_run(small_corpus, save, epochs=3)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 137, killed.stderr
+    assert epochs_of(save) == [1, 2] and temporaries(tmp_path)  # the state is still that of epoch 1
+    assert train(small_corpus, save, epochs=3, extra=['--resume', save]) == 0
+    assert epochs_of(save) == [1, 2, 3]
+    assert not temporaries(tmp_path)
+    assert train(small_corpus, straight, epochs=3) == 0
+    strip = lambda path: [{k: v for k, v in r.items() if k not in ('seconds', 'run')}
+                          for r in read_jsonl(utils.json_log_path(path))]
+    assert strip(save) == strip(straight)
+
+
+# ---------------------------------------------------------------------------------------------
 # One-line errors instead of tracebacks
 
 DISK_FULL = RuntimeError('[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing '
@@ -207,6 +361,85 @@ def test_a_full_disk_while_saving_a_checkpoint_is_a_one_line_error(tmp_path, sma
         train(small_corpus, save, extra=['--lr', '1'])
     assert '\n' not in str(e.value)
     assert open(save, 'rb').read() == before and not temporaries(tmp_path)
+
+
+def test_a_full_disk_while_logging_is_a_one_line_error(tmp_path, monkeypatch):
+    log = utils.JsonLog(str(tmp_path / 'l.jsonl'))
+
+    class Full:
+        def write(self, text):
+            raise OSError(28, 'No space left on device')
+
+        def flush(self):
+            pass
+    log.file = Full()
+    with pytest.raises(utils.UserError, match='l.jsonl: .*No space left'):
+        log.write(epoch=1)
+
+
+def save_location(tmp_path, where):
+    if where == 'missing folder':
+        return str(tmp_path / 'nowhere' / 'm.pt')
+    if where == 'a folder':
+        (tmp_path / 'folder').mkdir()
+        return str(tmp_path / 'folder')
+    read_only = tmp_path / 'read_only'
+    read_only.mkdir()
+    read_only.chmod(0o555)  # honoured even when the tests run as root
+    return str(read_only / 'm.pt')
+
+
+@pytest.mark.parametrize('where,match', [('missing folder', 'does not exist'), ('a folder', 'is a folder'),
+                                         ('read-only folder', 'read-only')])
+def test_unusable_save_locations_are_found_before_training(tmp_path, small_corpus, monkeypatch, where, match):
+    save = save_location(tmp_path, where)
+    monkeypatch.setattr(utils, 'load_data', must_not_run)
+    try:
+        with pytest.raises(utils.UserError, match=match):
+            train(small_corpus, save)
+    finally:
+        for folder in tmp_path.iterdir():
+            folder.chmod(0o755)
+
+
+def test_pointer_checks_where_its_log_goes_before_evaluating(trained, tmp_path, monkeypatch):
+    corpus, save, _ = trained
+    shared = tmp_path / 'shared'
+    shared.mkdir()
+    ckpt = str(shared / 'model.pt')
+    shutil.copy(save, ckpt)
+    shared.chmod(0o555)
+    argv = ['--data', corpus, '--save', ckpt, '--window', '5', '--bptt', '20', '--cpu']
+    try:
+        monkeypatch.setattr(pointer, 'pointer_loss', must_not_run)
+        with pytest.raises(utils.UserError, match='read-only.*--log'):
+            pointer.main(argv)
+        monkeypatch.undo()
+        log = str(tmp_path / 'pointer.jsonl')
+        assert pointer.main(argv + ['--log', log]) == 0
+        assert read_jsonl(log)[-1]['checkpoint'] == ckpt
+    finally:
+        shared.chmod(0o755)
+
+
+@pytest.mark.parametrize('where,match', [('missing folder', 'does not exist'), ('a folder', 'is a folder'),
+                                         ('read-only folder', 'read-only')])
+def test_generate_checks_its_output_before_sampling(trained, tmp_path, monkeypatch, where, match):
+    corpus, save, _ = trained
+    outf = save_location(tmp_path, where)
+    monkeypatch.setattr(utils, 'load_checkpoint', must_not_run)
+    try:
+        with pytest.raises(utils.UserError, match=match):
+            generate.main(['--data', corpus, '--checkpoint', save, '--outf', outf, '--words', '5', '--cpu'])
+    finally:
+        for folder in tmp_path.iterdir():
+            folder.chmod(0o755)
+
+
+def test_finetune_resume_needs_to_know_which_run(trained):
+    corpus, _, _ = trained
+    with pytest.raises(utils.UserError, match='--resume'):
+        finetune.main(['--data', corpus, '--resume', '--epochs', '1', *TINY])
 
 
 def test_each_script_resumes_only_its_own_states(trained, tmp_path):
@@ -336,3 +569,14 @@ def test_a_symlinked_save_is_written_through(tmp_path, small_corpus):
     assert train(small_corpus, link, epochs=2, extra=['--lr', '1']) == 0
     assert os.path.islink(link)
     assert utils.read_checkpoint(str(store / 'm.pt'))['model'].keys()
+
+
+def test_log_records_are_strict_json(tmp_path):
+    path = str(tmp_path / 'l.jsonl')
+    utils.JsonLog(path).write(epoch=1, valid_loss=float('nan'), valid_ppl=float('inf'), lr=[float('-inf')])
+
+    def reject(constant):
+        raise ValueError(f'{constant} is not JSON')
+    with open(path) as f:
+        record = json.loads(f.readline(), parse_constant=reject)
+    assert record['valid_loss'] is None and record['valid_ppl'] is None and record['lr'] == [None]
