@@ -125,6 +125,8 @@ def train(args):
             with utils.progress_bar(len(train_data) // args.bptt, f'epoch {epoch}') as bar:
                 train_loss = utils.train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
                                                seq_len_cap=args.max_seq_len, log=bar.write, progress=bar)
+            # The epoch's record names what it trained with, not the switch or lr cut that follows it.
+            trained_with = dict(lr=optimizer.param_groups[0]['lr'], optimizer=utils.optimizer_name(optimizer))
             if utils.is_asgd(optimizer):
                 # Section 3: under ASGD the model is the running average of the iterates.
                 with utils.averaged_weights(optimizer, params):
@@ -150,8 +152,7 @@ def train(args):
                     print('Dividing learning rate by 10')
                     optimizer.param_groups[0]['lr'] /= 10.
                 history.append(val_loss)
-            log.write(epoch=epoch, seconds=time.time() - epoch_start_time, lr=optimizer.param_groups[0]['lr'],
-                      optimizer=utils.optimizer_name(optimizer), train_loss=train_loss,
+            log.write(epoch=epoch, seconds=time.time() - epoch_start_time, **trained_with, train_loss=train_loss,
                       **utils.loss_record('valid', val_loss))
             save_state(epoch)
             state_is_ours = True
