@@ -5,7 +5,8 @@
     python pointer.py --save WT2.pt --lambdasm 0.1279 --theta 0.662 --window 3785 --bptt 2000 --data data/wikitext-2
 
 Reports valid and test loss / ppl / bpc with the cache (and, for reference, without it), and appends one
-JSON record with the settings and results to <save>.pointer.jsonl (or --log).
+JSON record with the settings and results to <save>.pointer.jsonl (or --log). A result that is not a
+finite number (a --theta so large that the attention scores overflow) is an error, not a report.
 
 The model
 ---------
@@ -93,6 +94,15 @@ def parse_args(argv=None):
 
 def default_log_path(save):
     return save + '.pointer.jsonl'
+
+
+def check_finite(split, loss, vocab_loss, theta):
+    """A loss that is not a finite number is an error, never a result."""
+    if not math.isfinite(vocab_loss):
+        raise utils.UserError(f'the model\'s own {split} loss is not finite ({vocab_loss}): is the checkpoint damaged?')
+    if not math.isfinite(loss):
+        raise utils.UserError(f'the {split} loss with the cache is not finite ({loss}): the attention scores '
+                              f'overflow with --theta {theta}; try a smaller one')
 
 
 def chunks(model, source, bptt):
@@ -214,6 +224,7 @@ def main(argv=None):
                                                 args.lambdasm, args.cache_from_start, progress=bar)
             except torch.cuda.OutOfMemoryError:
                 raise utils.UserError('GPU out of memory: try a smaller --bptt') from None
+        check_finite(split, loss, vocab_loss, args.theta)
         print(f'| {split} without the cache | {utils.report_line(split, vocab_loss)}')
         results.update(utils.loss_record(split, loss), **{f'{split}_nocache_loss': vocab_loss})
 

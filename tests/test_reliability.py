@@ -218,6 +218,13 @@ def test_a_train_split_needs_at_least_one_batch(tmp_path):
     assert read_jsonl(utils.json_log_path(save))[0]['train_loss'] > 0
 
 
+def test_pointer_refuses_to_report_a_non_finite_loss(trained):
+    corpus, save, _ = trained
+    with pytest.raises(utils.UserError, match='not finite'):
+        pointer.main(['--data', corpus, '--save', save, '--window', '5', '--bptt', '20', '--cpu',
+                      '--theta', '1e300', '--log', os.devnull])
+
+
 # ---------------------------------------------------------------------------------------------
 # Data loss
 
