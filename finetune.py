@@ -172,8 +172,9 @@ def finetune(args):
             history.append(val_loss)
             log.write(epoch=epoch, seconds=time.time() - epoch_start_time, lr=optimizer.param_groups[0]['lr'],
                       optimizer='asgd', train_loss=train_loss, **utils.loss_record('valid', val_loss))
-            save_state(epoch, done)
-            state_is_ours = True
+            with utils.sigterm_held():
+                save_state(epoch, done)
+                state_is_ours = True
             if done:
                 print(f'Done! (valid loss has not improved on the best from more than {args.nonmono} epochs ago)')
     if training.preempted:

@@ -154,8 +154,9 @@ def train(args):
                 history.append(val_loss)
             log.write(epoch=epoch, seconds=time.time() - epoch_start_time, **trained_with, train_loss=train_loss,
                       **utils.loss_record('valid', val_loss))
-            save_state(epoch)
-            state_is_ours = True
+            with utils.sigterm_held():
+                save_state(epoch)
+                state_is_ours = True
     if training.preempted:
         return utils.report_interrupted(utils.state_path(args.save), f'--resume {args.save} --data {args.data}',
                                         state_is_ours)

@@ -923,8 +923,31 @@ class Preempted(Exception):
     """SIGTERM: a scheduler is taking the machine back."""
 
 
+# While `held`, SIGTERM is only noted (`pending`) and raised when the hold ends.
+_sigterm = argparse.Namespace(held=False, pending=False)
+
+
 def on_sigterm(signum, frame):
-    raise Preempted()
+    if _sigterm.held:
+        _sigterm.pending = True
+    else:
+        raise Preempted()
+
+
+@contextlib.contextmanager
+def sigterm_held():
+    """SIGTERM waits for the end of the block: writing a resume state and noting that this run wrote
+    it happen together (a SIGTERM between the two offered nothing, or called the state another run's).
+    Done in the Python handler: a signal mask on the main thread does not stop the C-level delivery
+    to torch's other threads."""
+    _sigterm.held, _sigterm.pending = True, False
+    try:
+        yield
+    finally:
+        _sigterm.held = False
+    if _sigterm.pending:
+        _sigterm.pending = False
+        raise Preempted()
 
 
 def load_weights(model, criterion, ckpt, path):

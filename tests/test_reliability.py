@@ -5,9 +5,11 @@ import json
 import os
 import random
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -117,6 +119,26 @@ def test_sigterm_before_the_first_epoch_ends_never_offers_an_older_runs_state(tr
     assert run() == 143
     out = capsys.readouterr().out
     assert 'nothing to resume from' in out and 'rerun with' not in out
+
+
+@pytest.mark.parametrize('script', ['main', 'finetune'])
+def test_sigterm_just_after_a_state_is_written_offers_it(trained, tmp_path, monkeypatch, capsys, script):
+    corpus, save, _ = trained
+    real = utils.atomic_torch_save
+
+    def signalled_once_written(obj, path):  # SIGTERM lands between the rename and the run noting it
+        real(obj, path)
+        if path.endswith('.state'):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the handler runs here, unless SIGTERM is held back until the note is made
+    monkeypatch.setattr(utils, 'atomic_torch_save', signalled_once_written)
+    out = str(tmp_path / 'm.pt')
+    if script == 'main':
+        status = train(corpus, out, epochs=3)
+    else:
+        status = finetune.main(['--data', corpus, '--save', save, '--out', out, '--epochs', '3', *TINY])
+    assert status == 143
+    assert 'rerun with --resume' in capsys.readouterr().out
 
 
 @pytest.mark.parametrize('flags,match', [
