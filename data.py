@@ -77,36 +77,49 @@ def _content_key(path):
 def load_corpus(path, use_cache=True, log=print):
     """Corpus(path), cached as `path/corpus.<content sha1>.pt` (tensors and strings, no pickled code).
 
-    Tokenizing WikiText-103 takes minutes; the cache makes later runs start in seconds. If the folder
-    is read-only (or marked so) the corpus is simply rebuilt each time.
+    Tokenizing WikiText-103 takes minutes; the cache makes later runs start in seconds. A cache whose
+    contents do not match the digest stored in it (damaged, or from older code) is said so and
+    rebuilt, never used. If the folder is read-only (or marked so), or the cache cannot be written
+    (a full disk), the corpus is simply rebuilt each time.
     """
     if not os.path.isdir(path):
         raise DataError(f'{path}: data folder not found (run ./getdata.sh first?)')
     cache = os.path.join(path, f'corpus.{_content_key(path)}.pt')
     if use_cache and os.path.isfile(cache):
-        try:
-            saved = torch.load(cache, weights_only=True)
-            corpus = Corpus()
-            dictionary = corpus.dictionary
-            dictionary.idx2word = list(saved['idx2word'])
-            dictionary.word2idx = {w: i for i, w in enumerate(dictionary.idx2word)}
-            dictionary.counter = Counter(dict(enumerate(saved['counts'].tolist())))
-            dictionary.total = int(saved['counts'].sum())
-            for split in SPLITS:
-                setattr(corpus, split, saved[split])
+        corpus = _read_cache(cache, log)
+        if corpus is not None:
             log(f'Loading cached dataset {cache}')
             return corpus
-        except Exception:  # a damaged cache is rebuilt, never trusted
-            pass
     log('Producing dataset...')
     corpus = Corpus(path)
     # A folder marked read-only (a shared copy of the data) is left alone, even when running as root.
     if use_cache and os.stat(path).st_mode & 0o222:
-        from utils import atomic_torch_save  # utils imports data lazily; no cycle at import time
+        import utils  # utils imports data lazily; no cycle at import time
+        counts = torch.tensor([corpus.dictionary.counter[i] for i in range(len(corpus.dictionary))])
         try:
-            counts = torch.tensor([corpus.dictionary.counter[i] for i in range(len(corpus.dictionary))])
-            atomic_torch_save({'idx2word': corpus.dictionary.idx2word, 'counts': counts,
-                               **{split: getattr(corpus, split) for split in SPLITS}}, cache)
-        except OSError:
-            pass
+            utils.atomic_torch_save(utils.with_digest({'idx2word': corpus.dictionary.idx2word, 'counts': counts,
+                                                       **{split: getattr(corpus, split) for split in SPLITS}}), cache)
+        except (utils.UserError, OSError) as e:
+            log(f'note: corpus cache not written: {e}')
     return corpus
+
+
+def _read_cache(cache, log):
+    """The corpus a cache file holds, or None (with a note) when it is not one written intact."""
+    import utils
+    try:
+        saved = torch.load(cache, weights_only=True)
+        if not utils.digest_matches(saved):
+            raise ValueError('no digest, or one that does not match')
+        corpus = Corpus()
+        dictionary = corpus.dictionary
+        dictionary.idx2word = list(saved['idx2word'])
+        dictionary.word2idx = {w: i for i, w in enumerate(dictionary.idx2word)}
+        dictionary.counter = Counter(dict(enumerate(saved['counts'].tolist())))
+        dictionary.total = int(saved['counts'].sum())
+        for split in SPLITS:
+            setattr(corpus, split, saved[split])
+        return corpus
+    except Exception as e:  # a damaged or outdated cache is rebuilt, never trusted
+        log(f'note: {cache}: damaged or outdated corpus cache ({utils.first_line(e)}); rebuilding it')
+        return None

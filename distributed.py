@@ -156,6 +156,15 @@ class Distributed:
         import torch.distributed as dist
         return self._collective(dist.broadcast, self._tensor(value), 0).item()
 
+    def from_main(self, obj):
+        """Rank 0's picklable object on every rank (the run id that the checkpoints carry)."""
+        if not self.enabled:
+            return obj
+        import torch.distributed as dist
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
     def barrier(self):
         if self.enabled:
             import torch.distributed as dist

@@ -138,6 +138,7 @@ def check_args(args):
     require(args.max_batches == -1 or args.max_batches >= 1,
             f'--max-batches must be -1 (all) or >= 1, got {args.max_batches}')
     require(not (args.sgd and args.paper_scale), '--paper-scale applies to the RMS rule, not to --sgd')
+    utils.check_args(argparse.Namespace(seed=args.seed))
 
 
 # ---------------------------------------------------------------------------------------------

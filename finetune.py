@@ -17,7 +17,7 @@ normal end.)
 Fine-tuning modifies the saved model: by default it overwrites --save, as the original did; copy it
 to keep the original, or write elsewhere with --out. Beside the output it keeps a resume state
 (<out>.finetune.state, every epoch; distinct from main.py's <save>.state) and a JSON-lines log
-(<out without extension>.finetune.jsonl).
+(<out>.finetune.jsonl, appended to), and holds <out>.lock while it runs.
 """
 import argparse
 import os
@@ -38,7 +38,7 @@ def finetune_state_path(out):
 
 
 def finetune_log_path(out):
-    return os.path.splitext(out)[0] + '.finetune.jsonl'
+    return out + '.finetune.jsonl'
 
 
 def parse_args(argv=None):
@@ -70,6 +70,12 @@ def parse_args(argv=None):
     if args.out is not None and args.out.strip() == '':
         raise utils.UserError('--out must not be empty')
     args.out = args.out or args.save
+    if args.out is None:
+        # Which run to continue: --resume STATE names it; a bare --resume needs the output path.
+        if not (args.resume or '').endswith('.finetune.state'):
+            raise utils.UserError('--resume: give --save (or --out) of the fine-tuning to continue, '
+                                  'or its state file: --resume PATH.finetune.state')
+        args.out = args.resume[:-len('.finetune.state')]
     return args
 
 
@@ -85,6 +91,16 @@ def find_state(args):
 def main(argv=None):
     args = parse_args(argv)
     dist = distributed.setup(args)  # [distributed] torchrun's ranks (README); one process: changes nothing
+    if not dist.is_main:  # [distributed] rank 0 alone claims and writes the run's files
+        return finetune(args, dist)
+    flag = '--out' if args.out != args.save else '--save'
+    outputs = [(path, flag) for path in (args.out, finetune_state_path(args.out), finetune_log_path(args.out))]
+    with utils.run_files(args.out, outputs, inputs=utils.data_files(args.data)):
+        return finetune(args, dist)
+
+
+def finetune(args, dist):
+    """The whole run, once its files are claimed."""
     device = utils.choose_device(args)
 
     # The model: the checkpoint of main.py, or when resuming the state of this script's own run.
@@ -92,7 +108,10 @@ def main(argv=None):
     source = state_file or args.save
     ckpt = utils.load_checkpoint(source, map_location=device)
     if state_file:
-        ignored = utils.adopt_run_args(args, ckpt['args'], utils.RESUME_MAY_CHANGE)
+        utils.check_state(ckpt, state_file, 'finetune')
+        # The output is where the state is (the files claimed), even if they were moved since.
+        ignored = utils.adopt_run_args(args, ckpt['args'], utils.RESUME_MAY_CHANGE + ('out',))
+        utils.check_resumed_args(args, state_file)
         if ignored:
             print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')
     utils.note_model_flags(args, ckpt['model_config'], MODEL_FLAGS + DROPOUT_FLAGS)
@@ -111,19 +130,25 @@ def main(argv=None):
     optimizer = utils.make_optimizer('asgd', params, args.lr, args.wdecay)
     forward = dist.wrap(model, criterion)  # [distributed] DDP averages the gradients; None for one process
 
+    # An exact resume continues its run; anything else is a new run (see utils.new_run_id).
+    run = ckpt.get('run') if state_file else utils.new_run_id()
+    run = dist.from_main(run)  # [distributed] one run id for all ranks
+    state_is_ours = state_file is not None and utils.same_file(state_file, finetune_state_path(args.out))
+
     def save_model(path):
-        utils.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word)
+        utils.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word, run=run)
 
     def save_state(epoch, done):
         utils.save_checkpoint(finetune_state_path(args.out), model, criterion, optimizer, args,
                               corpus.dictionary.idx2word, epoch=epoch, history=history,
-                              best_val_loss=best_val_loss, done=done, rng=utils.rng_state(rng, device))
+                              best_val_loss=best_val_loss, done=done, rng=utils.rng_state(rng, device),
+                              script='finetune', run=run)
     save_model, save_state = dist.writer(save_model), dist.writer(save_state)  # [distributed] rank 0 writes
 
-    log = dist.if_main(utils.JsonLog, finetune_log_path(args.out), append=state_file is not None)  # [distributed]
+    log = dist.if_main(utils.JsonLog, finetune_log_path(args.out), run,  # [distributed] rank 0 logs
+                       resumed_after=ckpt['epoch'] if state_file else None)
     if state_file:
-        optimizer.load_state_dict(ckpt['optimizer'])
-        utils.restore_rng_state(ckpt['rng'], rng, device)
+        utils.restore_training_state(optimizer, rng, device, ckpt, state_file)
         epoch_start, history, best_val_loss, done = ckpt['epoch'] + 1, list(ckpt['history']), \
             ckpt['best_val_loss'], ckpt['done']
         print(f'Resuming exactly from {state_file} after epoch {ckpt["epoch"]}')
@@ -137,7 +162,7 @@ def main(argv=None):
             save_model(args.out)
         epoch_start, history, done = 1, [], False
 
-    with utils.interruptible_training() as run:
+    with utils.interruptible_training() as training:
         if done:
             print('The saved fine-tuning had already stopped (non-monotone condition); evaluating on test')
         for epoch in range(epoch_start, args.epochs + 1):
@@ -167,14 +192,17 @@ def main(argv=None):
             log.write(epoch=epoch, seconds=time.time() - epoch_start_time, lr=optimizer.param_groups[0]['lr'],
                       optimizer='asgd', train_loss=train_loss, **utils.loss_record('valid', val_loss),
                       **dist.check_in_sync(params))  # [distributed]
-            save_state(epoch, done)
+            with utils.sigterm_held():
+                save_state(epoch, done)
+                state_is_ours = True
             if done:
                 print(f'Done! (valid loss has not improved on the best from more than {args.nonmono} epochs ago)')
-    if run.preempted:
-        return utils.report_interrupted(finetune_state_path(args.out), '--resume')
+    if training.preempted:
+        state = finetune_state_path(args.out)
+        return utils.report_interrupted(state, f'--resume {state} --data {args.data}', state_is_ours)
 
     # Load the best model (the output holds it from the start) and run it on test data.
-    test_loss = utils.evaluate_best_on_test(args.out, model, criterion, test_data, args.bptt, device)
+    test_loss = utils.evaluate_best_on_test(args.out, model, criterion, test_data, args.bptt)
     log.write(final=True, **utils.loss_record('valid', best_val_loss), **utils.loss_record('test', test_loss))
     return 0
 

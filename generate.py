@@ -29,7 +29,7 @@ def parse_args(argv=None):
     parser.add_argument('--log-interval', type=int, default=100, help='reporting interval in words')
     utils.add_device_args(parser)
     args = parser.parse_args(argv)
-    utils.check_args(argparse.Namespace(log_interval=args.log_interval))
+    utils.check_args(argparse.Namespace(log_interval=args.log_interval, seed=args.seed))
     if args.words < 1:
         raise utils.UserError(f'--words must be positive, got {args.words}')
     if not args.temperature >= 1e-3:
@@ -39,6 +39,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    # Before any work: the output must be writable and must not be the checkpoint or the corpus.
+    utils.check_output(args.outf, '--outf', inputs=[args.checkpoint, *utils.data_files(args.data)])
     device = utils.choose_device(args)
     utils.set_seed(args.seed)
     ckpt = utils.load_checkpoint(args.checkpoint, map_location=device)

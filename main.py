@@ -3,7 +3,8 @@
     python main.py --batch_size 20 --data data/penn --dropouti 0.4 --dropouth 0.25 --seed 141 --epoch 500 --save PTB.pt
 
 Saves the best model (by validation loss) to --save, a resume state beside it (<save>.state, every
-epoch) and a JSON-lines log (<save without extension>.jsonl); reports the best model on test.
+epoch) and a JSON-lines log (<save>.jsonl, appended to); reports the best model on test. While it
+runs it holds <save>.lock: a second run on the same --save stops at once.
 """
 import argparse
 import os
@@ -17,7 +18,7 @@ from splitcross import SplitCrossEntropyLoss, splits_for_vocab
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='AWD-LSTM language model training (NT-ASGD)')
-    utils.add_data_args(parser, default_save=f'{int(time.time() * 100)}.pt')
+    utils.add_data_args(parser)
     utils.add_model_args(parser)
     utils.add_dropout_args(parser)
     utils.add_training_args(parser)
@@ -31,8 +32,11 @@ def parse_args(argv=None):
     g.add_argument('--resume', type=str, default='',
                    help='continue a run: from its resume state (<path>.state, or the state file itself) '
                         'exactly where it stopped; from a checkpoint alone, restart from its weights '
-                        "with the flags' lr and dropouts, as the original did")
+                        "with the flags' lr and dropouts, as the original did. Without --save the run "
+                        'goes on writing to the files it names')
     args = parser.parse_args(argv)
+    if args.save is None:  # --resume X alone continues the run X, in its own files
+        args.save = utils.save_of_state(args.resume) if args.resume else f'{int(time.time() * 100)}.pt'
     utils.check_args(args)
     if args.max_seq_len is not None and args.max_seq_len < 5:
         raise utils.UserError(f'--max-seq-len must be at least 5 (the shortest sampled length), got {args.max_seq_len}')
@@ -42,15 +46,30 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     dist = distributed.setup(args)  # [distributed] torchrun's ranks (README); one process: changes nothing
+    if not dist.is_main:  # [distributed] rank 0 alone claims and writes the run's files
+        return train(args, dist)
+    outputs = [(path, '--save') for path in (args.save, utils.state_path(args.save), utils.json_log_path(args.save))]
+    outputs += [(f'{args.save}.e{epoch}', '--when') for epoch in args.when if epoch > 0]
+    with utils.run_files(args.save, outputs, inputs=utils.data_files(args.data)):
+        return train(args, dist)
+
+
+def train(args, dist):
+    """The whole run, once its files are claimed."""
     resume_state_file = utils.find_resume_state(args.resume) if args.resume else None
     if args.resume and resume_state_file is None and not os.path.isfile(args.resume):
         raise utils.UserError(f'{args.resume}: checkpoint not found (--resume)')
     saved_state = None
     if resume_state_file:
-        saved_state = utils.read_checkpoint(resume_state_file)
+        saved_state = utils.read_state(resume_state_file, 'main')
         ignored = utils.adopt_run_args(args, saved_state['args'], utils.RESUME_MAY_CHANGE)
+        utils.check_resumed_args(args, resume_state_file)
         if ignored:
             print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')
+    # An exact resume continues its run (a state from before run ids has None); anything else is a new run.
+    run = saved_state.get('run') if saved_state is not None else utils.new_run_id()
+    run = dist.from_main(run)  # [distributed] one run id for all ranks
+    state_is_ours = saved_state is not None and utils.same_file(resume_state_file, utils.state_path(args.save))
     print('Args:', args)
 
     rng = utils.set_seed(args.seed)
@@ -88,8 +107,7 @@ def main(argv=None):
 
     optimizer = utils.make_optimizer(optimizer_kind, params, args.lr, args.wdecay)
     if saved_state is not None:
-        optimizer.load_state_dict(saved_state['optimizer'])
-        utils.restore_rng_state(saved_state['rng'], rng, device)
+        utils.restore_training_state(optimizer, rng, device, saved_state, resume_state_file)
         print(f'Resuming exactly from {resume_state_file} after epoch {saved_state["epoch"]} '
               f'({optimizer_kind}, lr {optimizer.param_groups[0]["lr"]})')
     elif args.resume:
@@ -98,16 +116,18 @@ def main(argv=None):
     forward = dist.wrap(model, criterion)  # [distributed] DDP averages the gradients; None for one process
 
     def save_model(path):
-        utils.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word)
+        utils.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word, run=run)
 
     def save_state(epoch):
         utils.save_checkpoint(utils.state_path(args.save), model, criterion, optimizer, args, corpus.dictionary.idx2word,
-                              epoch=epoch, history=history, best_val_loss=best_val_loss, rng=utils.rng_state(rng, device))
+                              epoch=epoch, history=history, best_val_loss=best_val_loss, rng=utils.rng_state(rng, device),
+                              script='main', run=run)
     save_model, save_state = dist.writer(save_model), dist.writer(save_state)  # [distributed] rank 0 writes
 
-    log = dist.if_main(utils.JsonLog, utils.json_log_path(args.save), append=saved_state is not None)  # [distributed]
+    log = dist.if_main(utils.JsonLog, utils.json_log_path(args.save), run,  # [distributed] rank 0 logs
+                       resumed_after=saved_state['epoch'] if saved_state is not None else None)
     # Loop over epochs; Ctrl-C stops early and still evaluates the best model on test.
-    with utils.interruptible_training() as run:
+    with utils.interruptible_training() as training:
         for epoch in range(epoch_start, args.epochs + 1):
             epoch_start_time = time.time()
             dist.seed_ranks(args.seed, epoch)  # [distributed] each rank its own dropout masks
@@ -116,6 +136,8 @@ def main(argv=None):
                                                seq_len_cap=args.max_seq_len, log=bar.write, progress=bar,
                                                forward=forward)  # [distributed]
             train_loss = dist.mean(train_loss)  # [distributed] over all columns
+            # The epoch's record names what it trained with, not the switch or lr cut that follows it.
+            trained_with = dict(lr=optimizer.param_groups[0]['lr'], optimizer=utils.optimizer_name(optimizer))
             if utils.is_asgd(optimizer):
                 # Section 3: under ASGD the model is the running average of the iterates.
                 with utils.averaged_weights(optimizer, params):
@@ -143,15 +165,17 @@ def main(argv=None):
                     print('Dividing learning rate by 10')
                     optimizer.param_groups[0]['lr'] /= 10.
                 history.append(val_loss)
-            log.write(epoch=epoch, seconds=time.time() - epoch_start_time, lr=optimizer.param_groups[0]['lr'],
-                      optimizer=utils.optimizer_name(optimizer), train_loss=train_loss,
+            log.write(epoch=epoch, seconds=time.time() - epoch_start_time, **trained_with, train_loss=train_loss,
                       **utils.loss_record('valid', val_loss), **dist.check_in_sync(params))  # [distributed]
-            save_state(epoch)
-    if run.preempted:
-        return utils.report_interrupted(utils.state_path(args.save), f'--resume {args.save}')
+            with utils.sigterm_held():
+                save_state(epoch)
+                state_is_ours = True
+    if training.preempted:
+        return utils.report_interrupted(utils.state_path(args.save), f'--resume {args.save} --data {args.data}',
+                                        state_is_ours)
 
-    # Load the best saved model and run it on test data.
-    test_loss = utils.evaluate_best_on_test(args.save, model, criterion, test_data, args.bptt, device)
+    # Load the best model this run saved and run it on test data.
+    test_loss = utils.evaluate_best_on_test(args.save, model, criterion, test_data, args.bptt, run=run)
     log.write(final=True, **utils.loss_record('valid', best_val_loss), **utils.loss_record('test', test_loss))
     return 0
 

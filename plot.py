@@ -71,9 +71,9 @@ def curves(records):
     """Per-epoch points and events of one log.
 
     Returns (epochs, train_ppl, valid_ppl, asgd_switch, lr_drops): the point lists hold None where a
-    figure is missing; asgd_switch is an epoch or None, lr_drops a list of epochs. A record describes
-    the state after its epoch (main.py switches optimizer and divides lr before writing it), so an
-    event sits at the epoch after which it took effect.
+    figure is missing; asgd_switch is an epoch or None, lr_drops a list of epochs. A record names the
+    optimizer and lr its epoch trained with, so an event is the first epoch trained the new way (the
+    figure draws it half an epoch earlier, between the two epochs).
     """
     by_epoch = {}
     for record in records:
@@ -128,9 +128,9 @@ def draw(plt, runs, title, output):
         ax.plot(epochs, gaps(train), '--', marker='.', color=colour, alpha=0.8)
         ax.plot(epochs, gaps(valid), '-', marker='.', color=colour, label=label)
         if asgd_switch is not None:
-            ax.axvline(asgd_switch, color=colour, linestyle=':', linewidth=1.2)
+            ax.axvline(asgd_switch - 0.5, color=colour, linestyle=':', linewidth=1.2)
         for epoch in lr_drops:
-            ax.axvline(epoch, color=colour, linestyle='-.', linewidth=1.2)
+            ax.axvline(epoch - 0.5, color=colour, linestyle='-.', linewidth=1.2)
     ax.set_yscale('log')
     # Perplexities as plain numbers (150, 200, 300), not powers of ten: they are read off the axis.
     plain = FuncFormatter(lambda y, _: f'{y:g}')

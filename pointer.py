@@ -5,7 +5,8 @@
     python pointer.py --save WT2.pt --lambdasm 0.1279 --theta 0.662 --window 3785 --bptt 2000 --data data/wikitext-2
 
 Reports valid and test loss / ppl / bpc with the cache (and, for reference, without it), and appends one
-JSON record with the settings and results to <save without extension>.pointer.jsonl.
+JSON record with the settings and results to <save>.pointer.jsonl (or --log). A result that is not a
+finite number (a --theta so large that the attention scores overflow) is an error, not a report.
 
 The model
 ---------
@@ -48,7 +49,6 @@ straightforward per-token form (the original's loop), used by the tests and benc
 """
 import argparse
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +77,8 @@ def parse_args(argv=None):
     g.add_argument('--cache-from-start', action='store_true',
                    help='corrected variant: use the cache from the second token on, with whatever history '
                         'exists (the original skips the first window + 1 tokens and the first of each chunk)')
+    g.add_argument('--log', type=str, default=None, metavar='PATH',
+                   help='JSON-lines file the results are appended to (default: <save>.pointer.jsonl)')
     args = parser.parse_args(argv)
     utils.check_args(argparse.Namespace(bptt=args.bptt, save=args.save))
     if args.window < 1:
@@ -85,7 +87,22 @@ def parse_args(argv=None):
         raise utils.UserError(f'--lambdasm must be in [0, 1], got {args.lambdasm}')
     if not math.isfinite(args.theta):
         raise utils.UserError(f'--theta must be a finite number, got {args.theta}')
+    if args.log is None and args.save:
+        args.log = default_log_path(args.save)
     return args
+
+
+def default_log_path(save):
+    return save + '.pointer.jsonl'
+
+
+def check_finite(split, loss, vocab_loss, theta):
+    """A loss that is not a finite number is an error, never a result."""
+    if not math.isfinite(vocab_loss):
+        raise utils.UserError(f'the model\'s own {split} loss is not finite ({vocab_loss}): is the checkpoint damaged?')
+    if not math.isfinite(loss):
+        raise utils.UserError(f'the {split} loss with the cache is not finite ({loss}): the attention scores '
+                              f'overflow with --theta {theta}; try a smaller one')
 
 
 def chunks(model, source, bptt):
@@ -184,6 +201,11 @@ def pointer_loss_reference(model, criterion, source, bptt, window, theta, lambda
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.save:  # a read-only folder is found now, not after the whole evaluation
+        try:
+            utils.check_output(args.log, '--log', inputs=[args.save, *utils.data_files(args.data)])
+        except utils.UserError as e:
+            raise utils.UserError(f'{e}: give --log PATH to write the results elsewhere') from None
     device = utils.choose_device(args)
     ckpt = utils.load_checkpoint(args.save, map_location=device)
     model, criterion = ckpt['model'], ckpt['criterion']
@@ -202,6 +224,7 @@ def main(argv=None):
                                                 args.lambdasm, args.cache_from_start, progress=bar)
             except torch.cuda.OutOfMemoryError:
                 raise utils.UserError('GPU out of memory: try a smaller --bptt') from None
+        check_finite(split, loss, vocab_loss, args.theta)
         print(f'| {split} without the cache | {utils.report_line(split, vocab_loss)}')
         results.update(utils.loss_record(split, loss), **{f'{split}_nocache_loss': vocab_loss})
 
@@ -209,11 +232,10 @@ def main(argv=None):
     for split in ('valid', 'test'):
         print(f'| End of pointer | {utils.report_line(split, results[split + "_loss"])}')
     print('=' * 89)
-    path = os.path.splitext(args.save)[0] + '.pointer.jsonl'
-    utils.JsonLog(path, append=True).write(
+    utils.JsonLog(args.log).write(
         checkpoint=args.save, data=args.data, bptt=args.bptt, window=args.window, theta=args.theta,
         lambdasm=args.lambdasm, cache_from_start=args.cache_from_start, **results)
-    print(f'results appended to {path}')
+    print(f'results appended to {args.log}')
     return 0
 
 

@@ -79,10 +79,10 @@ def test_two_ranks_train_the_one_process_model_across_the_asgd_switch_and_resume
     # 2 ranks, the same global --batch_size (2 columns each), the same 6 epochs.
     result = torchrun('main.py', tiny_run(tiny_corpus, two, epochs=6, extra=flags))
     assert result.stdout.count('| end of epoch') == 6  # rank 0 alone prints
-    two_records = epochs(str(tmp_path / 'two.jsonl'))
+    two_records = epochs(str(tmp_path / 'two.pt.jsonl'))
     assert {r['optimizer'] for r in two_records} == {'sgd', 'asgd'}  # across the switch
     assert all(r['world_size'] == 2 for r in two_records)
-    assert_close_records(two_records, epochs(str(tmp_path / 'ref.jsonl')))
+    assert_close_records(two_records, epochs(str(tmp_path / 'ref.pt.jsonl')))
     assert_close_weights(two + '.state', ref_state_6)
     assert_close_weights(two, ref)  # the best model (ASGD averages) too
     assert utils.load_checkpoint(two)['model'] is not None  # loads in a single process
@@ -90,7 +90,7 @@ def test_two_ranks_train_the_one_process_model_across_the_asgd_switch_and_resume
     # The 2-rank state continues in one process, as the reference does.
     assert main.main(tiny_run(tiny_corpus, ref, epochs=7, extra=flags + ['--resume', ref])) == 0
     assert main.main(tiny_run(tiny_corpus, two, epochs=7, extra=flags + ['--resume', two])) == 0
-    assert_close_records(epochs(str(tmp_path / 'two.jsonl')), epochs(str(tmp_path / 'ref.jsonl')))
+    assert_close_records(epochs(str(tmp_path / 'two.pt.jsonl')), epochs(str(tmp_path / 'ref.pt.jsonl')))
     assert_close_weights(two + '.state', ref + '.state')
 
 
@@ -100,7 +100,7 @@ def test_finetune_on_two_ranks_is_the_one_process_finetune(tmp_path, tiny_corpus
     argv = tiny_run(tiny_corpus, save, epochs=2, extra=NO_DROPOUT + ['--lr', '10'])
     assert finetune.main(argv + ['--out', str(tmp_path / 'one.pt')]) == 0
     torchrun('finetune.py', argv + ['--out', str(tmp_path / 'two.pt')])
-    assert_close_records(epochs(str(tmp_path / 'two.finetune.jsonl')), epochs(str(tmp_path / 'one.finetune.jsonl')))
+    assert_close_records(epochs(str(tmp_path / 'two.pt.finetune.jsonl')), epochs(str(tmp_path / 'one.pt.finetune.jsonl')))
     assert_close_weights(str(tmp_path / 'two.pt.finetune.state'), str(tmp_path / 'one.pt.finetune.state'))
 
 
@@ -125,7 +125,7 @@ def worker_pid(parent, rank):
 @pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='finds the worker processes through /proc')
 def test_with_dropout_ranks_stay_identical_and_killing_one_rank_stops_the_others(tmp_path, tiny_corpus):
     save = str(tmp_path / 'm.pt')
-    log = tmp_path / 'm.jsonl'
+    log = tmp_path / 'm.pt.jsonl'
     out, err = open(tmp_path / 'out.txt', 'w'), open(tmp_path / 'err.txt', 'w')
     proc = subprocess.Popen(torchrun_command('main.py', tiny_run(tiny_corpus, save, epochs=10000)), cwd=REPO,
                             env=torchrun_env(), stdout=out, stderr=err)

@@ -21,11 +21,11 @@ def test_pipeline_end_to_end(tmp_path, capsys, rnn_type):
     common = ['--data', corpus, '--save', save]
     assert train_script.main([*common, '--epochs', '2', '--model', rnn_type, *TINY]) == 0
     assert utils.load_checkpoint(save)['model'].rnn_type == rnn_type
-    main_records = read_jsonl(str(tmp_path / 'model.jsonl'))
+    main_records = read_jsonl(utils.json_log_path(save))
     assert main_records[-1]['final']
 
     assert finetune.main([*common, '--epochs', '2', *TINY]) == 0
-    ft_records = read_jsonl(str(tmp_path / 'model.finetune.jsonl'))
+    ft_records = read_jsonl(finetune.finetune_log_path(save))
     assert [r.get('epoch') for r in ft_records] == [0, 1, 2, None] and ft_records[-1]['final']
     assert os.path.isfile(save + '.finetune.state') and os.path.isfile(save + '.state')
     # The file holds the best model seen: evaluated afresh on valid it gives the lowest of the losses
@@ -36,7 +36,7 @@ def test_pipeline_end_to_end(tmp_path, capsys, rnn_type):
     assert val_loss == pytest.approx(min(r['valid_loss'] for r in ft_records[:-1]), rel=1e-6)
 
     assert pointer.main([*common, '--window', '30', '--bptt', '100', '--cpu']) == 0
-    assert read_jsonl(str(tmp_path / 'model.pointer.jsonl'))[-1]['valid_loss'] > 0
+    assert read_jsonl(pointer.default_log_path(save))[-1]['valid_loss'] > 0
 
     out = str(tmp_path / 'generated.txt')
     assert generate.main(['--data', corpus, '--checkpoint', save, '--outf', out, '--words', '50', '--cpu']) == 0

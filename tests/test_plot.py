@@ -32,8 +32,8 @@ def record(epoch, lr, optimizer, train_loss, valid_loss):
                 **utils.loss_record('valid', valid_loss))
 
 
-# Five epochs of main.py as written: SGD, the switch to ASGD logged at epoch 3, lr divided by 10
-# at epoch 4, a train figure written as null and a valid one as NaN (both mean "not finite"),
+# Five epochs of main.py as written (each record names what its epoch trained with): SGD, ASGD from
+# epoch 3 on, the lr divided by 10 from epoch 4 on, a train figure written as null and a valid one as NaN (both mean "not finite"),
 # then the final record, which is no epoch.
 MAIN_LOG = [
     record(1, 30, 'sgd', 6.5, 6.0),

@@ -79,7 +79,7 @@ def test_script_reports_valid_and_test(trained, capsys):
     assert pointer.main(flags) == 0
     out = capsys.readouterr().out
     assert '| End of pointer | valid loss' in out and '| End of pointer | test loss' in out
-    record = read_jsonl(save[:-3] + '.pointer.jsonl')[-1]
+    record = read_jsonl(pointer.default_log_path(save))[-1]
     assert record['window'] == 20 and record['test_ppl'] == pytest.approx(math.exp(record['test_loss']))
 
 

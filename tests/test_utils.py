@@ -71,7 +71,7 @@ def test_atomic_save_survives_a_crash_midway(tmp_path, monkeypatch):
         f.write(b'PK\x03\x04 half a file')
         raise OSError('disk full (injected)')
     monkeypatch.setattr(torch, 'save', half_write)
-    with pytest.raises(OSError, match='injected'):
+    with pytest.raises(utils.UserError, match='ckpt.pt: could not be written .*injected'):
         utils.atomic_torch_save({'x': torch.zeros(2)}, path)
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)['x'], torch.ones(2))

@@ -1,0 +1,611 @@
+"""Reliability, second round: each test reproduces one finding of a fault-injection pass (issue 11)
+on a tiny model, and checks what should happen instead."""
+import fcntl
+import json
+import os
+import random
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import data
+import dynamiceval
+import finetune
+import generate
+import main as train_script
+import pointer
+import utils
+from conftest import REPO, TINY, read_jsonl, tiny_run, write_corpus
+
+LEGACY_FORMAT = 'awd-lstm-checkpoint-1'  # checkpoints written before the digest
+
+
+def train(corpus, save, epochs=1, extra=()):
+    return train_script.main(tiny_run(corpus, save, epochs, extra))
+
+
+def must_not_run(*args, **kwargs):
+    raise AssertionError('the bad location should have been found before this step')
+
+
+def epochs_of(save):
+    return [r['epoch'] for r in read_jsonl(utils.json_log_path(save)) if 'epoch' in r]
+
+
+def temporaries(folder):
+    return [name for name in os.listdir(folder) if name.endswith('.tmp')]
+
+
+def hand_made(raw, path, digest=False):
+    """Writes a checkpoint dict as someone could by hand: the legacy format without a digest, or the
+    current one with a correct digest (a digest vouches for the bytes, not for the contents)."""
+    raw = dict(raw)
+    raw.pop('digest', None)
+    if digest:
+        raw = utils.with_digest({**raw, 'format': utils.CHECKPOINT_FORMAT})
+    else:
+        raw['format'] = LEGACY_FORMAT
+    torch.save(raw, path)
+    return path
+
+
+@pytest.fixture
+def small_corpus(tmp_path):
+    return write_corpus(str(tmp_path / 'small'), (150, 40, 40))
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """A corpus, a one-epoch checkpoint with its resume state, and a one-epoch fine-tuning state."""
+    folder = tmp_path_factory.mktemp('reliability')
+    corpus = write_corpus(str(folder / 'corpus'), (150, 40, 40))
+    save = str(folder / 'model.pt')
+    assert train(corpus, save) == 0
+    tuned = str(folder / 'tuned.pt')
+    assert finetune.main(['--data', corpus, '--save', save, '--out', tuned, '--epochs', '1', *TINY]) == 0
+    return corpus, save, finetune.finetune_state_path(tuned)
+
+
+def copy_checkpoint(trained, tmp_path):
+    """The fixture's checkpoint and state, copied so that a test may damage them."""
+    _, save, _ = trained
+    copy = str(tmp_path / 'copy.pt')
+    shutil.copy(save, copy)
+    shutil.copy(utils.state_path(save), utils.state_path(copy))
+    return copy
+
+
+# ---------------------------------------------------------------------------------------------
+# Silent wrong results
+
+@pytest.mark.parametrize('nhid', ['12', '16'], ids=['same architecture', 'other architecture'])
+def test_ctrl_c_before_the_first_save_never_reports_an_older_runs_checkpoint(tmp_path, small_corpus,
+                                                                            monkeypatch, nhid):
+    save = str(tmp_path / 'm.pt')
+    assert train(small_corpus, save) == 0
+    before = open(save, 'rb').read()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(utils, 'train_epoch', interrupted)
+    with pytest.raises(utils.UserError, match='no model was saved by this run'):
+        train(small_corpus, save, extra=['--nhid', nhid])
+    assert open(save, 'rb').read() == before
+
+
+def preempt(*args, **kwargs):
+    raise utils.Preempted()
+
+
+@pytest.mark.parametrize('script', ['main', 'finetune'])
+def test_sigterm_before_the_first_epoch_ends_never_offers_an_older_runs_state(trained, tmp_path, monkeypatch,
+                                                                             capsys, script):
+    corpus, _, _ = trained
+    save = copy_checkpoint(trained, tmp_path)  # an earlier run's checkpoint and state
+    if script == 'main':
+        run = lambda: train(corpus, save, epochs=3)
+    else:
+        argv = ['--data', corpus, '--save', save, '--epochs', '1', *TINY]
+        assert finetune.main(argv) == 0  # leaves <save>.finetune.state
+        run = lambda: finetune.main(argv)
+    capsys.readouterr()
+    monkeypatch.setattr(utils, 'train_epoch', preempt)
+    assert run() == 143
+    out = capsys.readouterr().out
+    assert 'nothing to resume from' in out and 'rerun with' not in out
+
+
+@pytest.mark.parametrize('script', ['main', 'finetune'])
+def test_sigterm_just_after_a_state_is_written_offers_it(trained, tmp_path, monkeypatch, capsys, script):
+    corpus, save, _ = trained
+    real = utils.atomic_torch_save
+
+    def signalled_once_written(obj, path):  # SIGTERM lands between the rename and the run noting it
+        real(obj, path)
+        if path.endswith('.state'):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the handler runs here, unless SIGTERM is held back until the note is made
+    monkeypatch.setattr(utils, 'atomic_torch_save', signalled_once_written)
+    out = str(tmp_path / 'm.pt')
+    if script == 'main':
+        status = train(corpus, out, epochs=3)
+    else:
+        status = finetune.main(['--data', corpus, '--save', save, '--out', out, '--epochs', '3', *TINY])
+    assert status == 143
+    assert 'rerun with --resume' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('flags,match', [
+    (['--clip', '-1'], '--clip'), (['--wdecay', '-1'], '--wdecay'), (['--wdecay', 'nan'], '--wdecay'),
+    (['--seed', '-1'], '--seed'), (['--seed', str(2 ** 32)], '--seed'), (['--lr', 'inf'], '--lr'),
+])
+def test_flags_that_would_train_uphill_or_crash_are_refused(tmp_path, small_corpus, monkeypatch, flags, match):
+    monkeypatch.setattr(utils, 'train_epoch', must_not_run)
+    with pytest.raises(utils.UserError, match=match):
+        train(small_corpus, str(tmp_path / 'm.pt'), extra=flags)
+
+
+@pytest.mark.parametrize('script', [generate, dynamiceval], ids=lambda s: s.__name__)
+def test_scripts_refuse_an_impossible_seed(trained, tmp_path, script):
+    corpus, save, _ = trained
+    argv = (['--checkpoint', save, '--outf', str(tmp_path / 'g.txt')] if script is generate else ['--save', save])
+    with pytest.raises(utils.UserError, match='--seed'):
+        script.main(['--data', corpus, *argv, '--seed', '-1', '--cpu'])
+
+
+def same(a, b):
+    """Equal as checkpoint contents: tensors bit for bit, containers item by item."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and torch.equal(a.view(torch.uint8) if a.dtype == torch.bool else a,
+                                                       b.view(torch.uint8) if b.dtype == torch.bool else b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and (a == b or a != a and b != b)
+
+
+@pytest.mark.parametrize('which', ['checkpoint', 'state'])
+def test_a_flipped_bit_never_loads_as_other_weights(trained, tmp_path, which):
+    _, save, _ = trained
+    path = save if which == 'checkpoint' else utils.state_path(save)
+    reference = torch.load(path, weights_only=True)
+    content = open(path, 'rb').read()
+    flipped_path = str(tmp_path / 'flipped.pt')
+    rnd = random.Random(11)
+    silently_different = []
+    for _ in range(300):
+        bit = rnd.randrange(len(content) * 8)
+        damaged = bytearray(content)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        with open(flipped_path, 'wb') as f:
+            f.write(damaged)
+        try:
+            loaded = utils.read_checkpoint(flipped_path)
+        except utils.UserError as e:
+            assert 'flipped.pt' in str(e) and '\n' not in str(e)
+            continue
+        if not same(loaded, reference):
+            silently_different.append(bit)
+    assert not silently_different, f'{len(silently_different)} of 300 flips loaded with other contents'
+
+
+def test_a_checkpoint_without_its_digest_is_refused_unless_it_predates_digests(trained, tmp_path):
+    _, save, _ = trained
+    raw = torch.load(save, weights_only=True)
+    legacy = hand_made(raw, str(tmp_path / 'legacy.pt'))
+    assert utils.load_checkpoint(legacy)['model'] is not None  # written before this change: still loads
+    stripped = {k: v for k, v in raw.items() if k != 'digest'}
+    torch.save(stripped, str(tmp_path / 'stripped.pt'))
+    with pytest.raises(utils.UserError, match='stripped.pt: .*digest'):
+        utils.load_checkpoint(str(tmp_path / 'stripped.pt'))
+
+
+def test_a_corpus_cache_with_a_swapped_vocabulary_is_rebuilt(small_corpus):
+    data.load_corpus(small_corpus, log=lambda *a: None)
+    cache, = [os.path.join(small_corpus, f) for f in os.listdir(small_corpus) if f.startswith('corpus.')]
+    saved = torch.load(cache, weights_only=True)
+    saved['idx2word'][0], saved['idx2word'][1] = saved['idx2word'][1], saved['idx2word'][0]
+    torch.save(saved, cache)
+    notes = []
+    corpus = data.load_corpus(small_corpus, log=notes.append)
+    assert corpus.dictionary.idx2word == data.Corpus(small_corpus).dictionary.idx2word
+    assert any(cache in note for note in notes)  # says which file it did not trust
+    again = data.load_corpus(small_corpus, log=lambda *a: None)  # and the rebuilt cache is good
+    assert again.dictionary.idx2word == corpus.dictionary.idx2word
+
+
+def corpus_of(folder, train_lines):
+    """Lines of 3 words + <eos> = 4 tokens each; valid and test big enough for their batch sizes."""
+    os.makedirs(folder)
+    for name, n in (('train', train_lines), ('valid', 10), ('test', 10)):
+        with open(os.path.join(folder, name + '.txt'), 'w') as f:
+            f.write(' a b c \n' * n)
+    return folder
+
+
+def test_a_train_split_needs_at_least_one_batch(tmp_path):
+    # Batch size 4: 8 tokens make 2 rows, which train nothing; 12 make 3 rows, one batch.
+    with pytest.raises(utils.UserError, match=r'train.txt: 8 tokens are too few'):
+        train(corpus_of(str(tmp_path / 'two_rows'), 2), str(tmp_path / 'a.pt'))
+    save = str(tmp_path / 'b.pt')
+    assert train(corpus_of(str(tmp_path / 'three_rows'), 3), save) == 0
+    assert read_jsonl(utils.json_log_path(save))[0]['train_loss'] > 0
+
+
+def test_pointer_refuses_to_report_a_non_finite_loss(trained):
+    corpus, save, _ = trained
+    with pytest.raises(utils.UserError, match='not finite'):
+        pointer.main(['--data', corpus, '--save', save, '--window', '5', '--bptt', '20', '--cpu',
+                      '--theta', '1e300', '--log', os.devnull])
+
+
+# ---------------------------------------------------------------------------------------------
+# Data loss
+
+def test_log_names_of_different_saves_never_collide(tmp_path, small_corpus):
+    runs = tmp_path / 'runs'
+    runs.mkdir()
+    saves = {lr: str(runs / f'lr{lr}') for lr in ('0.5', '0.1')}
+    for lr, save in saves.items():
+        assert train(small_corpus, save, extra=['--lr', lr]) == 0
+    assert utils.json_log_path(saves['0.5']) != utils.json_log_path(saves['0.1'])
+    for lr, save in saves.items():
+        records = [r for r in read_jsonl(utils.json_log_path(save)) if 'epoch' in r]
+        assert [r['lr'] for r in records] == [float(lr)]
+
+
+def test_resume_from_a_checkpoint_alone_keeps_its_log(tmp_path, small_corpus):
+    save = str(tmp_path / 'm.pt')
+    assert train(small_corpus, save) == 0
+    os.remove(utils.state_path(save))
+    log = utils.json_log_path(save)
+    before = read_jsonl(log)
+    with pytest.raises(utils.UserError, match='does not fit'):  # a resume that fails ...
+        train(small_corpus, save, extra=['--resume', save, '--nhid', '20'])
+    assert read_jsonl(log) == before  # ... leaves the log as it was
+    assert train(small_corpus, save, extra=['--resume', save]) == 0
+    after = read_jsonl(log)
+    assert after[:len(before)] == before and len(after) == 2 * len(before)
+    assert len({r['run'] for r in after}) == 2  # two runs, told apart
+
+
+@pytest.mark.parametrize('with_state', [True, False])
+def test_resume_alone_continues_the_run_it_names(tmp_path, small_corpus, monkeypatch, with_state):
+    monkeypatch.chdir(tmp_path)
+    save = str(tmp_path / 'part.pt')
+    assert train(small_corpus, save) == 0
+    if not with_state:
+        os.remove(utils.state_path(save))
+    files = set(os.listdir(tmp_path))
+    assert train_script.main([*TINY, '--data', small_corpus, '--epochs', '2', '--resume', save]) == 0
+    assert set(os.listdir(tmp_path)) - files <= {'part.pt.state'}  # no timestamp-named run beside it
+    assert utils.read_checkpoint(utils.state_path(save))['epoch'] == 2
+    assert epochs_of(save) == ([1, 2] if with_state else [1, 1, 2])
+
+
+def test_a_second_run_on_the_same_files_stops_at_once(trained, tmp_path, monkeypatch):
+    corpus, _, _ = trained
+    save = copy_checkpoint(trained, tmp_path)
+    monkeypatch.setattr(utils, 'load_data', must_not_run)
+    with open(save + '.lock', 'a') as held:  # as another run holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(utils.UserError, match='another run'):
+            train(corpus, save)
+        with pytest.raises(utils.UserError, match='another run'):  # fine-tuning writes the same file
+            finetune.main(['--data', corpus, '--save', save, '--epochs', '1', *TINY])
+    monkeypatch.undo()
+    assert train(corpus, save) == 0  # released with its holder
+
+
+@pytest.mark.parametrize('target', ['checkpoint', 'train.txt'])
+def test_generate_never_overwrites_its_inputs(trained, tmp_path, target):
+    corpus, save, _ = trained
+    data_copy = str(tmp_path / 'data')
+    shutil.copytree(corpus, data_copy)
+    ckpt = str(tmp_path / 'model.pt')
+    shutil.copy(save, ckpt)
+    outf = ckpt if target == 'checkpoint' else os.path.join(data_copy, 'train.txt')
+    before = open(outf, 'rb').read()
+    with pytest.raises(utils.UserError, match='would overwrite'):
+        generate.main(['--data', data_copy, '--checkpoint', ckpt, '--outf', outf, '--words', '5', '--cpu'])
+    assert open(outf, 'rb').read() == before
+
+
+def test_main_never_saves_over_its_data(tmp_path, small_corpus, monkeypatch):
+    monkeypatch.setattr(utils, 'train_epoch', must_not_run)
+    with pytest.raises(utils.UserError, match='would overwrite'):
+        train(small_corpus, os.path.join(small_corpus, 'valid.txt'))
+
+
+# Run main.py in a subprocess that dies as under kill -9 while writing the resume state of epoch 2:
+# after the epoch's log record, leaving a half-written hidden temporary file.
+DIES_WRITING_STATE_2 = '''
+import os, sys
+sys.path.insert(0, os.getcwd())
+import main, utils
+real = utils.atomic_torch_save
+
+def dies(obj, path):
+    if path.endswith('.state') and obj['epoch'] == 2:
+        folder, name = os.path.split(path)
+        with open(os.path.join(folder, '.' + name + '.k9k9k9k9.tmp'), 'wb') as f:
+            f.write(b'half a state file')
+        os._exit(137)
+    return real(obj, path)
+
+utils.atomic_torch_save = dies
+main.main(sys.argv[1:])
+'''
+
+
+def test_resume_after_kill_9_leaves_one_record_per_epoch_and_no_temporaries(tmp_path, small_corpus):
+    save, straight = str(tmp_path / 'm.pt'), str(tmp_path / 'straight.pt')
+    killed = subprocess.run([sys.executable, '-c', DIES_WRITING_STATE_2, *tiny_run(small_corpus, save, epochs=3)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 137, killed.stderr
+    assert epochs_of(save) == [1, 2] and temporaries(tmp_path)  # the state is still that of epoch 1
+    assert train(small_corpus, save, epochs=3, extra=['--resume', save]) == 0
+    assert epochs_of(save) == [1, 2, 3]
+    assert not temporaries(tmp_path)
+    assert train(small_corpus, straight, epochs=3) == 0
+    strip = lambda path: [{k: v for k, v in r.items() if k not in ('seconds', 'run')}
+                          for r in read_jsonl(utils.json_log_path(path))]
+    assert strip(save) == strip(straight)
+
+
+# ---------------------------------------------------------------------------------------------
+# One-line errors instead of tracebacks
+
+DISK_FULL = RuntimeError('[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing '
+                         'file data/0: file write failed')
+
+
+def disk_full(obj, f, *args, **kwargs):
+    f.write(b'PK\x03\x04 the start of a file')
+    raise DISK_FULL
+
+
+def test_a_full_disk_while_caching_the_corpus_only_skips_the_cache(small_corpus, monkeypatch):
+    monkeypatch.setattr(torch, 'save', disk_full)
+    notes = []
+    corpus = data.load_corpus(small_corpus, log=notes.append)
+    assert len(corpus.train) > 0
+    assert not [f for f in os.listdir(small_corpus) if f.startswith('corpus.')] and not temporaries(small_corpus)
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_a_one_line_error(tmp_path, small_corpus, monkeypatch):
+    save = str(tmp_path / 'm.pt')
+    assert train(small_corpus, save) == 0
+    before = open(save, 'rb').read()
+    monkeypatch.setattr(torch, 'save', disk_full)
+    with pytest.raises(utils.UserError, match=r'm.pt: could not be written .*PytorchStreamWriter') as e:
+        train(small_corpus, save, extra=['--lr', '1'])
+    assert '\n' not in str(e.value)
+    assert open(save, 'rb').read() == before and not temporaries(tmp_path)
+
+
+def test_a_full_disk_while_logging_is_a_one_line_error(tmp_path, monkeypatch):
+    log = utils.JsonLog(str(tmp_path / 'l.jsonl'))
+
+    class Full:
+        def write(self, text):
+            raise OSError(28, 'No space left on device')
+
+        def flush(self):
+            pass
+    log.file = Full()
+    with pytest.raises(utils.UserError, match='l.jsonl: .*No space left'):
+        log.write(epoch=1)
+
+
+def save_location(tmp_path, where):
+    if where == 'missing folder':
+        return str(tmp_path / 'nowhere' / 'm.pt')
+    if where == 'a folder':
+        (tmp_path / 'folder').mkdir()
+        return str(tmp_path / 'folder')
+    read_only = tmp_path / 'read_only'
+    read_only.mkdir()
+    read_only.chmod(0o555)  # honoured even when the tests run as root
+    return str(read_only / 'm.pt')
+
+
+@pytest.mark.parametrize('where,match', [('missing folder', 'does not exist'), ('a folder', 'is a folder'),
+                                         ('read-only folder', 'read-only')])
+def test_unusable_save_locations_are_found_before_training(tmp_path, small_corpus, monkeypatch, where, match):
+    save = save_location(tmp_path, where)
+    monkeypatch.setattr(utils, 'load_data', must_not_run)
+    try:
+        with pytest.raises(utils.UserError, match=match):
+            train(small_corpus, save)
+    finally:
+        for folder in tmp_path.iterdir():
+            folder.chmod(0o755)
+
+
+def test_pointer_checks_where_its_log_goes_before_evaluating(trained, tmp_path, monkeypatch):
+    corpus, save, _ = trained
+    shared = tmp_path / 'shared'
+    shared.mkdir()
+    ckpt = str(shared / 'model.pt')
+    shutil.copy(save, ckpt)
+    shared.chmod(0o555)
+    argv = ['--data', corpus, '--save', ckpt, '--window', '5', '--bptt', '20', '--cpu']
+    try:
+        monkeypatch.setattr(pointer, 'pointer_loss', must_not_run)
+        with pytest.raises(utils.UserError, match='read-only.*--log'):
+            pointer.main(argv)
+        monkeypatch.undo()
+        log = str(tmp_path / 'pointer.jsonl')
+        assert pointer.main(argv + ['--log', log]) == 0
+        assert read_jsonl(log)[-1]['checkpoint'] == ckpt
+    finally:
+        shared.chmod(0o755)
+
+
+@pytest.mark.parametrize('where,match', [('missing folder', 'does not exist'), ('a folder', 'is a folder'),
+                                         ('read-only folder', 'read-only')])
+def test_generate_checks_its_output_before_sampling(trained, tmp_path, monkeypatch, where, match):
+    corpus, save, _ = trained
+    outf = save_location(tmp_path, where)
+    monkeypatch.setattr(utils, 'load_checkpoint', must_not_run)
+    try:
+        with pytest.raises(utils.UserError, match=match):
+            generate.main(['--data', corpus, '--checkpoint', save, '--outf', outf, '--words', '5', '--cpu'])
+    finally:
+        for folder in tmp_path.iterdir():
+            folder.chmod(0o755)
+
+
+def test_finetune_resume_needs_to_know_which_run(trained):
+    corpus, _, _ = trained
+    with pytest.raises(utils.UserError, match='--resume'):
+        finetune.main(['--data', corpus, '--resume', '--epochs', '1', *TINY])
+
+
+def test_each_script_resumes_only_its_own_states(trained, tmp_path):
+    corpus, save, finetune_state = trained
+    copy = copy_checkpoint(trained, tmp_path)
+    with pytest.raises(utils.UserError, match=r'main\.py'):
+        finetune.main(['--data', corpus, '--save', copy, '--resume', utils.state_path(copy), '--epochs', '2', *TINY])
+    with pytest.raises(utils.UserError, match=r'finetune\.py'):
+        train(corpus, str(tmp_path / 'x.pt'), epochs=2, extra=['--resume', finetune_state])
+
+
+BROKEN = {
+    'model missing': lambda c: c.pop('model'),
+    'model not a dict': lambda c: c.__setitem__('model', [1, 2]),
+    'a weight replaced by a number': lambda c: c['model'].__setitem__(next(iter(c['model'])), 3),
+    'args not a dict': lambda c: c.__setitem__('args', 'lr=30'),
+    'vocabulary not words': lambda c: c.__setitem__('idx2word', list(range(len(c['idx2word'])))),
+    'model_config with an unknown key': lambda c: c['model_config'].__setitem__('colour', 'blue'),
+    'model_config with a wrong type': lambda c: c['model_config'].__setitem__('nhid', 'twelve'),
+    'criterion_config missing a key': lambda c: c['criterion_config'].pop('splits'),
+}
+
+
+@pytest.mark.parametrize('digest', [False, True], ids=['legacy', 'with digest'])
+@pytest.mark.parametrize('case', BROKEN)
+def test_hand_made_checkpoints_with_missing_or_wrong_fields(trained, tmp_path, case, digest):
+    corpus, save, _ = trained
+    raw = torch.load(save, weights_only=True)
+    BROKEN[case](raw)
+    path = hand_made(raw, str(tmp_path / 'hand.pt'), digest)
+    with pytest.raises(utils.UserError, match='hand.pt'):
+        utils.load_checkpoint(path)
+    if not case.startswith(('model_config', 'criterion_config')):  # main.py builds the model from its flags
+        with pytest.raises(utils.UserError, match='hand.pt'):
+            train(corpus, str(tmp_path / 'x.pt'), extra=['--resume', path])
+
+
+STATE_BROKEN = {
+    'epoch not a number': lambda s: s.__setitem__('epoch', 'one'),
+    'history missing': lambda s: s.pop('history'),
+    'random state damaged': lambda s: s['rng'].__setitem__('numpy', {}),
+    'optimizer state of another shape': lambda s: s['optimizer']['param_groups'].append({'params': [99]}),
+}
+
+
+@pytest.mark.parametrize('case', STATE_BROKEN)
+def test_hand_made_resume_states_with_missing_or_wrong_fields(trained, tmp_path, case):
+    corpus, _, _ = trained
+    copy = copy_checkpoint(trained, tmp_path)
+    raw = torch.load(utils.state_path(copy), weights_only=True)
+    STATE_BROKEN[case](raw)
+    hand_made(raw, utils.state_path(copy))
+    with pytest.raises(utils.UserError, match='copy.pt.state'):
+        train(corpus, copy, epochs=2, extra=['--resume', copy])
+
+
+@pytest.mark.parametrize('flag,value', [('bptt', 0), ('lr', -1.0), ('batch_size', 'four'), ('dropout', 1.5)])
+def test_a_resume_state_with_invalid_flags_is_refused(trained, tmp_path, flag, value):
+    corpus, _, _ = trained
+    copy = copy_checkpoint(trained, tmp_path)
+    raw = torch.load(utils.state_path(copy), weights_only=True)
+    raw['args'][flag] = value
+    hand_made(raw, utils.state_path(copy))
+    with pytest.raises(utils.UserError, match=f'copy.pt.state: .*--{flag}'):
+        train(corpus, copy, epochs=2, extra=['--resume', copy])
+
+
+def run_script(main, capsys):
+    """utils.run(main) as a script runs it: returns (exit status, stderr)."""
+    try:
+        utils.run(main)
+    except SystemExit as e:
+        return e.code, capsys.readouterr().err
+    except KeyboardInterrupt:
+        pytest.fail('KeyboardInterrupt escaped utils.run')
+    pytest.fail('utils.run returned without exiting')
+
+
+def test_ctrl_c_during_start_up_is_one_line(tmp_path, small_corpus, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(utils, 'load_data', interrupted)
+    status, err = run_script(lambda: train_script.main(tiny_run(small_corpus, str(tmp_path / 'm.pt'))), capsys)
+    assert status == 130 and err.count('\n') == 1 and 'Traceback' not in err
+
+
+def test_an_unexpected_os_error_is_one_line(capsys):
+    def fails():
+        raise OSError(28, 'No space left on device', 'somewhere.pt')
+    status, err = run_script(fails, capsys)
+    assert status == 2 and err == "error: somewhere.pt: No space left on device\n"
+
+
+def test_output_piped_into_head_ends_quietly(trained, tmp_path):
+    corpus, save, _ = trained
+    proc = subprocess.Popen([sys.executable, 'generate.py', '--data', corpus, '--checkpoint', save,
+                             '--outf', str(tmp_path / 'g.txt'), '--words', '300', '--log-interval', '1', '--cpu'],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader has gone, as `| head` does once it has its lines
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141
+    assert 'Traceback' not in err and 'Exception ignored' not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Smaller
+
+@pytest.mark.parametrize('umask', [0o022, 0o002, 0o077])
+def test_atomic_writes_follow_the_umask_and_keep_an_existing_mode(tmp_path, umask):
+    path = str(tmp_path / 'x.pt')
+    old = os.umask(umask)
+    try:
+        utils.atomic_torch_save({'x': torch.ones(1)}, path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+    os.chmod(path, 0o640)
+    utils.atomic_torch_save({'x': torch.zeros(1)}, path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+
+
+def test_a_symlinked_save_is_written_through(tmp_path, small_corpus):
+    store = tmp_path / 'store'
+    store.mkdir()
+    link = str(tmp_path / 'm.pt')
+    os.symlink(str(store / 'm.pt'), link)
+    assert train(small_corpus, link, epochs=2, extra=['--lr', '1']) == 0
+    assert os.path.islink(link)
+    assert utils.read_checkpoint(str(store / 'm.pt'))['model'].keys()
+
+
+def test_log_records_are_strict_json(tmp_path):
+    path = str(tmp_path / 'l.jsonl')
+    utils.JsonLog(path).write(epoch=1, valid_loss=float('nan'), valid_ppl=float('inf'), lr=[float('-inf')])
+
+    def reject(constant):
+        raise ValueError(f'{constant} is not JSON')
+    with open(path) as f:
+        record = json.loads(f.readline(), parse_constant=reject)
+    assert record['valid_loss'] is None and record['valid_ppl'] is None and record['lr'] == [None]
