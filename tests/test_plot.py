@@ -108,7 +108,8 @@ def test_the_log_of_a_real_main_run(tmp_path):
     # The log as main.py writes it today (file name, fields, encoding), from a run of seconds.
     corpus = write_corpus(str(tmp_path / 'tiny'), lines_per_split=(80, 20, 20))
     save = str(tmp_path / 'tiny.pt')
-    assert main.main(tiny_run(corpus, save, epochs=2, extra=['--when', '2'])) == 0
+    # --when 1 divides the lr after epoch 1: epoch 2 is the first trained with the lower lr.
+    assert main.main(tiny_run(corpus, save, epochs=2, extra=['--when', '1'])) == 0
     log = utils.json_log_path(save)
     epochs, train, valid, _, lr_drops = plot.curves(plot.read_log(log))
     assert epochs == [1, 2] and None not in train + valid
