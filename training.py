@@ -3,8 +3,8 @@ BPTT with the lr scaled by seq_len / bptt, cross-entropy plus AR and TAR, gradie
 epoch loop, the evaluation pass, NT-ASGD (the non-monotone switch rule, the optimizers, evaluating
 with ASGD's averaged weights) and perplexity.
 
-Pure computation on models, tensors and optimizers: no flags, no files, no printing beyond the `log`
-a caller hands in. Checkpoints go to checkpoint.py, command-line plumbing to cli.py.
+Pure computation on models, tensors and optimizers: no argument parsing, no files, no printing
+beyond the `log` a caller hands in. Checkpoints go to checkpoint.py, command-line plumbing to cli.py.
 """
 import contextlib
 import math
