@@ -7,8 +7,8 @@
     python benchmark.py --recipe ptb-2018 --nproc 1 2 4       # data-parallel scaling on 1, 2, 4 GPUs
 
 For each (recipe, option) it builds the recipe's model, runs --warmup training steps, times --batches
-training steps (the very step main.py takes: utils.train_step, with variable-length BPTT and the lr
-scaled by seq_len / bptt) and one validation pass (utils.evaluate, batch size 10), and prints one line:
+training steps (the very step main.py takes: training.train_step, with variable-length BPTT and the lr
+scaled by seq_len / bptt) and one validation pass (training.evaluate, batch size 10), and prints one line:
 
     recipe=ptb-2018 option=eager device=cuda torch=... train_s_per_epoch=... (extrapolated from 50 batches)
     valid_s=... tokens_per_s=... peak_mem=... MB (cuda max allocated) ...
@@ -57,8 +57,11 @@ import types
 
 import torch
 
+import batching
+import cli
 import distributed
-import utils
+import errors
+import training
 from model import RNNModel
 from splitcross import SplitCrossEntropyLoss, splits_for_vocab
 
@@ -133,49 +136,49 @@ def parse_args(argv=None):
     parser.add_argument('--nproc', nargs='+', type=int, default=None, metavar='N',
                         help='data-parallel scaling: run once per process count N (N > 1 through torchrun, one GPU '
                              'per process; gloo on the CPU) and report tokens/s per rank and in all')
-    utils.add_device_args(parser)
+    cli.add_device_args(parser)
     args = parser.parse_args(argv)
     if args.batches < 1:
-        raise utils.UserError(f'--batches must be positive, got {args.batches}')
+        raise errors.UserError(f'--batches must be positive, got {args.batches}')
     for name in ('warmup', 'val_batches'):
         if getattr(args, name) < 0:
-            raise utils.UserError(f'--{name.replace("_", "-")} must be >= 0, got {getattr(args, name)}')
+            raise errors.UserError(f'--{name.replace("_", "-")} must be >= 0, got {getattr(args, name)}')
     if args.batch_size is not None and args.batch_size < 1:
-        raise utils.UserError(f'--batch-size must be positive, got {args.batch_size}')
+        raise errors.UserError(f'--batch-size must be positive, got {args.batch_size}')
     if args.threads is not None and args.threads < 1:
-        raise utils.UserError(f'--threads must be positive, got {args.threads}')
+        raise errors.UserError(f'--threads must be positive, got {args.threads}')
     if args.profile_steps < 1:
-        raise utils.UserError(f'--profile-steps must be positive, got {args.profile_steps}')
+        raise errors.UserError(f'--profile-steps must be positive, got {args.profile_steps}')
     if args.nproc is not None and min(args.nproc) < 1:
-        raise utils.UserError(f'--nproc must be positive, got {args.nproc}')
+        raise errors.UserError(f'--nproc must be positive, got {args.nproc}')
     return args
 
 
-def recipe_config(name, cli):
+def recipe_config(name, opts):
     """The recipe's training flags as a namespace (what main.py would have in `args`)."""
     cfg = dict(MAIN_DEFAULTS, **RECIPES[name]['flags'])
-    if cli.small:
+    if opts.small:
         cfg.update(SMALL)
-    if cli.batch_size is not None:
-        cfg['batch_size'] = cli.batch_size
+    if opts.batch_size is not None:
+        cfg['batch_size'] = opts.batch_size
     return types.SimpleNamespace(**cfg)
 
 
-def load_streams(name, cfg, cli, device):
+def load_streams(name, cfg, opts, device):
     """(train, valid, vocabulary size, description): batchified as main.py does."""
     corpus = RECIPES[name]['corpus']
-    folder = cli.data or os.path.join('data', corpus)
-    if not cli.synthetic and os.path.isdir(folder):
+    folder = opts.data or os.path.join('data', corpus)
+    if not opts.synthetic and os.path.isdir(folder):
         ns = types.SimpleNamespace(data=folder)
-        dictionary_corpus, train, valid, _ = utils.load_data(ns, (cfg.batch_size, EVAL_BATCH_SIZE, 1), device,
-                                                             log=lambda *a: None)
+        dictionary_corpus, train, valid, _ = cli.load_data(ns, (cfg.batch_size, EVAL_BATCH_SIZE, 1), device,
+                                                           log=lambda *a: None)
         return train, valid, len(dictionary_corpus.dictionary), folder
     sizes = CORPORA[corpus]
     g = torch.Generator().manual_seed(0)
     streams = [torch.randint(0, sizes['vocab'], (sizes[split],), generator=g) for split in ('train', 'valid')]
-    why = 'forced' if cli.synthetic else f'{folder} absent'
-    return (utils.batchify(streams[0], cfg.batch_size, device=device),
-            utils.batchify(streams[1], EVAL_BATCH_SIZE, device=device), sizes['vocab'],
+    why = 'forced' if opts.synthetic else f'{folder} absent'
+    return (batching.batchify(streams[0], cfg.batch_size, device=device),
+            batching.batchify(streams[1], EVAL_BATCH_SIZE, device=device), sizes['vocab'],
             f'synthetic ({why}; {corpus} sizes: {sizes["train"]}/{sizes["valid"]} tokens, vocab {sizes["vocab"]})')
 
 
@@ -196,9 +199,9 @@ def precision_flags(option, device):
 
 
 def make_optimizer(cfg, params, option, device):
-    """As utils.make_optimizer; fused-opt asks for the fused kernel (foreach where fused is unsupported)."""
+    """As training.make_optimizer; fused-opt asks for the fused kernel (foreach where fused is unsupported)."""
     if option != 'fused-opt':
-        return utils.make_optimizer(cfg.optimizer, params, cfg.lr, cfg.wdecay), None
+        return training.make_optimizer(cfg.optimizer, params, cfg.lr, cfg.wdecay), None
     cls = torch.optim.SGD if cfg.optimizer == 'sgd' else torch.optim.Adam
     try:
         opt = cls(params, lr=cfg.lr, weight_decay=cfg.wdecay, fused=True)
@@ -208,7 +211,7 @@ def make_optimizer(cfg, params, option, device):
 
 
 class Stepper:
-    """Walks the training stream like utils.train_epoch, one utils.train_step per call."""
+    """Walks the training stream like training.train_epoch, one training.train_step per call."""
 
     def __init__(self, model, criterion, optimizer, params, train, cfg, rng, autocast, clip_foreach, device,
                  forward=None):
@@ -227,11 +230,11 @@ class Stepper:
         """One training step; returns (raw loss on the device, rows of the stream it covered)."""
         if self.i >= self.train.size(0) - 2:  # end of the epoch: start the stream again
             self.restart()
-        seq_len = utils.sample_seq_len(self.rng, self.cfg.bptt)
-        data, targets = utils.get_batch(self.train, self.i, seq_len=seq_len)
-        loss, self.hidden = utils.train_step(self.model, self.criterion, self.optimizer, self.params, data, targets,
-                                             self.hidden, self.cfg, seq_len, autocast=self.autocast,
-                                             clip_foreach=self.clip_foreach, forward=self.forward)
+        seq_len = training.sample_seq_len(self.rng, self.cfg.bptt)
+        data, targets = batching.get_batch(self.train, self.i, seq_len=seq_len)
+        loss, self.hidden = training.train_step(self.model, self.criterion, self.optimizer, self.params, data, targets,
+                                                self.hidden, self.cfg, seq_len, autocast=self.autocast,
+                                                clip_foreach=self.clip_foreach, forward=self.forward)
         self.i += seq_len
         return loss, len(data)
 
@@ -249,8 +252,8 @@ def peak_memory(device):
     return rss / (2 ** 20 if sys.platform == 'darwin' else 2 ** 10), 'rss'
 
 
-def run_config(name, option, cli, device, streams, dist=distributed.Distributed()):
-    cfg = recipe_config(name, cli)
+def run_config(name, option, opts, device, streams, dist=distributed.Distributed()):
+    cfg = recipe_config(name, opts)
     if option in ('tf32', 'fp32') and device.type != 'cuda':
         raise Skip(f'{option} only changes CUDA math (TF32); nothing to compare on {device.type}')
     if option == 'amp-bf16' and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
@@ -262,7 +265,7 @@ def run_config(name, option, cli, device, streams, dist=distributed.Distributed(
     if device.type == 'cuda':
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    rng = utils.set_seed(cfg.seed)
+    rng = cli.set_seed(cfg.seed)
     model = RNNModel(cfg.model, ntokens, cfg.emsize, cfg.nhid, cfg.nlayers, cfg.dropout, cfg.dropouth,
                      cfg.dropouti, cfg.dropoute, cfg.wdrop, tie_weights=True).to(device)
     criterion = SplitCrossEntropyLoss(cfg.emsize, splits=splits_for_vocab(ntokens), verbose=False).to(device)
@@ -280,7 +283,7 @@ def run_config(name, option, cli, device, streams, dist=distributed.Distributed(
     with precision_flags(option, device):
         try:
             (train_time, rows, train_loss, valid_time, valid_loss, chunks, total_chunks,
-             profile_table) = measure(stepper, valid, cfg, cli, device, eval_context)
+             profile_table) = measure(stepper, valid, cfg, opts, device, eval_context)
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as e:
@@ -294,31 +297,31 @@ def run_config(name, option, cli, device, streams, dist=distributed.Distributed(
         recipe=name, option=option, device=device.type,
         device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu',
         threads=torch.get_num_threads(), load_avg_1min=load_average(), torch=torch.__version__,
-        train_s_per_epoch=train_time / rows * epoch_rows, train_batches_timed=cli.batches, warmup=cli.warmup,
-        ms_per_batch=1000 * train_time / cli.batches, batches_per_epoch=round(epoch_rows * cli.batches / rows),
+        train_s_per_epoch=train_time / rows * epoch_rows, train_batches_timed=opts.batches, warmup=opts.warmup,
+        ms_per_batch=1000 * train_time / opts.batches, batches_per_epoch=round(epoch_rows * opts.batches / rows),
         nproc=dist.world_size, tokens_per_s=dist.world_size * dist.mean(rows * train.size(1) / train_time),
         tokens_per_s_per_rank=dist.mean(rows * train.size(1) / train_time),
         valid_s=valid_time * total_chunks / chunks, valid_chunks_timed=chunks, valid_chunks_total=total_chunks,
         valid_extrapolated=chunks < total_chunks,
         peak_mem_mb=mem, peak_mem_kind=mem_kind, train_loss=train_loss, valid_loss=valid_loss,
-        small=cli.small, config=vars(cfg), data=streams[3], notes=notes)
+        small=opts.small, config=vars(cfg), data=streams[3], notes=notes)
     return record, profile_table
 
 
-def measure(stepper, valid, cfg, cli, device, eval_context):
+def measure(stepper, valid, cfg, opts, device, eval_context):
     """Warm-up, the timed training steps, the (partial) validation pass and the optional profile."""
     model, criterion = stepper.model, stepper.criterion
-    if cli.warmup:  # the evaluation path (no dropout, other kernels) warms up too
+    if opts.warmup:  # the evaluation path (no dropout, other kernels) warms up too
         with eval_context():
-            utils.evaluate(model, criterion, valid[:min(len(valid), cfg.bptt + 1)], EVAL_BATCH_SIZE, cfg.bptt)
+            training.evaluate(model, criterion, valid[:min(len(valid), cfg.bptt + 1)], EVAL_BATCH_SIZE, cfg.bptt)
         stepper.restart()
-    for _ in range(cli.warmup):
+    for _ in range(opts.warmup):
         stepper.step()
 
     losses, rows = [], 0
     sync(device)
     start = time.perf_counter()
-    for _ in range(cli.batches):
+    for _ in range(opts.batches):
         loss, n = stepper.step()
         losses.append(loss)
         rows += n
@@ -327,16 +330,16 @@ def measure(stepper, valid, cfg, cli, device, eval_context):
     train_loss = float(torch.stack(losses).float().mean())
 
     total_chunks = math.ceil((len(valid) - 1) / cfg.bptt)
-    chunks = min(cli.val_batches, total_chunks) if cli.val_batches else total_chunks
+    chunks = min(opts.val_batches, total_chunks) if opts.val_batches else total_chunks
     val_part = valid[:min(len(valid), chunks * cfg.bptt + 1)]
     sync(device)
     start = time.perf_counter()
     with eval_context():
-        valid_loss = utils.evaluate(model, criterion, val_part, EVAL_BATCH_SIZE, cfg.bptt)
+        valid_loss = training.evaluate(model, criterion, val_part, EVAL_BATCH_SIZE, cfg.bptt)
     sync(device)
     valid_time = time.perf_counter() - start
 
-    profile_table = profile_steps(stepper, cli.profile_steps, device) if cli.profile else None
+    profile_table = profile_steps(stepper, opts.profile_steps, device) if opts.profile else None
     return train_time, rows, train_loss, valid_time, valid_loss, chunks, total_chunks, profile_table
 
 
@@ -399,25 +402,25 @@ def without_nproc(argv):
     return kept
 
 
-def scaling(cli, argv):
+def scaling(opts, argv):
     """--nproc: each process count in fresh processes (torchrun for N > 1), then a scaling summary."""
     fd, path = tempfile.mkstemp(prefix='bench-nproc-', suffix='.jsonl')
     os.close(fd)
     env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')}
     try:
-        for n in cli.nproc:
+        for n in opts.nproc:
             child = without_nproc(argv) + ['--json', path]
             launcher = [] if n == 1 else ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(n)]
             rc = subprocess.run([sys.executable, *launcher, os.path.abspath(__file__), *child], env=env).returncode
             if rc != 0:
-                raise utils.UserError(f'the benchmark on {n} process{"es" if n > 1 else ""} failed (exit status {rc}; '
-                                      'its output is above)')
+                raise errors.UserError(f'the benchmark on {n} process{"es" if n > 1 else ""} failed (exit status {rc}; '
+                                       'its output is above)')
         with open(path) as f:
             records = [json.loads(line) for line in f if line.strip()]
     finally:
         os.unlink(path)
-    if cli.json:
-        with open(cli.json, 'a') as out:
+    if opts.json:
+        with open(opts.json, 'a') as out:
             out.writelines(json.dumps(r) + '\n' for r in records)
     for key in dict.fromkeys((r['recipe'], r['option']) for r in records if 'nproc' in r):
         runs = [r for r in records if (r['recipe'], r['option']) == key and 'nproc' in r]
@@ -432,24 +435,24 @@ def scaling(cli, argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    cli = parse_args(argv)
-    if cli.nproc is not None and distributed.world_from_env() is None:
-        return scaling(cli, argv)
-    dist = distributed.setup(cli)  # under torchrun: this process is one rank; only rank 0 prints and writes
-    device = utils.choose_device(cli)
-    if cli.threads:
-        torch.set_num_threads(cli.threads)
-    out = dist.if_main(open, cli.json, 'a') if cli.json else None
+    opts = parse_args(argv)
+    if opts.nproc is not None and distributed.world_from_env() is None:
+        return scaling(opts, argv)
+    dist = distributed.setup(opts)  # under torchrun: this process is one rank; only rank 0 prints and writes
+    device = cli.choose_device(opts)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    out = dist.if_main(open, opts.json, 'a') if opts.json else None
     try:
-        for name in cli.recipe:
-            cfg = recipe_config(name, cli)
+        for name in opts.recipe:
+            cfg = recipe_config(name, opts)
             streams = None
-            for option in cli.options:
+            for option in opts.options:
                 try:
                     if streams is None:
-                        streams = load_streams(name, cfg, cli, device)
+                        streams = load_streams(name, cfg, opts, device)
                         print(describe(name, cfg, device, streams[3]), flush=True)
-                    record, table = run_config(name, option, cli, device, streams, dist)
+                    record, table = run_config(name, option, opts, device, streams, dist)
                 except Skip as e:
                     print(f'recipe={name} option={option} device={device.type} torch={torch.__version__} '
                           f'skipped: {e}', flush=True)
@@ -463,7 +466,7 @@ def main(argv=None):
                     out.write(json.dumps(record) + '\n')
                     out.flush()
     except torch.cuda.OutOfMemoryError:
-        raise utils.UserError('GPU out of memory: try --batch-size smaller or --small') from None
+        raise errors.UserError('GPU out of memory: try --batch-size smaller or --small') from None
     finally:
         if out:
             out.close()
@@ -471,4 +474,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    utils.run(main)
+    cli.run(main)

@@ -9,6 +9,9 @@ from collections import Counter
 
 import torch
 
+import checkpoint
+from errors import UserError, first_line
+
 SPLITS = ('train', 'valid', 'test')
 
 
@@ -94,22 +97,21 @@ def load_corpus(path, use_cache=True, log=print):
     corpus = Corpus(path)
     # A folder marked read-only (a shared copy of the data) is left alone, even when running as root.
     if use_cache and os.stat(path).st_mode & 0o222:
-        import utils  # utils imports data lazily; no cycle at import time
         counts = torch.tensor([corpus.dictionary.counter[i] for i in range(len(corpus.dictionary))])
         try:
-            utils.atomic_torch_save(utils.with_digest({'idx2word': corpus.dictionary.idx2word, 'counts': counts,
-                                                       **{split: getattr(corpus, split) for split in SPLITS}}), cache)
-        except (utils.UserError, OSError) as e:
+            contents = {'idx2word': corpus.dictionary.idx2word, 'counts': counts,
+                        **{split: getattr(corpus, split) for split in SPLITS}}
+            checkpoint.atomic_torch_save(checkpoint.with_digest(contents), cache)
+        except (UserError, OSError) as e:
             log(f'note: corpus cache not written: {e}')
     return corpus
 
 
 def _read_cache(cache, log):
     """The corpus a cache file holds, or None (with a note) when it is not one written intact."""
-    import utils
     try:
         saved = torch.load(cache, weights_only=True)
-        if not utils.digest_matches(saved):
+        if not checkpoint.digest_matches(saved):
             raise ValueError('no digest, or one that does not match')
         corpus = Corpus()
         dictionary = corpus.dictionary
@@ -121,5 +123,5 @@ def _read_cache(cache, log):
             setattr(corpus, split, saved[split])
         return corpus
     except Exception as e:  # a damaged or outdated cache is rebuilt, never trusted
-        log(f'note: {cache}: damaged or outdated corpus cache ({utils.first_line(e)}); rebuilding it')
+        log(f'note: {cache}: damaged or outdated corpus cache ({first_line(e)}); rebuilding it')
         return None

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-import utils
+import errors
 
 # Seconds a collective may wait for the other ranks before failing (a rank lost without its sockets
 # closing, e.g. a machine that went away). Legitimate waits are short: rank 0 writing a checkpoint.
@@ -66,11 +66,11 @@ def setup(args):
         return Distributed()
     rank, world_size, local_rank = world
     import torch.distributed as dist
-    use_cuda = not getattr(args, 'cpu', False) and torch.cuda.is_available()  # as utils.choose_device
+    use_cuda = not getattr(args, 'cpu', False) and torch.cuda.is_available()  # as cli.choose_device
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise utils.UserError(f'local rank {local_rank} has no GPU of its own: this machine has '
-                                  f'{torch.cuda.device_count()}; give torchrun --nproc_per_node at most that')
+            raise errors.UserError(f'local rank {local_rank} has no GPU of its own: this machine has '
+                                   f'{torch.cuda.device_count()}; give torchrun --nproc_per_node at most that')
         torch.cuda.set_device(local_rank)  # so that torch.device('cuda') is this rank's GPU
     timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
     dist.init_process_group('nccl' if use_cuda else 'gloo', timeout=datetime.timedelta(seconds=timeout))
@@ -116,8 +116,8 @@ class Distributed:
             return data
         columns = data.size(1)
         if columns % self.world_size:
-            raise utils.UserError(f'--batch_size {columns} does not split evenly over {self.world_size} ranks: '
-                                  f'use a multiple of {self.world_size}')
+            raise errors.UserError(f'--batch_size {columns} does not split evenly over {self.world_size} ranks: '
+                                   f'use a multiple of {self.world_size}')
         share = columns // self.world_size
         return data[:, self.rank * share:(self.rank + 1) * share].contiguous()
 
@@ -195,8 +195,8 @@ class Distributed:
         digests = [None] * self.world_size
         dist.all_gather_object(digests, weights_digest(params))
         if len(set(digests)) > 1:
-            raise utils.UserError(f'the ranks hold different weights (digests {digests}): '
-                                  'data-parallel training has lost its synchrony')
+            raise errors.UserError(f'the ranks hold different weights (digests {digests}): '
+                                   'data-parallel training has lost its synchrony')
         return {'world_size': self.world_size, 'weight_digests': digests}
 
     def close(self):

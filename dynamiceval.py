@@ -50,7 +50,7 @@ about 0.0014, epsilon about 2.3e-5, close to the defaults):
     python3 dynamiceval.py --data data/penn --save PTB.pt --paper-scale --lr 0.002 --lamb 0.02 --epsilon 0.001
     python3 dynamiceval.py --data data/wikitext-2 --save WT2.pt --paper-scale --lr 0.002 --lamb 0.02 --epsilon 0.001
 
-Reported loss: as utils.evaluate (and main.py / the original), the sum over segments of
+Reported loss: as training.evaluate (and main.py / the original), the sum over segments of
 (segment length x mean segment loss) divided by the number of rows of the batchified split (the
 first token of the stream is never predicted, so this is the mean over N-1 predictions times
 (N-1)/N at batch size 1). With --lr 0 the result is therefore exactly the static evaluation at the same batch size
@@ -63,7 +63,10 @@ import time
 import torch
 import torch.nn as nn
 
-import utils
+import batching
+import checkpoint
+import cli
+import errors
 
 RNN_TYPES = ('LSTM', 'QRNN', 'GRU')
 
@@ -79,7 +82,7 @@ def parse_args(argv=None):
         epilog='Defaults are those of the authors\' code (github.com/benkrause/dynamic-evaluation), '
                'tuned there for AWD-LSTM on PTB. To use the paper\'s AWD-LSTM settings (PTB and WT2): '
                '--paper-scale --lr 0.002 --lamb 0.02 --epsilon 0.001. Loss: sum over segments of (segment length x '
-               'mean segment loss) / rows of the split, as utils.evaluate, so --lr 0 gives the static evaluation.')
+               'mean segment loss) / rows of the split, as training.evaluate, so --lr 0 gives the static evaluation.')
     g = parser.add_argument_group('data, checkpoint and device')
     g.add_argument('--data', type=str, default='data/penn/',
                    help='folder with train.txt, valid.txt, test.txt: the corpus the checkpoint was trained on')
@@ -89,7 +92,7 @@ def parse_args(argv=None):
                    help='accepted for compatibility: LSTM/QRNN/GRU is ignored (the checkpoint knows its '
                         'type, as in pointer.py); any other value is taken as the checkpoint path when '
                         '--save is not given (the flag of the authors\' dynamiceval.py)')
-    utils.add_device_args(g)
+    cli.add_device_args(g)
     g.add_argument('--seed', type=int, default=1111, help='random seed (the evaluation itself is deterministic)')
     g.add_argument('--split', choices=('both', 'valid', 'test'), default='both',
                    help='which splits to evaluate (tune hyper-parameters on valid only)')
@@ -127,7 +130,7 @@ def parse_args(argv=None):
 def check_args(args):
     def require(ok, message):
         if not ok:
-            raise utils.UserError(message)
+            raise errors.UserError(message)
     require(args.save is not None and args.save.strip() != '', 'no checkpoint given: use --save PATH.pt')
     require(math.isfinite(args.lr) and args.lr >= 0, f'--lr must be >= 0, got {args.lr}')
     require(math.isfinite(args.lamb) and args.lamb >= 0, f'--lamb must be >= 0, got {args.lamb}')
@@ -138,7 +141,7 @@ def check_args(args):
     require(args.max_batches == -1 or args.max_batches >= 1,
             f'--max-batches must be -1 (all) or >= 1, got {args.max_batches}')
     require(not (args.sgd and args.paper_scale), '--paper-scale applies to the RMS rule, not to --sgd')
-    utils.check_args(argparse.Namespace(seed=args.seed))
+    cli.check_args(argparse.Namespace(seed=args.seed))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,8 +188,8 @@ def gradient_statistics(model, criterion, params, train_data, bptt, max_batches=
     for i in range(0, train_data.size(0) - 1, bptt):
         if 0 < max_batches <= batches:
             break
-        data, targets = utils.get_batch(train_data, i, seq_len=bptt)
-        hidden = utils.repackage_hidden(hidden)
+        data, targets = batching.get_batch(train_data, i, seq_len=bptt)
+        hidden = batching.repackage_hidden(hidden)
         loss, hidden = _segment_loss(model, criterion, data, targets, hidden)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for m, g in zip(ms, grads):
@@ -205,7 +208,7 @@ def decay_rates(ms):
     rms = [m.sqrt() for m in ms]
     mean = sum(float(r.mean()) for r in rms) / len(rms)
     if mean <= 0:
-        raise utils.UserError('the gradient statistics are all zero: is the training split empty?')
+        raise errors.UserError('the gradient statistics are all zero: is the training split empty?')
     return rms, [r / mean for r in rms]
 
 
@@ -259,8 +262,8 @@ class DynamicEvaluator:
         hidden = model.init_hidden(data_source.size(1))
         try:
             for i in range(0, data_source.size(0) - 1, bptt):
-                data, targets = utils.get_batch(data_source, i, seq_len=bptt)
-                hidden = utils.repackage_hidden(hidden)
+                data, targets = batching.get_batch(data_source, i, seq_len=bptt)
+                hidden = batching.repackage_hidden(hidden)
                 loss, hidden = _segment_loss(model, criterion, data, targets, hidden)
                 score = loss.detach()  # the segment is scored with the weights before its update
                 grads = torch.autograd.grad(loss, self.params, allow_unused=True)
@@ -270,7 +273,7 @@ class DynamicEvaluator:
             self.reset()
 
     def evaluate(self, data_source, bptt, progress=None):
-        """Loss normalised as utils.evaluate: sum(len(segment) * mean segment loss) / len(data_source)."""
+        """Loss normalised as training.evaluate: sum(len(segment) * mean segment loss) / len(data_source)."""
         total = torch.zeros((), device=data_source.device)
         for seq_len, score in self.segments(data_source, bptt):
             total += seq_len * score
@@ -285,12 +288,12 @@ class DynamicEvaluator:
 def evaluate_checkpoint(args, log=print):
     """The whole run for parsed arguments: returns {'valid': loss, 'test': loss} (those evaluated) and
     the hyper-parameters actually used ('lr', 'lamb', 'epsilon': after --paper-scale)."""
-    utils.set_seed(args.seed)
-    device = utils.choose_device(args)
-    ckpt = utils.load_checkpoint(args.save, map_location=device)
-    corpus, train_data, val_data, test_data = utils.load_data(
+    cli.set_seed(args.seed)
+    device = cli.choose_device(args)
+    ckpt = checkpoint.load_checkpoint(args.save, map_location=device)
+    corpus, train_data, val_data, test_data = cli.load_data(
         args, (args.batch_size, args.eval_batch_size, args.eval_batch_size), device, log=log)
-    utils.check_vocabulary(ckpt['idx2word'], corpus, args.save, args.data)
+    checkpoint.check_vocabulary(ckpt['idx2word'], corpus, args.save, args.data)
     model, criterion = ckpt['model'], ckpt['criterion']
     model.to(device)
     criterion.to(device)
@@ -305,7 +308,7 @@ def evaluate_checkpoint(args, log=print):
             total = (train_data.size(0) - 1 + args.bptt - 1) // args.bptt
             if args.max_batches > 0:
                 total = min(total, args.max_batches)
-            with utils.progress_bar(total, 'gradient statistics') as bar:
+            with cli.progress_bar(total, 'gradient statistics') as bar:
                 ms, nbatches = gradient_statistics(model, criterion, params, train_data, args.bptt,
                                                    args.max_batches, progress=bar)
             log(f'| gradient statistics | {nbatches} segments of {args.bptt} x {args.batch_size} tokens '
@@ -322,12 +325,12 @@ def evaluate_checkpoint(args, log=print):
                 continue
             start = time.time()
             nseg = (data_source.size(0) - 1 + args.bptt - 1) // args.bptt
-            with utils.progress_bar(nseg, f'dynamic evaluation ({name})') as bar:
+            with cli.progress_bar(nseg, f'dynamic evaluation ({name})') as bar:
                 # Each split starts from the trained weights (the evaluator restores them).
                 results[name] = evaluator.evaluate(data_source, args.bptt, progress=bar)
-            log(f'| {name} | {time.time() - start:.1f}s | {utils.report_line(name, results[name])}')
+            log(f'| {name} | {time.time() - start:.1f}s | {cli.report_line(name, results[name])}')
     except torch.cuda.OutOfMemoryError:
-        raise utils.UserError('GPU out of memory: try a smaller --batch_size or --max-batches') from None
+        raise errors.UserError('GPU out of memory: try a smaller --batch_size or --max-batches') from None
     return results, {'lr': lr, 'lamb': lamb, 'epsilon': epsilon}
 
 
@@ -336,10 +339,10 @@ def main(argv=None):
     print('Args:', args)
     results, _ = evaluate_checkpoint(args)
     print('=' * 89)
-    print('| End of dynamic evaluation | ' + ' | '.join(utils.report_line(k, v) for k, v in results.items()))
+    print('| End of dynamic evaluation | ' + ' | '.join(cli.report_line(k, v) for k, v in results.items()))
     print('=' * 89)
     return 0
 
 
 if __name__ == '__main__':
-    utils.run(main)
+    cli.run(main)

@@ -23,8 +23,11 @@ import argparse
 import os
 import time
 
+import checkpoint
+import cli
 import distributed
-import utils
+import errors
+import training
 
 MODEL_FLAGS = ('model', 'emsize', 'nhid', 'nlayers')
 DROPOUT_FLAGS = ('dropout', 'dropouth', 'dropouti', 'dropoute', 'wdrop')
@@ -45,15 +48,15 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Fine-tune a saved AWD-LSTM with ASGD from the first step. Fine-tuning modifies the '
                     'saved model (--save is overwritten unless --out is given); copy it to keep the original.')
-    utils.add_data_args(parser)
-    g = utils.add_model_args(parser)
+    cli.add_data_args(parser)
+    g = cli.add_model_args(parser)
     g.description = 'taken from the checkpoint; a value that disagrees with it is noted and ignored'
     parser.set_defaults(**dict.fromkeys(MODEL_FLAGS))
-    g = utils.add_dropout_args(parser)
+    g = cli.add_dropout_args(parser)
     g.description = ('the dropouts are taken from the checkpoint, as the original did; a value that disagrees '
                      'is noted and ignored')
     parser.set_defaults(**dict.fromkeys(DROPOUT_FLAGS))
-    utils.add_training_args(parser)
+    cli.add_training_args(parser)
     g = parser.add_argument_group('fine-tuning')
     g.add_argument('--tied', action='store_true',
                    help='accepted for compatibility and ignored: weights are always tied (in the original, '
@@ -66,15 +69,15 @@ def parse_args(argv=None):
                         '<out>.finetune.state by default, or the STATE file (or output path) named')
     args = parser.parse_args(argv)
     # The model and dropout flags are None unless given; check_args only looks at the flags present.
-    utils.check_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if v is not None}))
+    cli.check_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if v is not None}))
     if args.out is not None and args.out.strip() == '':
-        raise utils.UserError('--out must not be empty')
+        raise errors.UserError('--out must not be empty')
     args.out = args.out or args.save
     if args.out is None:
         # Which run to continue: --resume STATE names it; a bare --resume needs the output path.
         if not (args.resume or '').endswith('.finetune.state'):
-            raise utils.UserError('--resume: give --save (or --out) of the fine-tuning to continue, '
-                                  'or its state file: --resume PATH.finetune.state')
+            raise errors.UserError('--resume: give --save (or --out) of the fine-tuning to continue, '
+                                   'or its state file: --resume PATH.finetune.state')
         args.out = args.resume[:-len('.finetune.state')]
     return args
 
@@ -84,7 +87,7 @@ def find_state(args):
     named = args.resume or args.out
     path = named if named.endswith('.state') else finetune_state_path(named)
     if not os.path.isfile(path):
-        raise utils.UserError(f'{path}: no fine-tuning resume state to continue from')
+        raise errors.UserError(f'{path}: no fine-tuning resume state to continue from')
     return path
 
 
@@ -95,74 +98,74 @@ def main(argv=None):
         return finetune(args, dist)
     flag = '--out' if args.out != args.save else '--save'
     outputs = [(path, flag) for path in (args.out, finetune_state_path(args.out), finetune_log_path(args.out))]
-    with utils.run_files(args.out, outputs, inputs=utils.data_files(args.data)):
+    with cli.run_files(args.out, outputs, inputs=cli.data_files(args.data)):
         return finetune(args, dist)
 
 
 def finetune(args, dist):
     """The whole run, once its files are claimed."""
-    device = utils.choose_device(args)
+    device = cli.choose_device(args)
 
     # The model: the checkpoint of main.py, or when resuming the state of this script's own run.
     state_file = find_state(args) if args.resume is not None else None
     source = state_file or args.save
-    ckpt = utils.load_checkpoint(source, map_location=device)
+    ckpt = checkpoint.load_checkpoint(source, map_location=device)
     if state_file:
-        utils.check_state(ckpt, state_file, 'finetune')
+        checkpoint.check_state(ckpt, state_file, 'finetune')
         # The output is where the state is (the files claimed), even if they were moved since.
-        ignored = utils.adopt_run_args(args, ckpt['args'], utils.RESUME_MAY_CHANGE + ('out',))
-        utils.check_resumed_args(args, state_file)
+        ignored = cli.adopt_run_args(args, ckpt['args'], cli.RESUME_MAY_CHANGE + ('out',))
+        cli.check_resumed_args(args, state_file)
         if ignored:
             print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')
-    utils.note_model_flags(args, ckpt['model_config'], MODEL_FLAGS + DROPOUT_FLAGS)
+    cli.note_model_flags(args, ckpt['model_config'], MODEL_FLAGS + DROPOUT_FLAGS)
     print('Args:', args)
 
-    rng = utils.set_seed(args.seed, numpy_seed=NUMPY_SEED)
-    corpus, train_data, val_data, test_data = utils.load_data(
+    rng = cli.set_seed(args.seed, numpy_seed=NUMPY_SEED)
+    corpus, train_data, val_data, test_data = cli.load_data(
         args, (args.batch_size, EVAL_BATCH_SIZE, TEST_BATCH_SIZE), device)
     train_data = dist.shard(train_data)  # [distributed] this rank's columns of the batch
-    utils.check_vocabulary(ckpt['idx2word'], corpus, source, args.data)
+    checkpoint.check_vocabulary(ckpt['idx2word'], corpus, source, args.data)
     model, criterion = ckpt['model'], ckpt['criterion']
     params = list(model.parameters()) + list(criterion.parameters())
     print('Model total parameters:', sum(p.numel() for p in params))
 
     # ASGD with t0=0, lambd=0: every step from the first one enters the average (section 3).
-    optimizer = utils.make_optimizer('asgd', params, args.lr, args.wdecay)
+    optimizer = training.make_optimizer('asgd', params, args.lr, args.wdecay)
     forward = dist.wrap(model, criterion)  # [distributed] DDP averages the gradients; None for one process
 
-    # An exact resume continues its run; anything else is a new run (see utils.new_run_id).
-    run = ckpt.get('run') if state_file else utils.new_run_id()
+    # An exact resume continues its run; anything else is a new run (see checkpoint.new_run_id).
+    run = ckpt.get('run') if state_file else checkpoint.new_run_id()
     run = dist.from_main(run)  # [distributed] one run id for all ranks
-    state_is_ours = state_file is not None and utils.same_file(state_file, finetune_state_path(args.out))
+    state_is_ours = state_file is not None and checkpoint.same_file(state_file, finetune_state_path(args.out))
 
     def save_model(path):
-        utils.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word, run=run)
+        checkpoint.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word, run=run)
 
     def save_state(epoch, done):
-        utils.save_checkpoint(finetune_state_path(args.out), model, criterion, optimizer, args,
-                              corpus.dictionary.idx2word, epoch=epoch, history=history,
-                              best_val_loss=best_val_loss, done=done, rng=utils.rng_state(rng, device),
-                              script='finetune', run=run)
+        checkpoint.save_checkpoint(finetune_state_path(args.out), model, criterion, optimizer, args,
+                                   corpus.dictionary.idx2word, epoch=epoch, history=history,
+                                   best_val_loss=best_val_loss, done=done, rng=checkpoint.rng_state(rng, device),
+                                   script='finetune', run=run)
     save_model, save_state = dist.writer(save_model), dist.writer(save_state)  # [distributed] rank 0 writes
 
-    log = dist.if_main(utils.JsonLog, finetune_log_path(args.out), run,  # [distributed] rank 0 logs
+    log = dist.if_main(cli.JsonLog, finetune_log_path(args.out), run,  # [distributed] rank 0 logs
                        resumed_after=ckpt['epoch'] if state_file else None)
     if state_file:
-        utils.restore_training_state(optimizer, rng, device, ckpt, state_file)
+        checkpoint.restore_training_state(optimizer, rng, device, ckpt, state_file)
         epoch_start, history, best_val_loss, done = ckpt['epoch'] + 1, list(ckpt['history']), \
             ckpt['best_val_loss'], ckpt['done']
         print(f'Resuming exactly from {state_file} after epoch {ckpt["epoch"]}')
     else:
         # The bar to beat is the loaded model itself: the output only ever holds the best model seen.
-        best_val_loss = utils.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
+        best_val_loss = training.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
         best_val_loss = dist.shared(best_val_loss)  # [distributed] rank 0's result, on every rank
-        print(f'| before fine-tuning | {utils.report_line("valid", best_val_loss)}')
-        log.write(epoch=0, **utils.loss_record('valid', best_val_loss))
+        print(f'| before fine-tuning | {cli.report_line("valid", best_val_loss)}')
+        log.write(epoch=0, **cli.loss_record('valid', best_val_loss))
         if args.out != args.save:
             save_model(args.out)
         epoch_start, history, done = 1, [], False
 
-    with utils.interruptible_training() as training:
+    with cli.interruptible_training() as interrupted:
         if done:
             print('The saved fine-tuning had already stopped (non-monotone condition); evaluating on test')
         for epoch in range(epoch_start, args.epochs + 1):
@@ -170,42 +173,42 @@ def finetune(args, dist):
                 break
             epoch_start_time = time.time()
             dist.seed_ranks(args.seed, epoch)  # [distributed] each rank its own dropout masks
-            with utils.progress_bar(len(train_data) // args.bptt, f'epoch {epoch}') as bar:
+            with cli.progress_bar(len(train_data) // args.bptt, f'epoch {epoch}') as bar:
                 # Sequence lengths capped at bptt + 10, as in the original fine-tuning.
-                train_loss = utils.train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
-                                               seq_len_cap=args.bptt + 10,
-                                               log=bar.write, progress=bar, forward=forward)  # [distributed]
+                train_loss = training.train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
+                                                  seq_len_cap=args.bptt + 10,
+                                                  log=bar.write, progress=bar, forward=forward)  # [distributed]
             train_loss = dist.mean(train_loss)  # [distributed] over all columns
             # Under ASGD the model is the running average of the iterates (section 3).
-            with utils.averaged_weights(optimizer, params):
-                val_loss = utils.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
+            with training.averaged_weights(optimizer, params):
+                val_loss = training.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
                 val_loss = dist.shared(val_loss)  # [distributed] rank 0's result, on every rank
-                utils.report_epoch(epoch, epoch_start_time, val_loss)
+                cli.report_epoch(epoch, epoch_start_time, val_loss)
                 if val_loss < best_val_loss:
                     save_model(args.out)
                     print('Saving Averaged!')
                     best_val_loss = val_loss
             # The original's stop: the averaged valid loss is worse than the best one seen more than
             # --nonmono epochs ago (the history holds the averaged losses of this run only).
-            done = utils.nonmono_triggered(history, val_loss, args.nonmono)
+            done = training.nonmono_triggered(history, val_loss, args.nonmono)
             history.append(val_loss)
             log.write(epoch=epoch, seconds=time.time() - epoch_start_time, lr=optimizer.param_groups[0]['lr'],
-                      optimizer='asgd', train_loss=train_loss, **utils.loss_record('valid', val_loss),
+                      optimizer='asgd', train_loss=train_loss, **cli.loss_record('valid', val_loss),
                       **dist.check_in_sync(params))  # [distributed]
-            with utils.sigterm_held():
+            with cli.sigterm_held():
                 save_state(epoch, done)
                 state_is_ours = True
             if done:
                 print(f'Done! (valid loss has not improved on the best from more than {args.nonmono} epochs ago)')
-    if training.preempted:
+    if interrupted.preempted:
         state = finetune_state_path(args.out)
-        return utils.report_interrupted(state, f'--resume {state} --data {args.data}', state_is_ours)
+        return cli.report_interrupted(state, f'--resume {state} --data {args.data}', state_is_ours)
 
     # Load the best model (the output holds it from the start) and run it on test data.
-    test_loss = utils.evaluate_best_on_test(args.out, model, criterion, test_data, args.bptt)
-    log.write(final=True, **utils.loss_record('valid', best_val_loss), **utils.loss_record('test', test_loss))
+    test_loss = cli.evaluate_best_on_test(args.out, model, criterion, test_data, args.bptt)
+    log.write(final=True, **cli.loss_record('valid', best_val_loss), **cli.loss_record('test', test_loss))
     return 0
 
 
 if __name__ == '__main__':
-    utils.run(main)
+    cli.run(main)

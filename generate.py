@@ -11,7 +11,9 @@ import argparse
 
 import torch
 
-import utils
+import checkpoint
+import cli
+import errors
 
 
 def parse_args(argv=None):
@@ -27,28 +29,28 @@ def parse_args(argv=None):
     parser.add_argument('--temperature', type=float, default=1.0,
                         help='temperature: higher gives more diversity (at least 1e-3)')
     parser.add_argument('--log-interval', type=int, default=100, help='reporting interval in words')
-    utils.add_device_args(parser)
+    cli.add_device_args(parser)
     args = parser.parse_args(argv)
-    utils.check_args(argparse.Namespace(log_interval=args.log_interval, seed=args.seed))
+    cli.check_args(argparse.Namespace(log_interval=args.log_interval, seed=args.seed))
     if args.words < 1:
-        raise utils.UserError(f'--words must be positive, got {args.words}')
+        raise errors.UserError(f'--words must be positive, got {args.words}')
     if not args.temperature >= 1e-3:
-        raise utils.UserError(f'--temperature has to be greater or equal 1e-3, got {args.temperature}')
+        raise errors.UserError(f'--temperature has to be greater or equal 1e-3, got {args.temperature}')
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     # Before any work: the output must be writable and must not be the checkpoint or the corpus.
-    utils.check_output(args.outf, '--outf', inputs=[args.checkpoint, *utils.data_files(args.data)])
-    device = utils.choose_device(args)
-    utils.set_seed(args.seed)
-    ckpt = utils.load_checkpoint(args.checkpoint, map_location=device)
+    cli.check_output(args.outf, '--outf', inputs=[args.checkpoint, *cli.data_files(args.data)])
+    device = cli.choose_device(args)
+    cli.set_seed(args.seed)
+    ckpt = checkpoint.load_checkpoint(args.checkpoint, map_location=device)
     model, criterion = ckpt['model'], ckpt['criterion']
     if args.model is not None and args.model != model.rnn_type:
         print(f'note: --model {args.model} ignored: the checkpoint holds a {model.rnn_type} model')
-    corpus, *_ = utils.load_data(args, (1, 1, 1), torch.device('cpu'))
-    utils.check_vocabulary(ckpt['idx2word'], corpus, args.checkpoint, args.data)
+    corpus, *_ = cli.load_data(args, (1, 1, 1), torch.device('cpu'))
+    checkpoint.check_vocabulary(ckpt['idx2word'], corpus, args.checkpoint, args.data)
     idx2word = corpus.dictionary.idx2word
 
     model.eval()
@@ -70,4 +72,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    utils.run(main)
+    cli.run(main)

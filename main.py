@@ -10,18 +10,21 @@ import argparse
 import os
 import time
 
+import checkpoint
+import cli
 import distributed
-import utils
+import errors
+import training
 from model import RNNModel
 from splitcross import SplitCrossEntropyLoss, splits_for_vocab
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='AWD-LSTM language model training (NT-ASGD)')
-    utils.add_data_args(parser)
-    utils.add_model_args(parser)
-    utils.add_dropout_args(parser)
-    utils.add_training_args(parser)
+    cli.add_data_args(parser)
+    cli.add_model_args(parser)
+    cli.add_dropout_args(parser)
+    cli.add_training_args(parser)
     g = parser.add_argument_group('optimisation schedule')
     g.add_argument('--optimizer', type=str, default='sgd', help='sgd (then ASGD, NT-ASGD) or adam')
     g.add_argument('--when', nargs='+', type=int, default=[-1],
@@ -36,10 +39,11 @@ def parse_args(argv=None):
                         'goes on writing to the files it names')
     args = parser.parse_args(argv)
     if args.save is None:  # --resume X alone continues the run X, in its own files
-        args.save = utils.save_of_state(args.resume) if args.resume else f'{int(time.time() * 100)}.pt'
-    utils.check_args(args)
+        args.save = checkpoint.save_of_state(args.resume) if args.resume else f'{int(time.time() * 100)}.pt'
+    cli.check_args(args)
     if args.max_seq_len is not None and args.max_seq_len < 5:
-        raise utils.UserError(f'--max-seq-len must be at least 5 (the shortest sampled length), got {args.max_seq_len}')
+        raise errors.UserError(f'--max-seq-len must be at least 5 (the shortest sampled length), '
+                               f'got {args.max_seq_len}')
     return args
 
 
@@ -48,34 +52,35 @@ def main(argv=None):
     dist = distributed.setup(args)  # [distributed] torchrun's ranks (README); one process: changes nothing
     if not dist.is_main:  # [distributed] rank 0 alone claims and writes the run's files
         return train(args, dist)
-    outputs = [(path, '--save') for path in (args.save, utils.state_path(args.save), utils.json_log_path(args.save))]
+    outputs = [(path, '--save') for path in (args.save, checkpoint.state_path(args.save), cli.json_log_path(args.save))]
     outputs += [(f'{args.save}.e{epoch}', '--when') for epoch in args.when if epoch > 0]
-    with utils.run_files(args.save, outputs, inputs=utils.data_files(args.data)):
+    with cli.run_files(args.save, outputs, inputs=cli.data_files(args.data)):
         return train(args, dist)
 
 
 def train(args, dist):
     """The whole run, once its files are claimed."""
-    resume_state_file = utils.find_resume_state(args.resume) if args.resume else None
+    resume_state_file = checkpoint.find_resume_state(args.resume) if args.resume else None
     if args.resume and resume_state_file is None and not os.path.isfile(args.resume):
-        raise utils.UserError(f'{args.resume}: checkpoint not found (--resume)')
+        raise errors.UserError(f'{args.resume}: checkpoint not found (--resume)')
     saved_state = None
     if resume_state_file:
-        saved_state = utils.read_state(resume_state_file, 'main')
-        ignored = utils.adopt_run_args(args, saved_state['args'], utils.RESUME_MAY_CHANGE)
-        utils.check_resumed_args(args, resume_state_file)
+        saved_state = checkpoint.read_state(resume_state_file, 'main')
+        ignored = cli.adopt_run_args(args, saved_state['args'], cli.RESUME_MAY_CHANGE)
+        cli.check_resumed_args(args, resume_state_file)
         if ignored:
             print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')
     # An exact resume continues its run (a state from before run ids has None); anything else is a new run.
-    run = saved_state.get('run') if saved_state is not None else utils.new_run_id()
+    run = saved_state.get('run') if saved_state is not None else checkpoint.new_run_id()
     run = dist.from_main(run)  # [distributed] one run id for all ranks
-    state_is_ours = saved_state is not None and utils.same_file(resume_state_file, utils.state_path(args.save))
+    state_is_ours = (saved_state is not None
+                     and checkpoint.same_file(resume_state_file, checkpoint.state_path(args.save)))
     print('Args:', args)
 
-    rng = utils.set_seed(args.seed)
-    device = utils.choose_device(args)
+    rng = cli.set_seed(args.seed)
+    device = cli.choose_device(args)
     eval_batch_size = 10  # valid in 10 columns, test in 1, as the original
-    corpus, train_data, val_data, test_data = utils.load_data(args, (args.batch_size, eval_batch_size, 1), device)
+    corpus, train_data, val_data, test_data = cli.load_data(args, (args.batch_size, eval_batch_size, 1), device)
     train_data = dist.shard(train_data)  # [distributed] this rank's columns of the batch
     ntokens = len(corpus.dictionary)
 
@@ -87,16 +92,16 @@ def train(args, dist):
 
     epoch_start, history, best_val_loss, optimizer_kind = 1, [], float('inf'), args.optimizer
     if saved_state is not None:
-        utils.check_vocabulary(saved_state['idx2word'], corpus, resume_state_file, args.data)
-        utils.load_weights(model, criterion, saved_state, resume_state_file)
+        checkpoint.check_vocabulary(saved_state['idx2word'], corpus, resume_state_file, args.data)
+        checkpoint.load_weights(model, criterion, saved_state, resume_state_file)
         epoch_start = saved_state['epoch'] + 1
         history, best_val_loss = list(saved_state['history']), saved_state['best_val_loss']
         optimizer_kind = saved_state['optimizer_name']
     elif args.resume:
         print('Resuming model ...')
-        ckpt = utils.read_checkpoint(args.resume)
-        utils.check_vocabulary(ckpt['idx2word'], corpus, args.resume, args.data)
-        utils.load_weights(model, criterion, ckpt, args.resume)
+        ckpt = checkpoint.read_checkpoint(args.resume)
+        checkpoint.check_vocabulary(ckpt['idx2word'], corpus, args.resume, args.data)
+        checkpoint.load_weights(model, criterion, ckpt, args.resume)
         model.set_dropouts(args.dropout, args.dropouth, args.dropouti, args.dropoute, args.wdrop)
     model.to(device)
     criterion.to(device)
@@ -105,9 +110,9 @@ def train(args, dist):
     total_params = sum(p.numel() for p in params)
     print('Model total parameters:', total_params)
 
-    optimizer = utils.make_optimizer(optimizer_kind, params, args.lr, args.wdecay)
+    optimizer = training.make_optimizer(optimizer_kind, params, args.lr, args.wdecay)
     if saved_state is not None:
-        utils.restore_training_state(optimizer, rng, device, saved_state, resume_state_file)
+        checkpoint.restore_training_state(optimizer, rng, device, saved_state, resume_state_file)
         print(f'Resuming exactly from {resume_state_file} after epoch {saved_state["epoch"]} '
               f'({optimizer_kind}, lr {optimizer.param_groups[0]["lr"]})')
     elif args.resume:
@@ -116,49 +121,50 @@ def train(args, dist):
     forward = dist.wrap(model, criterion)  # [distributed] DDP averages the gradients; None for one process
 
     def save_model(path):
-        utils.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word, run=run)
+        checkpoint.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word, run=run)
 
     def save_state(epoch):
-        utils.save_checkpoint(utils.state_path(args.save), model, criterion, optimizer, args, corpus.dictionary.idx2word,
-                              epoch=epoch, history=history, best_val_loss=best_val_loss, rng=utils.rng_state(rng, device),
-                              script='main', run=run)
+        checkpoint.save_checkpoint(checkpoint.state_path(args.save), model, criterion, optimizer, args,
+                                   corpus.dictionary.idx2word, epoch=epoch, history=history,
+                                   best_val_loss=best_val_loss, rng=checkpoint.rng_state(rng, device),
+                                   script='main', run=run)
     save_model, save_state = dist.writer(save_model), dist.writer(save_state)  # [distributed] rank 0 writes
 
-    log = dist.if_main(utils.JsonLog, utils.json_log_path(args.save), run,  # [distributed] rank 0 logs
+    log = dist.if_main(cli.JsonLog, cli.json_log_path(args.save), run,  # [distributed] rank 0 logs
                        resumed_after=saved_state['epoch'] if saved_state is not None else None)
     # Loop over epochs; Ctrl-C stops early and still evaluates the best model on test.
-    with utils.interruptible_training() as training:
+    with cli.interruptible_training() as interrupted:
         for epoch in range(epoch_start, args.epochs + 1):
             epoch_start_time = time.time()
             dist.seed_ranks(args.seed, epoch)  # [distributed] each rank its own dropout masks
-            with utils.progress_bar(len(train_data) // args.bptt, f'epoch {epoch}') as bar:
-                train_loss = utils.train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
-                                               seq_len_cap=args.max_seq_len, log=bar.write, progress=bar,
-                                               forward=forward)  # [distributed]
+            with cli.progress_bar(len(train_data) // args.bptt, f'epoch {epoch}') as bar:
+                train_loss = training.train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
+                                                  seq_len_cap=args.max_seq_len, log=bar.write, progress=bar,
+                                                  forward=forward)  # [distributed]
             train_loss = dist.mean(train_loss)  # [distributed] over all columns
             # The epoch's record names what it trained with, not the switch or lr cut that follows it.
-            trained_with = dict(lr=optimizer.param_groups[0]['lr'], optimizer=utils.optimizer_name(optimizer))
-            if utils.is_asgd(optimizer):
+            trained_with = dict(lr=optimizer.param_groups[0]['lr'], optimizer=training.optimizer_name(optimizer))
+            if training.is_asgd(optimizer):
                 # Section 3: under ASGD the model is the running average of the iterates.
-                with utils.averaged_weights(optimizer, params):
-                    val_loss = utils.evaluate(model, criterion, val_data, eval_batch_size, args.bptt)
+                with training.averaged_weights(optimizer, params):
+                    val_loss = training.evaluate(model, criterion, val_data, eval_batch_size, args.bptt)
                     val_loss = dist.shared(val_loss)  # [distributed] rank 0's result, on every rank
-                    utils.report_epoch(epoch, epoch_start_time, val_loss)
+                    cli.report_epoch(epoch, epoch_start_time, val_loss)
                     if val_loss < best_val_loss:
                         save_model(args.save)
                         print('Saving Averaged!')
                         best_val_loss = val_loss
             else:
-                val_loss = utils.evaluate(model, criterion, val_data, eval_batch_size, args.bptt)
+                val_loss = training.evaluate(model, criterion, val_data, eval_batch_size, args.bptt)
                 val_loss = dist.shared(val_loss)  # [distributed] rank 0's result, on every rank
-                utils.report_epoch(epoch, epoch_start_time, val_loss)
+                cli.report_epoch(epoch, epoch_start_time, val_loss)
                 if val_loss < best_val_loss:
                     save_model(args.save)
                     print('Saving model (new best validation)')
                     best_val_loss = val_loss
-                if args.optimizer == 'sgd' and utils.nonmono_triggered(history, val_loss, args.nonmono):
+                if args.optimizer == 'sgd' and training.nonmono_triggered(history, val_loss, args.nonmono):
                     print('Switching to ASGD')
-                    optimizer = utils.make_optimizer('asgd', params, args.lr, args.wdecay)
+                    optimizer = training.make_optimizer('asgd', params, args.lr, args.wdecay)
                 if epoch in args.when:
                     print('Saving model before learning rate decreased')
                     save_model(f'{args.save}.e{epoch}')
@@ -166,19 +172,19 @@ def train(args, dist):
                     optimizer.param_groups[0]['lr'] /= 10.
                 history.append(val_loss)
             log.write(epoch=epoch, seconds=time.time() - epoch_start_time, **trained_with, train_loss=train_loss,
-                      **utils.loss_record('valid', val_loss), **dist.check_in_sync(params))  # [distributed]
-            with utils.sigterm_held():
+                      **cli.loss_record('valid', val_loss), **dist.check_in_sync(params))  # [distributed]
+            with cli.sigterm_held():
                 save_state(epoch)
                 state_is_ours = True
-    if training.preempted:
-        return utils.report_interrupted(utils.state_path(args.save), f'--resume {args.save} --data {args.data}',
-                                        state_is_ours)
+    if interrupted.preempted:
+        return cli.report_interrupted(checkpoint.state_path(args.save), f'--resume {args.save} --data {args.data}',
+                                      state_is_ours)
 
     # Load the best model this run saved and run it on test data.
-    test_loss = utils.evaluate_best_on_test(args.save, model, criterion, test_data, args.bptt, run=run)
-    log.write(final=True, **utils.loss_record('valid', best_val_loss), **utils.loss_record('test', test_loss))
+    test_loss = cli.evaluate_best_on_test(args.save, model, criterion, test_data, args.bptt, run=run)
+    log.write(final=True, **cli.loss_record('valid', best_val_loss), **cli.loss_record('test', test_loss))
     return 0
 
 
 if __name__ == '__main__':
-    utils.run(main)
+    cli.run(main)

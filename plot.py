@@ -14,7 +14,9 @@ import json
 import math
 import os
 
-import utils
+import cli
+import errors
+import training
 
 
 def parse_args(argv=None):
@@ -25,9 +27,9 @@ def parse_args(argv=None):
     parser.add_argument('--title', default='', help='title of the figure')
     args = parser.parse_args(argv)
     if args.labels is not None and len(args.labels) != len(args.logs):
-        raise utils.UserError(f'--labels: {len(args.labels)} labels for {len(args.logs)} logs')
+        raise errors.UserError(f'--labels: {len(args.labels)} labels for {len(args.logs)} logs')
     if not args.output.lower().endswith('.png'):
-        raise utils.UserError(f'--output {args.output}: the figure is written as PNG; give a .png name')
+        raise errors.UserError(f'--output {args.output}: the figure is written as PNG; give a .png name')
     return args
 
 
@@ -44,9 +46,9 @@ def read_log(path):
         with open(path, encoding='utf-8') as f:
             lines = f.readlines()
     except OSError as e:
-        raise utils.UserError(f'{path}: cannot read: {e.strerror}')
+        raise errors.UserError(f'{path}: cannot read: {e.strerror}')
     except UnicodeDecodeError:
-        raise utils.UserError(f'{path}: not a text file')
+        raise errors.UserError(f'{path}: not a text file')
     records = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -54,7 +56,7 @@ def read_log(path):
         try:
             record = json.loads(line)
         except ValueError:
-            raise utils.UserError(f'{path}, line {n}: not JSON')
+            raise errors.UserError(f'{path}, line {n}: not JSON')
         if isinstance(record, dict):
             records.append(record)
     return records
@@ -64,7 +66,7 @@ def perplexity(record, kind):
     """exp of the record's `<kind>_loss` (main.py writes the loss of both; the ppl only of valid),
     or None when it is missing, not finite or too large to exponentiate."""
     loss = number(record.get(f'{kind}_loss'))
-    return None if loss is None else number(utils.perplexity(loss))
+    return None if loss is None else number(training.perplexity(loss))
 
 
 def curves(records):
@@ -106,7 +108,7 @@ def load_pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise utils.UserError('plot.py needs matplotlib, which is not installed: pip install matplotlib')
+        raise errors.UserError('plot.py needs matplotlib, which is not installed: pip install matplotlib')
     matplotlib.use('Agg')  # files only: no display needed, none opened
     import matplotlib.pyplot as plt
     return plt
@@ -151,7 +153,7 @@ def draw(plt, runs, title, output):
     try:
         fig.savefig(output, format='png', dpi=100)
     except OSError as e:
-        raise utils.UserError(f'{output}: cannot write: {e.strerror or e}')
+        raise errors.UserError(f'{output}: cannot write: {e.strerror or e}')
     finally:
         plt.close(fig)
 
@@ -163,7 +165,7 @@ def main(argv=None):
     for path, label in zip(args.logs, labels):
         run = curves(read_log(path))
         if not run[0]:
-            raise utils.UserError(f'{path}: no epoch records with a train or valid figure')
+            raise errors.UserError(f'{path}: no epoch records with a train or valid figure')
         runs.append((label, run))
     draw(load_pyplot(), runs, args.title, args.output)
     print(f'wrote {args.output}')
@@ -171,4 +173,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    utils.run(main)
+    cli.run(main)

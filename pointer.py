@@ -53,7 +53,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-import utils
+import batching
+import checkpoint
+import cli
+import errors
 
 # Elements per intermediate tensor of a block (32 MiB in float32); a few live at once.
 BLOCK_BUDGET = 2 ** 23
@@ -62,7 +65,7 @@ BLOCK_BUDGET = 2 ** 23
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Evaluate a saved AWD-LSTM with the continuous cache pointer '
                                                  '(Grave et al. 2016) on valid and test')
-    g = utils.add_data_args(parser)
+    g = cli.add_data_args(parser)
     g.add_argument('--model', type=str, default=None,
                    help='accepted for compatibility; the checkpoint knows its own model type')
     g = parser.add_argument_group('cache pointer (Grave et al. 2016)')
@@ -80,13 +83,13 @@ def parse_args(argv=None):
     g.add_argument('--log', type=str, default=None, metavar='PATH',
                    help='JSON-lines file the results are appended to (default: <save>.pointer.jsonl)')
     args = parser.parse_args(argv)
-    utils.check_args(argparse.Namespace(bptt=args.bptt, save=args.save))
+    cli.check_args(argparse.Namespace(bptt=args.bptt, save=args.save))
     if args.window < 1:
-        raise utils.UserError(f'--window must be at least 1, got {args.window}')
+        raise errors.UserError(f'--window must be at least 1, got {args.window}')
     if not 0 <= args.lambdasm <= 1:
-        raise utils.UserError(f'--lambdasm must be in [0, 1], got {args.lambdasm}')
+        raise errors.UserError(f'--lambdasm must be in [0, 1], got {args.lambdasm}')
     if not math.isfinite(args.theta):
-        raise utils.UserError(f'--theta must be a finite number, got {args.theta}')
+        raise errors.UserError(f'--theta must be a finite number, got {args.theta}')
     if args.log is None and args.save:
         args.log = default_log_path(args.save)
     return args
@@ -99,10 +102,11 @@ def default_log_path(save):
 def check_finite(split, loss, vocab_loss, theta):
     """A loss that is not a finite number is an error, never a result."""
     if not math.isfinite(vocab_loss):
-        raise utils.UserError(f'the model\'s own {split} loss is not finite ({vocab_loss}): is the checkpoint damaged?')
+        raise errors.UserError(f'the model\'s own {split} loss is not finite ({vocab_loss}): '
+                               'is the checkpoint damaged?')
     if not math.isfinite(loss):
-        raise utils.UserError(f'the {split} loss with the cache is not finite ({loss}): the attention scores '
-                              f'overflow with --theta {theta}; try a smaller one')
+        raise errors.UserError(f'the {split} loss with the cache is not finite ({loss}): the attention scores '
+                               f'overflow with --theta {theta}; try a smaller one')
 
 
 def chunks(model, source, bptt):
@@ -112,7 +116,7 @@ def chunks(model, source, bptt):
     model.reset()
     hidden = model.init_hidden(1)
     for i in range(0, source.size(0) - 1, bptt):
-        data, targets = utils.get_batch(source, i, seq_len=bptt)
+        data, targets = batching.get_batch(source, i, seq_len=bptt)
         output, hidden = model(data, hidden)
         yield targets, output
 
@@ -203,36 +207,36 @@ def main(argv=None):
     args = parse_args(argv)
     if args.save:  # a read-only folder is found now, not after the whole evaluation
         try:
-            utils.check_output(args.log, '--log', inputs=[args.save, *utils.data_files(args.data)])
-        except utils.UserError as e:
-            raise utils.UserError(f'{e}: give --log PATH to write the results elsewhere') from None
-    device = utils.choose_device(args)
-    ckpt = utils.load_checkpoint(args.save, map_location=device)
+            cli.check_output(args.log, '--log', inputs=[args.save, *cli.data_files(args.data)])
+        except errors.UserError as e:
+            raise errors.UserError(f'{e}: give --log PATH to write the results elsewhere') from None
+    device = cli.choose_device(args)
+    ckpt = checkpoint.load_checkpoint(args.save, map_location=device)
     model, criterion = ckpt['model'], ckpt['criterion']
     if args.model is not None and args.model != model.rnn_type:
         print(f'note: --model {args.model} ignored: the checkpoint holds a {model.rnn_type} model')
     print('Args:', args)
-    corpus, _, val_data, test_data = utils.load_data(args, (1, 1, 1), torch.device('cpu'))
-    utils.check_vocabulary(ckpt['idx2word'], corpus, args.save, args.data)
+    corpus, _, val_data, test_data = cli.load_data(args, (1, 1, 1), torch.device('cpu'))
+    checkpoint.check_vocabulary(ckpt['idx2word'], corpus, args.save, args.data)
 
     results = {}
     for split, data in (('valid', val_data), ('test', test_data)):
         data = data.to(device)
-        with utils.progress_bar(len(data) - 1, f'pointer {split}') as bar:
+        with cli.progress_bar(len(data) - 1, f'pointer {split}') as bar:
             try:
                 loss, vocab_loss = pointer_loss(model, criterion, data, args.bptt, args.window, args.theta,
                                                 args.lambdasm, args.cache_from_start, progress=bar)
             except torch.cuda.OutOfMemoryError:
-                raise utils.UserError('GPU out of memory: try a smaller --bptt') from None
+                raise errors.UserError('GPU out of memory: try a smaller --bptt') from None
         check_finite(split, loss, vocab_loss, args.theta)
-        print(f'| {split} without the cache | {utils.report_line(split, vocab_loss)}')
-        results.update(utils.loss_record(split, loss), **{f'{split}_nocache_loss': vocab_loss})
+        print(f'| {split} without the cache | {cli.report_line(split, vocab_loss)}')
+        results.update(cli.loss_record(split, loss), **{f'{split}_nocache_loss': vocab_loss})
 
     print('=' * 89)
     for split in ('valid', 'test'):
-        print(f'| End of pointer | {utils.report_line(split, results[split + "_loss"])}')
+        print(f'| End of pointer | {cli.report_line(split, results[split + "_loss"])}')
     print('=' * 89)
-    utils.JsonLog(args.log).write(
+    cli.JsonLog(args.log).write(
         checkpoint=args.save, data=args.data, bptt=args.bptt, window=args.window, theta=args.theta,
         lambdasm=args.lambdasm, cache_from_start=args.cache_from_start, **results)
     print(f'results appended to {args.log}')
@@ -240,4 +244,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    utils.run(main)
+    cli.run(main)

@@ -10,8 +10,9 @@ import dynamiceval
 import finetune
 import generate
 import main as train_script
+import checkpoint
+import errors
 import pointer
-import utils
 from conftest import TINY, write_corpus
 
 
@@ -24,17 +25,17 @@ def trained(tmp_path_factory):
     return corpus, save
 
 
-def script_argv(script, data, checkpoint, tmp_path):
+def script_argv(script, data, saved, tmp_path):
     """How each script is pointed at a corpus and a checkpoint."""
     if script is train_script:
-        return ['--data', data, '--resume', checkpoint, '--save', str(tmp_path / 'out.pt'), '--epochs', '1', *TINY]
+        return ['--data', data, '--resume', saved, '--save', str(tmp_path / 'out.pt'), '--epochs', '1', *TINY]
     if script is finetune:
-        return ['--data', data, '--save', checkpoint, '--out', str(tmp_path / 'out.pt'), '--epochs', '1', *TINY]
+        return ['--data', data, '--save', saved, '--out', str(tmp_path / 'out.pt'), '--epochs', '1', *TINY]
     if script is pointer:
-        return ['--data', data, '--save', checkpoint, '--window', '5', '--bptt', '20', '--cpu']
+        return ['--data', data, '--save', saved, '--window', '5', '--bptt', '20', '--cpu']
     if script is generate:
-        return ['--data', data, '--checkpoint', checkpoint, '--outf', str(tmp_path / 'out.txt'), '--words', '5', '--cpu']
-    return ['--data', data, '--save', checkpoint, '--max-batches', '2', '--cpu']
+        return ['--data', data, '--checkpoint', saved, '--outf', str(tmp_path / 'out.txt'), '--words', '5', '--cpu']
+    return ['--data', data, '--save', saved, '--max-batches', '2', '--cpu']
 
 
 class Payload:
@@ -45,12 +46,12 @@ class Payload:
         return (open, (self.path, 'w'))
 
 
-def break_input(case, corpus, checkpoint, tmp_path):
+def break_input(case, corpus, saved, tmp_path):
     """Returns (data folder, checkpoint path, expected message) for one kind of bad input."""
     data = str(tmp_path / 'data')
     shutil.copytree(corpus, data)
     ckpt = str(tmp_path / 'ckpt.pt')
-    shutil.copy(checkpoint, ckpt)
+    shutil.copy(saved, ckpt)
     if case == 'data folder missing':
         return str(tmp_path / 'nowhere'), ckpt, 'not found'
     if case == 'split missing':
@@ -74,7 +75,7 @@ def break_input(case, corpus, checkpoint, tmp_path):
         torch.save({'weights': torch.ones(3)}, ckpt)
         return data, ckpt, 'not a checkpoint written by this code'
     if case == 'pickled code':
-        torch.save({'format': utils.CHECKPOINT_FORMAT, 'model': Payload(str(tmp_path / 'pwned'))}, ckpt)
+        torch.save({'format': checkpoint.CHECKPOINT_FORMAT, 'model': Payload(str(tmp_path / 'pwned'))}, ckpt)
         return data, ckpt, 'refused'
     if case == 'vocabulary mismatch':
         with open(os.path.join(data, 'train.txt'), 'a') as f:
@@ -91,10 +92,10 @@ SCRIPTS = [train_script, finetune, pointer, generate, dynamiceval]
 @pytest.mark.parametrize('case', CASES)
 @pytest.mark.parametrize('script', SCRIPTS, ids=lambda s: s.__name__)
 def test_bad_input(script, case, trained, tmp_path):
-    corpus, checkpoint = trained
-    data, ckpt, message = break_input(case, corpus, checkpoint, tmp_path)
+    corpus, saved = trained
+    data, ckpt, message = break_input(case, corpus, saved, tmp_path)
     before = open(ckpt, 'rb').read() if os.path.isfile(ckpt) else None
-    with pytest.raises(utils.UserError, match=message):
+    with pytest.raises(errors.UserError, match=message):
         script.main(script_argv(script, data, ckpt, tmp_path))
     assert not (tmp_path / 'pwned').exists()
     assert not (tmp_path / 'out.pt').exists() and not (tmp_path / 'out.txt').exists()

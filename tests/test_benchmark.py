@@ -5,7 +5,7 @@ import re
 import pytest
 
 import benchmark
-import utils
+import errors
 
 FAST = ['--small', '--batches', '3', '--warmup', '1', '--cpu', '--val-batches', '2', '--synthetic']
 
@@ -52,7 +52,7 @@ def test_qrnn_recipe_is_skipped_or_runs(capsys):
 
 
 def test_bad_values_are_user_errors():
-    with pytest.raises(utils.UserError):
+    with pytest.raises(errors.UserError):
         benchmark.main(['--batches', '0'])
     with pytest.raises(SystemExit):
         benchmark.main(['--recipe', 'no-such-recipe'])

@@ -15,10 +15,11 @@ import time
 import pytest
 import torch
 
+import checkpoint
 import distributed
+import errors
 import finetune
 import main
-import utils
 from conftest import REPO, read_jsonl, tiny_run
 
 NO_DROPOUT = ['--dropout', '0', '--dropouth', '0', '--dropouti', '0', '--dropoute', '0', '--wdrop', '0']
@@ -62,7 +63,7 @@ def assert_close_records(ours, reference):
 
 
 def assert_close_weights(path_a, path_b):
-    a, b = utils.read_checkpoint(path_a), utils.read_checkpoint(path_b)
+    a, b = checkpoint.read_checkpoint(path_a), checkpoint.read_checkpoint(path_b)
     assert a['model'].keys() == b['model'].keys()  # plain keys: no `module.` prefix
     for part in ('model', 'criterion'):
         for k in a[part]:
@@ -86,7 +87,7 @@ def test_two_ranks_train_the_one_process_model_across_the_asgd_switch_and_resume
     assert_close_records(two_records, epochs(str(tmp_path / 'ref.pt.jsonl')))
     assert_close_weights(two + '.state', ref_state_6)
     assert_close_weights(two, ref)  # the best model (ASGD averages) too
-    assert utils.load_checkpoint(two)['model'] is not None  # loads in a single process
+    assert checkpoint.load_checkpoint(two)['model'] is not None  # loads in a single process
 
     # The 2-rank state continues in one process, as the reference does.
     assert main.main(tiny_run(tiny_corpus, ref, epochs=7, extra=flags + ['--resume', ref])) == 0
@@ -163,7 +164,7 @@ def test_with_dropout_ranks_stay_identical_and_killing_one_rank_stops_the_others
     for r in records:
         assert r['world_size'] == 2 and len(set(r['weight_digests'])) == 1, r
     assert len({r['weight_digests'][0] for r in records}) == len(records)
-    assert utils.read_checkpoint(save + '.state')['epoch'] >= 3  # the state of the last epoch is kept
+    assert checkpoint.read_checkpoint(save + '.state')['epoch'] >= 3  # the state of the last epoch is kept
 
 
 def test_one_process_is_left_alone(monkeypatch):
@@ -193,7 +194,7 @@ def test_columns_split_evenly_or_a_clear_error():
     data = torch.arange(24).view(4, 6)  # 6 columns
     shares = [distributed.Distributed(rank, 3).shard(data) for rank in range(3)]
     assert torch.equal(torch.cat(shares, dim=1), data) and all(s.size(1) == 2 for s in shares)
-    with pytest.raises(utils.UserError, match=r'--batch_size 6 does not split evenly over 4 ranks'):
+    with pytest.raises(errors.UserError, match=r'--batch_size 6 does not split evenly over 4 ranks'):
         distributed.Distributed(1, 4).shard(data)
 
 

@@ -11,7 +11,11 @@ from conftest import REPO, TINY, write_corpus
 
 import dynamiceval
 import main as train_main
-import utils
+import batching
+import checkpoint
+import cli
+import errors
+import training
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -41,10 +45,10 @@ def trained(tmp_path_factory):
 
 def load(trained, eval_batch_size=1):
     folder, save = trained
-    ckpt = utils.load_checkpoint(save)
+    ckpt = checkpoint.load_checkpoint(save)
     args = type('Args', (), {'data': folder})()
-    corpus, train, valid, test = utils.load_data(args, (100, eval_batch_size, eval_batch_size), 'cpu',
-                                                 log=lambda *a: None)
+    corpus, train, valid, test = cli.load_data(args, (100, eval_batch_size, eval_batch_size), 'cpu',
+                                               log=lambda *a: None)
     model, criterion = ckpt['model'], ckpt['criterion']
     params = dynamiceval.adapted_parameters(model, criterion)
     ms, _ = dynamiceval.gradient_statistics(model, criterion, params, train, 5)
@@ -62,7 +66,7 @@ def run(trained, *flags):
 def test_lr_zero_equals_static_evaluation(trained, bptt, rule):
     model, criterion, ms, _, valid, test = load(trained)
     for data in (valid, test):
-        static = utils.evaluate(model, criterion, data, 1, bptt)
+        static = training.evaluate(model, criterion, data, 1, bptt)
         dyn = dynamiceval.DynamicEvaluator(model, criterion, 0.0, 0.5, 1e-3, ms, rule=rule).evaluate(data, bptt)
         assert dyn == static
 
@@ -70,8 +74,8 @@ def test_lr_zero_equals_static_evaluation(trained, bptt, rule):
 def test_lr_zero_from_the_command_line(trained):
     model, criterion, _, _, valid, test = load(trained)
     results, _ = run(trained, '--lr', '0', '--bptt', '6')
-    assert results == {'valid': utils.evaluate(model, criterion, valid, 1, 6),
-                       'test': utils.evaluate(model, criterion, test, 1, 6)}
+    assert results == {'valid': training.evaluate(model, criterion, valid, 1, 6),
+                       'test': training.evaluate(model, criterion, test, 1, 6)}
 
 
 def test_update_rule_matches_the_formula(trained):
@@ -90,11 +94,11 @@ def test_update_rule_matches_the_formula(trained):
     hidden = model.init_hidden(1)
     expected = [p.clone() for p in theta_g]
     for i in (0, 5):
-        data, targets = utils.get_batch(test, i, seq_len=5)
+        data, targets = batching.get_batch(test, i, seq_len=5)
         with torch.no_grad():
             for p, e in zip(params, expected):
                 p.copy_(e)
-        output, hidden = model(data, utils.repackage_hidden(hidden))
+        output, hidden = model(data, batching.repackage_hidden(hidden))
         grads = torch.autograd.grad(criterion(model.decoder.weight, model.decoder.bias, output, targets), params)
         expected = [e - lr * g / (r + eps) + d * (g0 - e)
                     for e, g, r, d, g0 in zip(expected, grads, rms, decay, theta_g)]
@@ -135,12 +139,12 @@ def test_causal_segments_are_scored_before_the_update(trained, rule):
 
 def test_adapts_to_a_repeated_passage(trained):
     model, criterion, ms, _, _, test = load(trained)
-    static = utils.evaluate(model, criterion, test, 1, 5)
+    static = training.evaluate(model, criterion, test, 1, 5)
     rms = dynamiceval.DynamicEvaluator(model, criterion, 1e-2, 0.002, 1e-3, ms).evaluate(test, 5)
     sgd = dynamiceval.DynamicEvaluator(model, criterion, 1.0, 0.01, rule='sgd').evaluate(test, 5)
     assert rms < static - 0.2, (rms, static)
     assert sgd < static - 0.5, (sgd, static)
-    assert utils.evaluate(model, criterion, test, 1, 5) == static  # the trained weights are back
+    assert training.evaluate(model, criterion, test, 1, 5) == static  # the trained weights are back
 
 
 def test_valid_and_test_each_start_from_the_trained_weights(trained):
@@ -150,7 +154,7 @@ def test_valid_and_test_each_start_from_the_trained_weights(trained):
     test, _ = run(trained, *flags, '--split', 'test')
     assert both == {**valid, **test}
     model, criterion, _, _, _, test_data = load(trained)
-    assert both['test'] < utils.evaluate(model, criterion, test_data, 1, 5)
+    assert both['test'] < training.evaluate(model, criterion, test_data, 1, 5)
 
 
 def test_paper_scale_converts_the_hyper_parameters(trained):
@@ -194,15 +198,15 @@ def test_model_flag_is_an_alias_of_save(trained):
 ])
 def test_bad_flags(trained, flags, message):
     folder, save = trained
-    with pytest.raises(utils.UserError, match=message):
+    with pytest.raises(errors.UserError, match=message):
         dynamiceval.main(['--data', folder, '--save', save, '--cpu', *flags])
 
 
 def test_missing_checkpoint(tmp_path, trained):
     folder, _ = trained
-    with pytest.raises(utils.UserError, match='checkpoint not found'):
+    with pytest.raises(errors.UserError, match='checkpoint not found'):
         dynamiceval.main(['--data', folder, '--save', str(tmp_path / 'nope.pt'), '--cpu'])
-    with pytest.raises(utils.UserError, match='no checkpoint given'):
+    with pytest.raises(errors.UserError, match='no checkpoint given'):
         dynamiceval.main(['--data', folder, '--cpu'])
 
 
@@ -213,7 +217,7 @@ def test_vocabulary_mismatch(tmp_path, trained):
     for name in ('train', 'valid', 'test'):
         with open(os.path.join(other, name + '.txt'), 'w') as f:
             f.write('completely different words here .\n' * 300)
-    with pytest.raises(utils.UserError, match='does not match'):
+    with pytest.raises(errors.UserError, match='does not match'):
         dynamiceval.main(['--data', other, '--save', save, '--cpu'])
 
 

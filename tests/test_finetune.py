@@ -4,8 +4,11 @@ import shutil
 import pytest
 import torch
 
+import checkpoint
+import cli
+import errors
 import finetune
-import utils
+import training
 from conftest import TINY
 from conftest import read_jsonl
 from pipeline_helpers import other_corpus, train_tiny
@@ -58,7 +61,7 @@ def test_overwrites_save_by_default_with_the_better_averaged_model(trained, tmp_
     assert after['optimizer_name'] == 'asgd' and after['args']['out'] == copy
     assert not all(torch.equal(before['model'][k], after['model'][k]) for k in before['model'])
     # What was saved is the average of the iterates (the optimizer's `ax`), not the last iterate.
-    model = utils.load_checkpoint(copy)['model']
+    model = checkpoint.load_checkpoint(copy)['model']
     for index, (name, _) in enumerate(model.named_parameters()):
         assert torch.equal(after['model'][name], after['optimizer']['state'][index]['ax']), name
 
@@ -98,14 +101,14 @@ def test_nonmono_stop_still_evaluates_test(trained, tmp_path, capsys):
 def test_sigterm_keeps_last_completed_epoch(trained, tmp_path, monkeypatch):
     corpus, save = trained
     out = str(tmp_path / 'ft.pt')
-    real_train_epoch = utils.train_epoch
+    real_train_epoch = training.train_epoch
 
     def preempted_at_epoch_2(*args, **kwargs):
         if args[6] == 2:  # the epoch argument
-            raise utils.Preempted()
+            raise cli.Preempted()
         return real_train_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(utils, 'train_epoch', preempted_at_epoch_2)
+    monkeypatch.setattr(training, 'train_epoch', preempted_at_epoch_2)
     assert run(corpus, save, '--epochs', '3', '--out', out) == 143
     state = torch.load(finetune.finetune_state_path(out), weights_only=True)
     assert state['epoch'] == 1
@@ -113,9 +116,26 @@ def test_sigterm_keeps_last_completed_epoch(trained, tmp_path, monkeypatch):
 
 def test_bad_inputs(trained, tmp_path):
     corpus, save = trained
-    with pytest.raises(utils.UserError, match='checkpoint not found'):
+    with pytest.raises(errors.UserError, match='checkpoint not found'):
         run(corpus, str(tmp_path / 'missing.pt'), '--epochs', '1')
-    with pytest.raises(utils.UserError, match='does not match'):
+    with pytest.raises(errors.UserError, match='does not match'):
         run(other_corpus(str(tmp_path / 'other')), save, '--epochs', '1', '--out', str(tmp_path / 'x.pt'))
-    with pytest.raises(utils.UserError, match='no fine-tuning resume state'):
+    with pytest.raises(errors.UserError, match='no fine-tuning resume state'):
         run(corpus, save, '--epochs', '1', '--out', str(tmp_path / 'y.pt'), '--resume')
+
+
+def test_finetune_keeps_the_checkpoints_dropouts_and_says_so(tmp_path, capsys):
+    corpus, save = train_tiny(str(tmp_path / 'trained'))
+    saved = checkpoint.read_checkpoint(save)['model_config']
+    out = str(tmp_path / 'ft.pt')
+    assert finetune.main(['--data', corpus, '--save', save, '--out', out, '--epochs', '1', *TINY,
+                          '--dropouth', '0.05', '--wdrop', str(saved['wdrop'])]) == 0
+    text = capsys.readouterr().out
+    assert f"--dropouth 0.05 ignored" in text and '--wdrop' not in text.split('Args:')[0]
+    config = checkpoint.read_checkpoint(out)['model_config'] if os.path.exists(out) else None
+    state = checkpoint.read_checkpoint(finetune.finetune_state_path(out))
+    for key in ('dropout', 'dropouth', 'dropouti', 'dropoute', 'wdrop'):
+        assert state['model_config'][key] == saved[key], key
+        assert state['args'][key] == saved[key], key
+        if config is not None:
+            assert config[key] == saved[key], key

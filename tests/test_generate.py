@@ -1,8 +1,8 @@
 import pytest
 
 import data
+import errors
 import generate
-import utils
 from pipeline_helpers import other_corpus, train_tiny
 
 
@@ -35,10 +35,10 @@ def test_words_vocabulary_and_seed(trained, tmp_path):
 
 def test_bad_inputs(trained, tmp_path):
     corpus, save = trained
-    with pytest.raises(utils.UserError, match='temperature'):
+    with pytest.raises(errors.UserError, match='temperature'):
         generate.main(['--data', corpus, '--checkpoint', save, '--temperature', '1e-4'])
-    with pytest.raises(utils.UserError, match='checkpoint not found'):
+    with pytest.raises(errors.UserError, match='checkpoint not found'):
         generate.main(['--data', corpus, '--checkpoint', str(tmp_path / 'none.pt')])
-    with pytest.raises(utils.UserError, match='does not match'):
+    with pytest.raises(errors.UserError, match='does not match'):
         generate.main(['--data', other_corpus(str(tmp_path / 'other')), '--checkpoint', save,
                        '--outf', str(tmp_path / 'g.txt')])

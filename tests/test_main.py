@@ -8,8 +8,11 @@ import time
 import pytest
 import torch
 
+import checkpoint
+import cli
+import errors
 import main
-import utils
+import training
 from conftest import PUBLISHED_MAIN, REPO, read_jsonl, tiny_run, write_corpus
 
 
@@ -22,9 +25,9 @@ def test_published_command_lines_run_with_tiny_overrides(tmp_path, tiny_corpus, 
     save = str(tmp_path / 'model.pt')
     argv = shlex.split(command) + tiny_run(tiny_corpus, save)
     assert run_main(argv) == 0
-    records = read_jsonl(utils.json_log_path(save))
+    records = read_jsonl(cli.json_log_path(save))
     assert records[0]['epoch'] == 1 and records[-1]['final']
-    ckpt = utils.load_checkpoint(save)
+    ckpt = checkpoint.load_checkpoint(save)
     expected_model = 'QRNN' if '--model QRNN' in command else 'LSTM'
     assert ckpt['model'].rnn_type == expected_model
     assert ckpt['args']['seed'] == main.parse_args(shlex.split(command)).seed
@@ -45,14 +48,14 @@ def test_short_ptb_slice_lowers_valid_perplexity(tmp_path, ptb_mirror):
     argv = ['--data', str(sliced), '--epochs', '3', '--save', save, '--emsize', '32', '--nhid', '64',
             '--batch_size', '20', '--bptt', '35', '--log-interval', '50', '--cpu', '--seed', '141']
     assert run_main(argv) == 0
-    ppl = [r['valid_ppl'] for r in read_jsonl(utils.json_log_path(save)) if 'epoch' in r]
+    ppl = [r['valid_ppl'] for r in read_jsonl(cli.json_log_path(save)) if 'epoch' in r]
     assert ppl[-1] < ppl[0] < 1500, ppl
 
 
 def test_nt_asgd_switches_by_the_rule_and_saves_averaged_weights(tmp_path, tiny_corpus):
     save = str(tmp_path / 'm.pt')
     assert run_main(tiny_run(tiny_corpus, save, epochs=8, extra=['--nonmono', '1', '--lr', '40'])) == 0
-    records = [r for r in read_jsonl(utils.json_log_path(save)) if 'epoch' in r]
+    records = [r for r in read_jsonl(cli.json_log_path(save)) if 'epoch' in r]
     losses = [r['valid_loss'] for r in records]
     # Algorithm 1, written out: switch after the first epoch whose loss is worse than the best of the
     # epochs before the last `nonmono` (1) ones.
@@ -62,12 +65,12 @@ def test_nt_asgd_switches_by_the_rule_and_saves_averaged_weights(tmp_path, tiny_
     # This run's best model comes after the switch, so the checkpoint holds averaged weights: the
     # optimizer's `ax`, not the last iterate.
     assert min(losses[switched_after:]) < min(losses[:switched_after])
-    ckpt = utils.read_checkpoint(save)
+    ckpt = checkpoint.read_checkpoint(save)
     assert ckpt['optimizer_name'] == 'asgd'
-    model = utils.load_checkpoint(save)['model']
+    model = checkpoint.load_checkpoint(save)['model']
     for index, (name, _) in enumerate(model.named_parameters()):
         assert torch.equal(ckpt['model'][name], ckpt['optimizer']['state'][index]['ax']), name
-    state = utils.read_checkpoint(save + '.state')
+    state = checkpoint.read_checkpoint(save + '.state')
     assert state['optimizer_name'] == 'asgd'
 
 
@@ -77,12 +80,12 @@ def test_exact_resume_across_the_asgd_switch(tmp_path, tiny_corpus):
     assert run_main(tiny_run(tiny_corpus, straight, epochs=6, extra=flags)) == 0
     assert run_main(tiny_run(tiny_corpus, split, epochs=3, extra=flags)) == 0
     assert run_main(tiny_run(tiny_corpus, split, epochs=6, extra=flags + ['--resume', split])) == 0
-    a = [r for r in read_jsonl(utils.json_log_path(straight)) if 'epoch' in r]
-    b = [r for r in read_jsonl(utils.json_log_path(split)) if 'epoch' in r]
-    assert utils.read_checkpoint(straight + '.state')['optimizer_name'] == 'asgd'  # the switch happened
+    a = [r for r in read_jsonl(cli.json_log_path(straight)) if 'epoch' in r]
+    b = [r for r in read_jsonl(cli.json_log_path(split)) if 'epoch' in r]
+    assert checkpoint.read_checkpoint(straight + '.state')['optimizer_name'] == 'asgd'  # the switch happened
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ('seconds', 'run')} for r in rs]
     assert strip(a) == strip(b)
-    ca, cb = utils.read_checkpoint(straight), utils.read_checkpoint(split)
+    ca, cb = checkpoint.read_checkpoint(straight), checkpoint.read_checkpoint(split)
     assert ca['model'].keys() == cb['model'].keys()
     assert all(torch.equal(ca['model'][k], cb['model'][k]) for k in ca['model'])
 
@@ -95,11 +98,11 @@ def test_resume_from_a_checkpoint_alone_restarts_from_its_weights(tmp_path, tiny
     assert run_main(tiny_run(tiny_corpus, other, epochs=1, extra=['--resume', save, '--dropouti', '0.2'])) == 0
     out = capsys.readouterr().out
     assert 'Restarting from the weights of' in out
-    assert utils.read_checkpoint(other)['model_config']['dropouti'] == 0.2
+    assert checkpoint.read_checkpoint(other)['model_config']['dropouti'] == 0.2
 
 
 def test_ctrl_c_still_evaluates_the_best_model_on_test(tmp_path, tiny_corpus, monkeypatch, capsys):
-    real = utils.train_epoch
+    real = training.train_epoch
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -107,7 +110,7 @@ def test_ctrl_c_still_evaluates_the_best_model_on_test(tmp_path, tiny_corpus, mo
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
-    monkeypatch.setattr(utils, 'train_epoch', interrupted)
+    monkeypatch.setattr(training, 'train_epoch', interrupted)
     assert run_main(tiny_run(tiny_corpus, str(tmp_path / 'm.pt'), epochs=5)) == 0
     out = capsys.readouterr().out
     assert 'Exiting from training early' in out and '| End of training | test loss' in out
@@ -117,7 +120,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, tiny_corpus):
     save = str(tmp_path / 'm.pt')
     assert run_main(tiny_run(tiny_corpus, save, epochs=1)) == 0
     before = open(save, 'rb').read()
-    with pytest.raises(utils.NonFiniteLoss, match=r'epoch 1, batch \d+'):
+    with pytest.raises(training.NonFiniteLoss, match=r'epoch 1, batch \d+'):
         run_main(tiny_run(tiny_corpus, save, epochs=2, extra=['--lr', '1e38', '--clip', '0']))
     assert open(save, 'rb').read() == before  # the last good checkpoint is kept
 
@@ -147,7 +150,7 @@ def bad_input_cases(tmp_path, tiny_corpus):
 
 def test_bad_input_is_a_clear_error_and_overwrites_nothing(tmp_path, tiny_corpus):
     for name, (argv, match) in bad_input_cases(tmp_path, tiny_corpus).items():
-        with pytest.raises(utils.UserError, match=match):
+        with pytest.raises(errors.UserError, match=match):
             run_main(argv)
         assert not os.path.exists(str(tmp_path / 'x.pt')), name
 
@@ -171,7 +174,7 @@ def test_sigterm_leaves_a_resume_state_and_exits_non_zero(tmp_path, tiny_corpus)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert 'rerun with --resume' in out
-    state = utils.read_checkpoint(save + '.state')
+    state = checkpoint.read_checkpoint(save + '.state')
     assert state['epoch'] >= 1
     # ... and the run continues from it.
     assert run_main(tiny_run(tiny_corpus, save, epochs=state['epoch'] + 1, extra=['--resume', save])) == 0

@@ -4,12 +4,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+import checkpoint
+import cli
 import finetune
 import generate
 import main as train_script
 import pointer
-import utils
-import pytest
+import training
 
 from conftest import REPO, TINY, read_jsonl, write_corpus
 
@@ -20,8 +23,8 @@ def test_pipeline_end_to_end(tmp_path, capsys, rnn_type):
     save = str(tmp_path / 'model.pt')
     common = ['--data', corpus, '--save', save]
     assert train_script.main([*common, '--epochs', '2', '--model', rnn_type, *TINY]) == 0
-    assert utils.load_checkpoint(save)['model'].rnn_type == rnn_type
-    main_records = read_jsonl(utils.json_log_path(save))
+    assert checkpoint.load_checkpoint(save)['model'].rnn_type == rnn_type
+    main_records = read_jsonl(cli.json_log_path(save))
     assert main_records[-1]['final']
 
     assert finetune.main([*common, '--epochs', '2', *TINY]) == 0
@@ -30,9 +33,9 @@ def test_pipeline_end_to_end(tmp_path, capsys, rnn_type):
     assert os.path.isfile(save + '.finetune.state') and os.path.isfile(save + '.state')
     # The file holds the best model seen: evaluated afresh on valid it gives the lowest of the losses
     # logged (epoch 0 is the model fine-tuning started from).
-    ckpt = utils.load_checkpoint(save)
-    _, _, val_data, _ = utils.load_data(argparse.Namespace(data=corpus), (4, 10, 1), 'cpu')
-    val_loss = utils.evaluate(ckpt['model'], ckpt['criterion'], val_data, 10, 10)
+    ckpt = checkpoint.load_checkpoint(save)
+    _, _, val_data, _ = cli.load_data(argparse.Namespace(data=corpus), (4, 10, 1), 'cpu')
+    val_loss = training.evaluate(ckpt['model'], ckpt['criterion'], val_data, 10, 10)
     assert val_loss == pytest.approx(min(r['valid_loss'] for r in ft_records[:-1]), rel=1e-6)
 
     assert pointer.main([*common, '--window', '30', '--bptt', '100', '--cpu']) == 0

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
+import errors
 import pointer
-import utils
 from model import RNNModel
 from conftest import read_jsonl
 from pipeline_helpers import other_corpus, train_tiny
@@ -85,11 +85,11 @@ def test_script_reports_valid_and_test(trained, capsys):
 
 def test_bad_inputs(trained, tmp_path):
     corpus, save = trained
-    with pytest.raises(utils.UserError, match='--window'):
+    with pytest.raises(errors.UserError, match='--window'):
         pointer.main(['--data', corpus, '--save', save, '--window', '0'])
-    with pytest.raises(utils.UserError, match='no checkpoint given'):
+    with pytest.raises(errors.UserError, match='no checkpoint given'):
         pointer.main(['--data', corpus])
-    with pytest.raises(utils.UserError, match='does not match'):
+    with pytest.raises(errors.UserError, match='does not match'):
         pointer.main(['--data', other_corpus(str(tmp_path / 'other')), '--save', save, '--cpu'])
-    with pytest.raises(utils.UserError, match='--lambdasm'):
+    with pytest.raises(errors.UserError, match='--lambdasm'):
         pointer.main(['--data', corpus, '--save', save, '--lambdasm', '1.5'])

@@ -19,8 +19,11 @@ import dynamiceval
 import finetune
 import generate
 import main as train_script
+import checkpoint
+import cli
+import errors
 import pointer
-import utils
+import training
 from conftest import REPO, TINY, read_jsonl, tiny_run, write_corpus
 
 LEGACY_FORMAT = 'awd-lstm-checkpoint-1'  # checkpoints written before the digest
@@ -35,7 +38,7 @@ def must_not_run(*args, **kwargs):
 
 
 def epochs_of(save):
-    return [r['epoch'] for r in read_jsonl(utils.json_log_path(save)) if 'epoch' in r]
+    return [r['epoch'] for r in read_jsonl(cli.json_log_path(save)) if 'epoch' in r]
 
 
 def temporaries(folder):
@@ -48,7 +51,7 @@ def hand_made(raw, path, digest=False):
     raw = dict(raw)
     raw.pop('digest', None)
     if digest:
-        raw = utils.with_digest({**raw, 'format': utils.CHECKPOINT_FORMAT})
+        raw = checkpoint.with_digest({**raw, 'format': checkpoint.CHECKPOINT_FORMAT})
     else:
         raw['format'] = LEGACY_FORMAT
     torch.save(raw, path)
@@ -77,7 +80,7 @@ def copy_checkpoint(trained, tmp_path):
     _, save, _ = trained
     copy = str(tmp_path / 'copy.pt')
     shutil.copy(save, copy)
-    shutil.copy(utils.state_path(save), utils.state_path(copy))
+    shutil.copy(checkpoint.state_path(save), checkpoint.state_path(copy))
     return copy
 
 
@@ -93,14 +96,14 @@ def test_ctrl_c_before_the_first_save_never_reports_an_older_runs_checkpoint(tmp
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(utils, 'train_epoch', interrupted)
-    with pytest.raises(utils.UserError, match='no model was saved by this run'):
+    monkeypatch.setattr(training, 'train_epoch', interrupted)
+    with pytest.raises(errors.UserError, match='no model was saved by this run'):
         train(small_corpus, save, extra=['--nhid', nhid])
     assert open(save, 'rb').read() == before
 
 
 def preempt(*args, **kwargs):
-    raise utils.Preempted()
+    raise cli.Preempted()
 
 
 @pytest.mark.parametrize('script', ['main', 'finetune'])
@@ -115,7 +118,7 @@ def test_sigterm_before_the_first_epoch_ends_never_offers_an_older_runs_state(tr
         assert finetune.main(argv) == 0  # leaves <save>.finetune.state
         run = lambda: finetune.main(argv)
     capsys.readouterr()
-    monkeypatch.setattr(utils, 'train_epoch', preempt)
+    monkeypatch.setattr(training, 'train_epoch', preempt)
     assert run() == 143
     out = capsys.readouterr().out
     assert 'nothing to resume from' in out and 'rerun with' not in out
@@ -124,14 +127,14 @@ def test_sigterm_before_the_first_epoch_ends_never_offers_an_older_runs_state(tr
 @pytest.mark.parametrize('script', ['main', 'finetune'])
 def test_sigterm_just_after_a_state_is_written_offers_it(trained, tmp_path, monkeypatch, capsys, script):
     corpus, save, _ = trained
-    real = utils.atomic_torch_save
+    real = checkpoint.atomic_torch_save
 
     def signalled_once_written(obj, path):  # SIGTERM lands between the rename and the run noting it
         real(obj, path)
         if path.endswith('.state'):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.5)  # the handler runs here, unless SIGTERM is held back until the note is made
-    monkeypatch.setattr(utils, 'atomic_torch_save', signalled_once_written)
+    monkeypatch.setattr(checkpoint, 'atomic_torch_save', signalled_once_written)
     out = str(tmp_path / 'm.pt')
     if script == 'main':
         status = train(corpus, out, epochs=3)
@@ -146,8 +149,8 @@ def test_sigterm_just_after_a_state_is_written_offers_it(trained, tmp_path, monk
     (['--seed', '-1'], '--seed'), (['--seed', str(2 ** 32)], '--seed'), (['--lr', 'inf'], '--lr'),
 ])
 def test_flags_that_would_train_uphill_or_crash_are_refused(tmp_path, small_corpus, monkeypatch, flags, match):
-    monkeypatch.setattr(utils, 'train_epoch', must_not_run)
-    with pytest.raises(utils.UserError, match=match):
+    monkeypatch.setattr(training, 'train_epoch', must_not_run)
+    with pytest.raises(errors.UserError, match=match):
         train(small_corpus, str(tmp_path / 'm.pt'), extra=flags)
 
 
@@ -155,7 +158,7 @@ def test_flags_that_would_train_uphill_or_crash_are_refused(tmp_path, small_corp
 def test_scripts_refuse_an_impossible_seed(trained, tmp_path, script):
     corpus, save, _ = trained
     argv = (['--checkpoint', save, '--outf', str(tmp_path / 'g.txt')] if script is generate else ['--save', save])
-    with pytest.raises(utils.UserError, match='--seed'):
+    with pytest.raises(errors.UserError, match='--seed'):
         script.main(['--data', corpus, *argv, '--seed', '-1', '--cpu'])
 
 
@@ -175,7 +178,7 @@ def same(a, b):
 @pytest.mark.parametrize('which', ['checkpoint', 'state'])
 def test_a_flipped_bit_never_loads_as_other_weights(trained, tmp_path, which):
     _, save, _ = trained
-    path = save if which == 'checkpoint' else utils.state_path(save)
+    path = save if which == 'checkpoint' else checkpoint.state_path(save)
     reference = torch.load(path, weights_only=True)
     content = open(path, 'rb').read()
     flipped_path = str(tmp_path / 'flipped.pt')
@@ -188,8 +191,8 @@ def test_a_flipped_bit_never_loads_as_other_weights(trained, tmp_path, which):
         with open(flipped_path, 'wb') as f:
             f.write(damaged)
         try:
-            loaded = utils.read_checkpoint(flipped_path)
-        except utils.UserError as e:
+            loaded = checkpoint.read_checkpoint(flipped_path)
+        except errors.UserError as e:
             assert 'flipped.pt' in str(e) and '\n' not in str(e)
             continue
         if not same(loaded, reference):
@@ -201,11 +204,11 @@ def test_a_checkpoint_without_its_digest_is_refused_unless_it_predates_digests(t
     _, save, _ = trained
     raw = torch.load(save, weights_only=True)
     legacy = hand_made(raw, str(tmp_path / 'legacy.pt'))
-    assert utils.load_checkpoint(legacy)['model'] is not None  # written before this change: still loads
+    assert checkpoint.load_checkpoint(legacy)['model'] is not None  # written before this change: still loads
     stripped = {k: v for k, v in raw.items() if k != 'digest'}
     torch.save(stripped, str(tmp_path / 'stripped.pt'))
-    with pytest.raises(utils.UserError, match='stripped.pt: .*digest'):
-        utils.load_checkpoint(str(tmp_path / 'stripped.pt'))
+    with pytest.raises(errors.UserError, match='stripped.pt: .*digest'):
+        checkpoint.load_checkpoint(str(tmp_path / 'stripped.pt'))
 
 
 def test_a_corpus_cache_with_a_swapped_vocabulary_is_rebuilt(small_corpus):
@@ -233,16 +236,16 @@ def corpus_of(folder, train_lines):
 
 def test_a_train_split_needs_at_least_one_batch(tmp_path):
     # Batch size 4: 8 tokens make 2 rows, which train nothing; 12 make 3 rows, one batch.
-    with pytest.raises(utils.UserError, match=r'train.txt: 8 tokens are too few'):
+    with pytest.raises(errors.UserError, match=r'train.txt: 8 tokens are too few'):
         train(corpus_of(str(tmp_path / 'two_rows'), 2), str(tmp_path / 'a.pt'))
     save = str(tmp_path / 'b.pt')
     assert train(corpus_of(str(tmp_path / 'three_rows'), 3), save) == 0
-    assert read_jsonl(utils.json_log_path(save))[0]['train_loss'] > 0
+    assert read_jsonl(cli.json_log_path(save))[0]['train_loss'] > 0
 
 
 def test_pointer_refuses_to_report_a_non_finite_loss(trained):
     corpus, save, _ = trained
-    with pytest.raises(utils.UserError, match='not finite'):
+    with pytest.raises(errors.UserError, match='not finite'):
         pointer.main(['--data', corpus, '--save', save, '--window', '5', '--bptt', '20', '--cpu',
                       '--theta', '1e300', '--log', os.devnull])
 
@@ -256,19 +259,19 @@ def test_log_names_of_different_saves_never_collide(tmp_path, small_corpus):
     saves = {lr: str(runs / f'lr{lr}') for lr in ('0.5', '0.1')}
     for lr, save in saves.items():
         assert train(small_corpus, save, extra=['--lr', lr]) == 0
-    assert utils.json_log_path(saves['0.5']) != utils.json_log_path(saves['0.1'])
+    assert cli.json_log_path(saves['0.5']) != cli.json_log_path(saves['0.1'])
     for lr, save in saves.items():
-        records = [r for r in read_jsonl(utils.json_log_path(save)) if 'epoch' in r]
+        records = [r for r in read_jsonl(cli.json_log_path(save)) if 'epoch' in r]
         assert [r['lr'] for r in records] == [float(lr)]
 
 
 def test_resume_from_a_checkpoint_alone_keeps_its_log(tmp_path, small_corpus):
     save = str(tmp_path / 'm.pt')
     assert train(small_corpus, save) == 0
-    os.remove(utils.state_path(save))
-    log = utils.json_log_path(save)
+    os.remove(checkpoint.state_path(save))
+    log = cli.json_log_path(save)
     before = read_jsonl(log)
-    with pytest.raises(utils.UserError, match='does not fit'):  # a resume that fails ...
+    with pytest.raises(errors.UserError, match='does not fit'):  # a resume that fails ...
         train(small_corpus, save, extra=['--resume', save, '--nhid', '20'])
     assert read_jsonl(log) == before  # ... leaves the log as it was
     assert train(small_corpus, save, extra=['--resume', save]) == 0
@@ -283,23 +286,23 @@ def test_resume_alone_continues_the_run_it_names(tmp_path, small_corpus, monkeyp
     save = str(tmp_path / 'part.pt')
     assert train(small_corpus, save) == 0
     if not with_state:
-        os.remove(utils.state_path(save))
+        os.remove(checkpoint.state_path(save))
     files = set(os.listdir(tmp_path))
     assert train_script.main([*TINY, '--data', small_corpus, '--epochs', '2', '--resume', save]) == 0
     assert set(os.listdir(tmp_path)) - files <= {'part.pt.state'}  # no timestamp-named run beside it
-    assert utils.read_checkpoint(utils.state_path(save))['epoch'] == 2
+    assert checkpoint.read_checkpoint(checkpoint.state_path(save))['epoch'] == 2
     assert epochs_of(save) == ([1, 2] if with_state else [1, 1, 2])
 
 
 def test_a_second_run_on_the_same_files_stops_at_once(trained, tmp_path, monkeypatch):
     corpus, _, _ = trained
     save = copy_checkpoint(trained, tmp_path)
-    monkeypatch.setattr(utils, 'load_data', must_not_run)
+    monkeypatch.setattr(cli, 'load_data', must_not_run)
     with open(save + '.lock', 'a') as held:  # as another run holds it
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(utils.UserError, match='another run'):
+        with pytest.raises(errors.UserError, match='another run'):
             train(corpus, save)
-        with pytest.raises(utils.UserError, match='another run'):  # fine-tuning writes the same file
+        with pytest.raises(errors.UserError, match='another run'):  # fine-tuning writes the same file
             finetune.main(['--data', corpus, '--save', save, '--epochs', '1', *TINY])
     monkeypatch.undo()
     assert train(corpus, save) == 0  # released with its holder
@@ -314,14 +317,14 @@ def test_generate_never_overwrites_its_inputs(trained, tmp_path, target):
     shutil.copy(save, ckpt)
     outf = ckpt if target == 'checkpoint' else os.path.join(data_copy, 'train.txt')
     before = open(outf, 'rb').read()
-    with pytest.raises(utils.UserError, match='would overwrite'):
+    with pytest.raises(errors.UserError, match='would overwrite'):
         generate.main(['--data', data_copy, '--checkpoint', ckpt, '--outf', outf, '--words', '5', '--cpu'])
     assert open(outf, 'rb').read() == before
 
 
 def test_main_never_saves_over_its_data(tmp_path, small_corpus, monkeypatch):
-    monkeypatch.setattr(utils, 'train_epoch', must_not_run)
-    with pytest.raises(utils.UserError, match='would overwrite'):
+    monkeypatch.setattr(training, 'train_epoch', must_not_run)
+    with pytest.raises(errors.UserError, match='would overwrite'):
         train(small_corpus, os.path.join(small_corpus, 'valid.txt'))
 
 
@@ -330,8 +333,8 @@ def test_main_never_saves_over_its_data(tmp_path, small_corpus, monkeypatch):
 DIES_WRITING_STATE_2 = '''
 import os, sys
 sys.path.insert(0, os.getcwd())
-import main, utils
-real = utils.atomic_torch_save
+import checkpoint, main
+real = checkpoint.atomic_torch_save
 
 def dies(obj, path):
     if path.endswith('.state') and obj['epoch'] == 2:
@@ -341,7 +344,7 @@ def dies(obj, path):
         os._exit(137)
     return real(obj, path)
 
-utils.atomic_torch_save = dies
+checkpoint.atomic_torch_save = dies
 main.main(sys.argv[1:])
 '''
 
@@ -357,7 +360,7 @@ def test_resume_after_kill_9_leaves_one_record_per_epoch_and_no_temporaries(tmp_
     assert not temporaries(tmp_path)
     assert train(small_corpus, straight, epochs=3) == 0
     strip = lambda path: [{k: v for k, v in r.items() if k not in ('seconds', 'run')}
-                          for r in read_jsonl(utils.json_log_path(path))]
+                          for r in read_jsonl(cli.json_log_path(path))]
     assert strip(save) == strip(straight)
 
 
@@ -386,14 +389,14 @@ def test_a_full_disk_while_saving_a_checkpoint_is_a_one_line_error(tmp_path, sma
     assert train(small_corpus, save) == 0
     before = open(save, 'rb').read()
     monkeypatch.setattr(torch, 'save', disk_full)
-    with pytest.raises(utils.UserError, match=r'm.pt: could not be written .*PytorchStreamWriter') as e:
+    with pytest.raises(errors.UserError, match=r'm.pt: could not be written .*PytorchStreamWriter') as e:
         train(small_corpus, save, extra=['--lr', '1'])
     assert '\n' not in str(e.value)
     assert open(save, 'rb').read() == before and not temporaries(tmp_path)
 
 
 def test_a_full_disk_while_logging_is_a_one_line_error(tmp_path, monkeypatch):
-    log = utils.JsonLog(str(tmp_path / 'l.jsonl'))
+    log = cli.JsonLog(str(tmp_path / 'l.jsonl'))
 
     class Full:
         def write(self, text):
@@ -402,7 +405,7 @@ def test_a_full_disk_while_logging_is_a_one_line_error(tmp_path, monkeypatch):
         def flush(self):
             pass
     log.file = Full()
-    with pytest.raises(utils.UserError, match='l.jsonl: .*No space left'):
+    with pytest.raises(errors.UserError, match='l.jsonl: .*No space left'):
         log.write(epoch=1)
 
 
@@ -422,9 +425,9 @@ def save_location(tmp_path, where):
                                          ('read-only folder', 'read-only')])
 def test_unusable_save_locations_are_found_before_training(tmp_path, small_corpus, monkeypatch, where, match):
     save = save_location(tmp_path, where)
-    monkeypatch.setattr(utils, 'load_data', must_not_run)
+    monkeypatch.setattr(cli, 'load_data', must_not_run)
     try:
-        with pytest.raises(utils.UserError, match=match):
+        with pytest.raises(errors.UserError, match=match):
             train(small_corpus, save)
     finally:
         for folder in tmp_path.iterdir():
@@ -441,7 +444,7 @@ def test_pointer_checks_where_its_log_goes_before_evaluating(trained, tmp_path, 
     argv = ['--data', corpus, '--save', ckpt, '--window', '5', '--bptt', '20', '--cpu']
     try:
         monkeypatch.setattr(pointer, 'pointer_loss', must_not_run)
-        with pytest.raises(utils.UserError, match='read-only.*--log'):
+        with pytest.raises(errors.UserError, match='read-only.*--log'):
             pointer.main(argv)
         monkeypatch.undo()
         log = str(tmp_path / 'pointer.jsonl')
@@ -456,9 +459,9 @@ def test_pointer_checks_where_its_log_goes_before_evaluating(trained, tmp_path, 
 def test_generate_checks_its_output_before_sampling(trained, tmp_path, monkeypatch, where, match):
     corpus, save, _ = trained
     outf = save_location(tmp_path, where)
-    monkeypatch.setattr(utils, 'load_checkpoint', must_not_run)
+    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
     try:
-        with pytest.raises(utils.UserError, match=match):
+        with pytest.raises(errors.UserError, match=match):
             generate.main(['--data', corpus, '--checkpoint', save, '--outf', outf, '--words', '5', '--cpu'])
     finally:
         for folder in tmp_path.iterdir():
@@ -467,16 +470,17 @@ def test_generate_checks_its_output_before_sampling(trained, tmp_path, monkeypat
 
 def test_finetune_resume_needs_to_know_which_run(trained):
     corpus, _, _ = trained
-    with pytest.raises(utils.UserError, match='--resume'):
+    with pytest.raises(errors.UserError, match='--resume'):
         finetune.main(['--data', corpus, '--resume', '--epochs', '1', *TINY])
 
 
 def test_each_script_resumes_only_its_own_states(trained, tmp_path):
     corpus, save, finetune_state = trained
     copy = copy_checkpoint(trained, tmp_path)
-    with pytest.raises(utils.UserError, match=r'main\.py'):
-        finetune.main(['--data', corpus, '--save', copy, '--resume', utils.state_path(copy), '--epochs', '2', *TINY])
-    with pytest.raises(utils.UserError, match=r'finetune\.py'):
+    with pytest.raises(errors.UserError, match=r'main\.py'):
+        finetune.main(['--data', corpus, '--save', copy, '--resume', checkpoint.state_path(copy), '--epochs', '2',
+                       *TINY])
+    with pytest.raises(errors.UserError, match=r'finetune\.py'):
         train(corpus, str(tmp_path / 'x.pt'), epochs=2, extra=['--resume', finetune_state])
 
 
@@ -499,10 +503,10 @@ def test_hand_made_checkpoints_with_missing_or_wrong_fields(trained, tmp_path, c
     raw = torch.load(save, weights_only=True)
     BROKEN[case](raw)
     path = hand_made(raw, str(tmp_path / 'hand.pt'), digest)
-    with pytest.raises(utils.UserError, match='hand.pt'):
-        utils.load_checkpoint(path)
+    with pytest.raises(errors.UserError, match='hand.pt'):
+        checkpoint.load_checkpoint(path)
     if not case.startswith(('model_config', 'criterion_config')):  # main.py builds the model from its flags
-        with pytest.raises(utils.UserError, match='hand.pt'):
+        with pytest.raises(errors.UserError, match='hand.pt'):
             train(corpus, str(tmp_path / 'x.pt'), extra=['--resume', path])
 
 
@@ -518,10 +522,10 @@ STATE_BROKEN = {
 def test_hand_made_resume_states_with_missing_or_wrong_fields(trained, tmp_path, case):
     corpus, _, _ = trained
     copy = copy_checkpoint(trained, tmp_path)
-    raw = torch.load(utils.state_path(copy), weights_only=True)
+    raw = torch.load(checkpoint.state_path(copy), weights_only=True)
     STATE_BROKEN[case](raw)
-    hand_made(raw, utils.state_path(copy))
-    with pytest.raises(utils.UserError, match='copy.pt.state'):
+    hand_made(raw, checkpoint.state_path(copy))
+    with pytest.raises(errors.UserError, match='copy.pt.state'):
         train(corpus, copy, epochs=2, extra=['--resume', copy])
 
 
@@ -529,28 +533,28 @@ def test_hand_made_resume_states_with_missing_or_wrong_fields(trained, tmp_path,
 def test_a_resume_state_with_invalid_flags_is_refused(trained, tmp_path, flag, value):
     corpus, _, _ = trained
     copy = copy_checkpoint(trained, tmp_path)
-    raw = torch.load(utils.state_path(copy), weights_only=True)
+    raw = torch.load(checkpoint.state_path(copy), weights_only=True)
     raw['args'][flag] = value
-    hand_made(raw, utils.state_path(copy))
-    with pytest.raises(utils.UserError, match=f'copy.pt.state: .*--{flag}'):
+    hand_made(raw, checkpoint.state_path(copy))
+    with pytest.raises(errors.UserError, match=f'copy.pt.state: .*--{flag}'):
         train(corpus, copy, epochs=2, extra=['--resume', copy])
 
 
 def run_script(main, capsys):
-    """utils.run(main) as a script runs it: returns (exit status, stderr)."""
+    """cli.run(main) as a script runs it: returns (exit status, stderr)."""
     try:
-        utils.run(main)
+        cli.run(main)
     except SystemExit as e:
         return e.code, capsys.readouterr().err
     except KeyboardInterrupt:
-        pytest.fail('KeyboardInterrupt escaped utils.run')
-    pytest.fail('utils.run returned without exiting')
+        pytest.fail('KeyboardInterrupt escaped cli.run')
+    pytest.fail('cli.run returned without exiting')
 
 
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, small_corpus, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(utils, 'load_data', interrupted)
+    monkeypatch.setattr(cli, 'load_data', interrupted)
     status, err = run_script(lambda: train_script.main(tiny_run(small_corpus, str(tmp_path / 'm.pt'))), capsys)
     assert status == 130 and err.count('\n') == 1 and 'Traceback' not in err
 
@@ -581,12 +585,12 @@ def test_atomic_writes_follow_the_umask_and_keep_an_existing_mode(tmp_path, umas
     path = str(tmp_path / 'x.pt')
     old = os.umask(umask)
     try:
-        utils.atomic_torch_save({'x': torch.ones(1)}, path)
+        checkpoint.atomic_torch_save({'x': torch.ones(1)}, path)
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
     os.chmod(path, 0o640)
-    utils.atomic_torch_save({'x': torch.zeros(1)}, path)
+    checkpoint.atomic_torch_save({'x': torch.zeros(1)}, path)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
 
 
@@ -597,12 +601,12 @@ def test_a_symlinked_save_is_written_through(tmp_path, small_corpus):
     os.symlink(str(store / 'm.pt'), link)
     assert train(small_corpus, link, epochs=2, extra=['--lr', '1']) == 0
     assert os.path.islink(link)
-    assert utils.read_checkpoint(str(store / 'm.pt'))['model'].keys()
+    assert checkpoint.read_checkpoint(str(store / 'm.pt'))['model'].keys()
 
 
 def test_log_records_are_strict_json(tmp_path):
     path = str(tmp_path / 'l.jsonl')
-    utils.JsonLog(path).write(epoch=1, valid_loss=float('nan'), valid_ppl=float('inf'), lr=[float('-inf')])
+    cli.JsonLog(path).write(epoch=1, valid_loss=float('nan'), valid_ppl=float('inf'), lr=[float('-inf')])
 
     def reject(constant):
         raise ValueError(f'{constant} is not JSON')

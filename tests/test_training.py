@@ -1,15 +1,16 @@
-"""The training step and the sequence-length stream against their definitions (REFERENCE.md, "One
-training step"), each computed here from plain torch and numpy calls, not from utils.train_step."""
+"""training.py. The training step and the sequence-length stream against their definitions
+(REFERENCE.md, "One training step"), each computed here from plain torch and numpy calls, not from
+training.train_step; then NT-ASGD's switch rule and averaged weights."""
 import argparse
 import copy
-import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+import cli
 import finetune
-import utils
+import training
 from conftest import TINY, write_corpus
 from model import RNNModel
 from pipeline_helpers import train_tiny
@@ -51,8 +52,8 @@ def run_train_step(model, criterion, data, targets, lr, **flags):
     params = list(model.parameters()) + list(criterion.parameters())
     optimizer = torch.optim.SGD(params, lr=lr)
     torch.manual_seed(5)  # the dropout masks
-    raw_loss, _ = utils.train_step(model, criterion, optimizer, params, data, targets,
-                                   model.init_hidden(BATCH), args, SEQ_LEN)
+    raw_loss, _ = training.train_step(model, criterion, optimizer, params, data, targets,
+                                      model.init_hidden(BATCH), args, SEQ_LEN)
     return raw_loss, optimizer
 
 
@@ -115,21 +116,21 @@ def original_seq_lens(seed, bptt, n, cap=None):
 
 
 def test_sequence_length_stream_is_the_originals_for_2000_draws():
-    rng = utils.set_seed(141)
-    assert [utils.sample_seq_len(rng, 70) for _ in range(2000)] == original_seq_lens(141, 70, 2000)
+    rng = cli.set_seed(141)
+    assert [training.sample_seq_len(rng, 70) for _ in range(2000)] == original_seq_lens(141, 70, 2000)
     rng = np.random.RandomState(331)
-    assert [utils.sample_seq_len(rng, 70, cap=80) for _ in range(2000)] == original_seq_lens(331, 70, 2000, cap=80)
+    assert [training.sample_seq_len(rng, 70, cap=80) for _ in range(2000)] == original_seq_lens(331, 70, 2000, cap=80)
 
 
 def record_seq_lens(monkeypatch):
     seen = []
-    real = utils.train_step
+    real = training.train_step
 
     def recording(*args, **kwargs):
         seen.append(args[-1] if len(args) == 9 else kwargs['seq_len'])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(utils, 'train_step', recording)
+    monkeypatch.setattr(training, 'train_step', recording)
     return seen
 
 
@@ -150,13 +151,13 @@ def test_main_epoch_walks_the_stream_with_the_originals_lengths(tmp_path, monkey
     seen = record_seq_lens(monkeypatch)
     assert main.main(['--data', corpus, '--save', str(tmp_path / 'm.pt'), '--epochs', '1', *TINY,
                       '--bptt', '12', '--seed', '77']) == 0
-    train_len = len(utils.load_data(argparse.Namespace(data=corpus), (4, 10, 1), 'cpu', log=lambda *a: None)[1])
+    train_len = len(cli.load_data(argparse.Namespace(data=corpus), (4, 10, 1), 'cpu', log=lambda *a: None)[1])
     assert seen == expected_walk(train_len, original_seq_lens(77, 12, 1000))
 
 
 def test_finetune_draws_lengths_from_numpy_seeded_331_capped_at_bptt_plus_10(tmp_path, monkeypatch):
     corpus, save = train_tiny(str(tmp_path / 'trained'))
-    train_len = len(utils.load_data(argparse.Namespace(data=corpus), (4, 10, 1), 'cpu', log=lambda *a: None)[1])
+    train_len = len(cli.load_data(argparse.Namespace(data=corpus), (4, 10, 1), 'cpu', log=lambda *a: None)[1])
     expected = expected_walk(train_len, original_seq_lens(331, 10, 1000, cap=20))
     assert max(expected) == 20  # the cap is exercised
     for seed in ('1', '2'):  # --seed seeds torch only
@@ -168,18 +169,38 @@ def test_finetune_draws_lengths_from_numpy_seeded_331_capped_at_bptt_plus_10(tmp
         monkeypatch.undo()
 
 
-def test_finetune_keeps_the_checkpoints_dropouts_and_says_so(tmp_path, capsys):
-    corpus, save = train_tiny(str(tmp_path / 'trained'))
-    saved = utils.read_checkpoint(save)['model_config']
-    out = str(tmp_path / 'ft.pt')
-    assert finetune.main(['--data', corpus, '--save', save, '--out', out, '--epochs', '1', *TINY,
-                          '--dropouth', '0.05', '--wdrop', str(saved['wdrop'])]) == 0
-    text = capsys.readouterr().out
-    assert f"--dropouth 0.05 ignored" in text and '--wdrop' not in text.split('Args:')[0]
-    config = utils.read_checkpoint(out)['model_config'] if os.path.exists(out) else None
-    state = utils.read_checkpoint(finetune.finetune_state_path(out))
-    for key in ('dropout', 'dropouth', 'dropouti', 'dropoute', 'wdrop'):
-        assert state['model_config'][key] == saved[key], key
-        assert state['args'][key] == saved[key], key
-        if config is not None:
-            assert config[key] == saved[key], key
+def test_nonmono_rule():
+    # Switch when the loss is worse than the best one seen more than `nonmono` evaluations ago.
+    assert not training.nonmono_triggered([5, 4, 3], 3.5, nonmono=5)  # too little history
+    history = [5.0, 4.0, 3.0, 3.1, 3.2, 3.3, 3.4]
+    assert training.nonmono_triggered(history, 4.5, nonmono=5)  # worse than min(history[:2]) = 4.0
+    assert not training.nonmono_triggered(history, 3.5, nonmono=5)  # worse than recent ones only
+    assert training.nonmono_triggered([5.0, 4.0, 3.0], 3.01, nonmono=2) is False  # min([5]) = 5
+    assert training.nonmono_triggered([5.0, 2.0, 3.0], 3.01, nonmono=1)  # min([5, 2]) = 2
+    assert training.nonmono_triggered([2.0], 2.5, nonmono=0)  # 0: compare with the whole history
+
+
+def test_sample_seq_len_distribution():
+    rng = np.random.RandomState(0)
+    lens = np.array([training.sample_seq_len(rng, 70) for _ in range(4000)])
+    assert lens.min() >= 5
+    # About 5% of sequences use bptt / 2 (binomial sd 0.0034 over 4000 draws: bounds at ~4 sd).
+    halved = lens < 52
+    assert 0.036 < halved.mean() < 0.064
+    # The others are int(N(70, 5)): mean 69.5 (int() truncates), sd 5 (N(70, 10) would give 10).
+    full = lens[~halved]
+    assert 69.2 < full.mean() < 69.8 and 4.7 < full.std() < 5.3
+    capped = [training.sample_seq_len(rng, 70, cap=80) for _ in range(2000)]
+    assert max(capped) <= 80
+
+
+def test_averaged_weights_swap_and_restore():
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = training.make_optimizer('asgd', [p], lr=1.0, wdecay=0)
+    for step in range(6):  # gradient -1: the iterates are 1, 2, ..., 6
+        p.grad = -torch.ones(3)
+        opt.step()
+    # torch.optim.ASGD (like the 2017 one) averages the iterates from the second step on: mean(2..6) = 4.
+    with training.averaged_weights(opt, [p]):
+        assert torch.allclose(p, torch.full((3,), 4.0))
+    assert torch.allclose(p, torch.full((3,), 6.0))

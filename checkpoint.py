@@ -1,0 +1,359 @@
+"""What a checkpoint holds and how it is written and read: the format (a plain dict of tensors,
+numbers and strings, loadable with torch.load(weights_only=True)) and its content digest, atomic
+writes, save/read/load with the checks of each field, the vocabulary and weight checks, and the
+resume state (`<save>.state`: a checkpoint plus epoch, history, optimizer and random states).
+
+A user loading a model from a notebook reads this file:
+
+    import checkpoint
+    ckpt = checkpoint.load_checkpoint('PTB.pt', map_location='cpu')
+
+It must not grow training logic, argument parsing or printing; data.py uses its atomic writes and
+digests for the corpus cache, so it must never import data.py or cli.py.
+"""
+import argparse
+import contextlib
+import hashlib
+import os
+import re
+import stat
+import tempfile
+import uuid
+
+import numpy as np
+import torch
+
+from errors import UserError, first_line
+from model import RNNModel
+from splitcross import SplitCrossEntropyLoss
+from training import optimizer_name
+
+
+# Format 2 adds the digest; format 1 files (written before it) still load, unverified.
+CHECKPOINT_FORMAT = 'awd-lstm-checkpoint-2'
+LEGACY_CHECKPOINT_FORMAT = 'awd-lstm-checkpoint-1'
+
+
+def plain_args(args):
+    """argparse.Namespace -> dict of plain values, storable in a weights_only checkpoint."""
+    return dict(vars(args))
+
+
+def new_run_id():
+    """The id of a run: kept in its checkpoints, resume state and log records, and carried over by
+    an exact resume, so that a run only ever reports or offers files it wrote itself."""
+    return uuid.uuid4().hex[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes: a file is either the old one or the new one, never half of one
+
+def atomic_write(path, write):
+    """Write a file through a temporary file in the same folder: write(f), flush, fsync, rename.
+
+    A crash at any point leaves either the old file or the new one, never a half-written one. A
+    symlinked `path` is written through to its target (not replaced by a file). The new file keeps
+    the mode of the one it replaces, or else gets the umask's default, as open() would give it. A
+    failure (a full disk: torch raises RuntimeError, Python OSError) is a UserError naming the file,
+    and the temporary file is removed.
+    """
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(target) + '.', suffix='.tmp', dir=folder)
+    except OSError as e:
+        raise UserError(f'{path}: could not be written ({e.strerror})') from None
+    try:
+        os.fchmod(fd, file_mode(target))
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, (OSError, RuntimeError)):
+            raise UserError(f'{path}: could not be written ({first_line(e)})') from None
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def file_mode(path):
+    """The permission bits for a new version of `path`: those of the file it replaces, or the
+    umask's default (mkstemp alone would give 0600 whatever the umask)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def atomic_torch_save(obj, path):
+    """torch.save through atomic_write."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text, path):
+    atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+
+
+def remove_stale_temporaries(paths):
+    """Remove the temporary files of atomic_write (`.<name>.<random>.tmp`) left beside these files by
+    a run that was killed while writing them. Only the holder of the run's lock may call this."""
+    for path in paths:
+        folder, name = os.path.split(os.path.realpath(path))
+        pattern = re.compile(re.escape('.' + name + '.') + r'[^.]+\.tmp')
+        for entry in os.listdir(folder):
+            if pattern.fullmatch(entry):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, entry))
+
+
+# ---------------------------------------------------------------------------------------------
+# The content digest: a flipped bit never loads as other weights
+
+def content_digest(obj):
+    """sha256 over the contents of a checkpoint (or corpus cache) dict, as 'sha256:<hex>'.
+
+    Walked in a fixed order (dict keys sorted), each value tagged with its type and length; a tensor
+    contributes its dtype, shape and bytes. A flipped bit in a stored tensor loads without any error
+    from torch, so read_checkpoint compares this with the digest stored at save time.
+    """
+    digest = hashlib.sha256()
+    _digest_into(digest, obj)
+    return 'sha256:' + digest.hexdigest()
+
+
+def _digest_into(digest, obj):
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        digest.update(f'tensor {t.dtype} {tuple(t.shape)}\0'.encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        digest.update(f'dict {len(obj)}\0'.encode())
+        for key in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+            _digest_into(digest, key)
+            _digest_into(digest, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f'{"tuple" if isinstance(obj, tuple) else "list"} {len(obj)}\0'.encode())
+        for item in obj:
+            _digest_into(digest, item)
+    elif isinstance(obj, str):
+        data = obj.encode('utf-8', 'surrogatepass')
+        digest.update(f'str {len(data)}\0'.encode() + data)
+    elif obj is None or isinstance(obj, (bool, int, float)):
+        digest.update(f'{type(obj).__name__} {obj!r}\0'.encode())
+    else:
+        raise TypeError(f'a {type(obj).__name__} has no place in a checkpoint')
+
+
+def with_digest(obj):
+    """The dict `obj` with its content digest added under 'digest'."""
+    return {**obj, 'digest': content_digest(obj)}
+
+
+def digest_matches(obj):
+    """Whether the dict `obj` holds a digest of the rest of its contents (with_digest's)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get('digest'), str):
+        return False
+    try:
+        return obj['digest'] == content_digest({k: v for k, v in obj.items() if k != 'digest'})
+    except TypeError:  # something no checkpoint holds
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: save, read (with every field checked), load as a model
+
+def save_checkpoint(path, model, criterion, optimizer, args, idx2word, **extra):
+    """A plain dict of tensors, numbers and strings: loadable with torch.load(weights_only=True).
+    `extra` holds what a resume state adds, and `run`, the id of the run that wrote it."""
+    atomic_torch_save(with_digest({
+        'format': CHECKPOINT_FORMAT,
+        'model_config': dict(model.config),
+        'model': model.state_dict(),
+        'criterion_config': {'hidden_size': criterion.hidden_size, 'splits': list(criterion.splits)},
+        'criterion': criterion.state_dict(),
+        'optimizer': optimizer.state_dict() if optimizer is not None else None,
+        'optimizer_name': optimizer_name(optimizer) if optimizer is not None else None,
+        'args': plain_args(args) if isinstance(args, argparse.Namespace) else dict(args),
+        'idx2word': list(idx2word),
+        **extra,
+    }), path)
+
+
+# The fields every checkpoint holds, and the types they must have.
+CHECKPOINT_FIELDS = {'model_config': dict, 'model': dict, 'criterion_config': dict, 'criterion': dict,
+                     'args': dict, 'idx2word': list, 'optimizer': (dict, type(None)),
+                     'optimizer_name': (str, type(None))}
+
+
+def read_checkpoint(path):
+    """The raw dict of a checkpoint, its tensors on the CPU, with a UserError for anything that is not
+    one of ours: unreadable, carrying pickled code, damaged (its digest does not match), or missing
+    fields a checkpoint has."""
+    if not path:
+        raise UserError('no checkpoint given (--save)')
+    if not os.path.isfile(path):
+        raise UserError(f'{path}: checkpoint not found')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        text = str(e)
+        if 'Weights only load failed' in text or 'Unsupported global' in text:
+            raise UserError(f'{path}: refused: the file needs pickled Python objects to load '
+                            '(not a plain-data checkpoint; it was not executed)') from None
+        raise UserError(f'{path}: not a readable checkpoint (truncated or not a torch file)') from None
+    if not isinstance(ckpt, dict) or ckpt.get('format') not in (CHECKPOINT_FORMAT, LEGACY_CHECKPOINT_FORMAT):
+        raise UserError(f'{path}: not a checkpoint written by this code')
+    if ckpt['format'] == CHECKPOINT_FORMAT and not digest_matches(ckpt):
+        raise UserError(f'{path}: damaged checkpoint: its contents do not match the digest stored in it'
+                        if 'digest' in ckpt else f'{path}: damaged checkpoint: its digest is missing')
+    check_fields(ckpt, path, CHECKPOINT_FIELDS, 'checkpoint')
+    for key in ('model', 'criterion'):
+        if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt[key].items()):
+            raise UserError(f'{path}: damaged checkpoint: {key!r} must map names to tensors')
+    if not all(isinstance(word, str) for word in ckpt['idx2word']):
+        raise UserError(f"{path}: damaged checkpoint: 'idx2word' must be a list of words")
+    return ckpt
+
+
+def check_fields(ckpt, path, fields, what):
+    """Each field of `fields` (name: type or tuple of types) is in `ckpt` with such a type; a bool
+    counts as a number only where bool is named."""
+    for key, kinds in fields.items():
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        if key not in ckpt:
+            raise UserError(f'{path}: damaged {what}: it has no {key!r} field')
+        value = ckpt[key]
+        if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+            raise UserError(f'{path}: damaged {what}: its {key!r} field holds a {type(value).__name__}')
+
+
+def load_checkpoint(path, map_location=None):
+    """Load a checkpoint of main.py / finetune.py.
+
+    Returns the checkpoint dict with `model` an RNNModel holding the saved weights, `criterion` the
+    SplitCrossEntropyLoss (both moved to `map_location`, a device, when given), `args` the training
+    arguments (a dict), `idx2word` the vocabulary, and `model_state` / `criterion_state` /
+    `optimizer` the raw state dicts (on the CPU).
+    """
+    ckpt = read_checkpoint(path)
+    try:
+        model = RNNModel(**ckpt['model_config'])
+        criterion = SplitCrossEntropyLoss(**ckpt['criterion_config'])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f'{path}: the model configuration stored in it cannot be built ({first_line(e)})') from None
+    try:
+        model.load_state_dict(ckpt['model'])
+        criterion.load_state_dict(ckpt['criterion'])
+    except RuntimeError as e:
+        raise UserError(f'{path}: weights do not fit the stored model configuration ({str(e).splitlines()[0]})') from None
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        model.to(map_location)
+        criterion.to(map_location)
+    ckpt['model_state'], ckpt['criterion_state'] = ckpt['model'], ckpt['criterion']
+    ckpt['model'], ckpt['criterion'] = model, criterion
+    return ckpt
+
+
+def check_vocabulary(ckpt_idx2word, corpus, path, data):
+    """A checkpoint only makes sense with the corpus it was trained on: same words, same ids."""
+    idx2word = corpus.dictionary.idx2word
+    if list(ckpt_idx2word) != idx2word:
+        raise UserError(f'{path}: checkpoint vocabulary ({len(ckpt_idx2word)} words) does not match '
+                        f'{data} ({len(idx2word)} words); was it trained on another corpus?')
+
+
+def load_weights(model, criterion, ckpt, path):
+    """Load saved weights into a model built from the flags; a mismatch is the user's to fix."""
+    try:
+        model.load_state_dict(ckpt['model'])
+        criterion.load_state_dict(ckpt['criterion'])
+    except RuntimeError as e:
+        saved = ckpt.get('model_config', {})
+        raise UserError(f'{path}: checkpoint does not fit the model the flags describe '
+                        f'(it was saved with {saved}): {str(e).splitlines()[0]}') from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume state: everything needed to continue a run exactly
+
+def state_path(save):
+    return save + '.state'
+
+
+def save_of_state(path):
+    """The checkpoint a resume state belongs to: `--resume X.state` continues the run saving to X."""
+    return path[:-len('.state')] if path.endswith('.state') else path
+
+
+def same_file(a, b):
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
+def find_resume_state(resume):
+    """The resume-state file that --resume names (directly, or beside the checkpoint), else None."""
+    if resume.endswith('.state') and os.path.isfile(resume):
+        return resume
+    return state_path(resume) if os.path.isfile(state_path(resume)) else None
+
+
+def rng_state(rng, device):
+    """Every random state a run depends on, as tensors and numbers (weights_only-loadable)."""
+    name, keys, pos, has_gauss, cached = rng.get_state()
+    state = {'torch': torch.get_rng_state(),
+             'numpy': {'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
+                       'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)}}
+    if device.type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
+    return state
+
+
+# The fields of a resume state beyond a checkpoint's, and the types they must have.
+STATE_FIELDS = {'epoch': int, 'history': list, 'best_val_loss': (int, float), 'optimizer': dict,
+                'optimizer_name': str, 'rng': dict}
+
+
+def check_state(state, path, script):
+    """A resume state of `script` ('main' or 'finetune') with the fields it needs. States written
+    before they named their script are told apart by finetune.py's `done`."""
+    kind = state.get('script', 'finetune' if 'done' in state else 'main')
+    if kind != script:
+        raise UserError(f'{path}: a resume state of {kind}.py, not of {script}.py: continue it with '
+                        f'{kind}.py --resume')
+    check_fields(state, path, {**STATE_FIELDS, **({'done': bool} if script == 'finetune' else {})}, 'resume state')
+    if not all(isinstance(v, (int, float)) for v in state['history']):
+        raise UserError(f"{path}: damaged resume state: its 'history' must hold validation losses")
+
+
+def read_state(path, script):
+    """The raw dict of a resume state of `script`, checked as read_checkpoint and check_state do."""
+    state = read_checkpoint(path)
+    check_state(state, path, script)
+    return state
+
+
+def restore_training_state(optimizer, rng, device, state, path):
+    """Put the optimizer (with ASGD's averages) and every random state back as `state` saved them."""
+    try:
+        optimizer.load_state_dict(state['optimizer'])
+        restore_rng_state(state['rng'], rng, device)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        raise UserError(f'{path}: damaged resume state: its optimizer or random state cannot be restored '
+                        f'({first_line(e)})') from None
+
+
+def restore_rng_state(state, rng, device):
+    torch.set_rng_state(state['torch'])
+    n = state['numpy']
+    rng.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached_gaussian']))
+    if device.type == 'cuda' and 'cuda' in state:
+        torch.cuda.set_rng_state(state['cuda'], device)

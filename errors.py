@@ -1,0 +1,17 @@
+"""The error every script reports as one line: UserError (bad flags, data or checkpoint), and
+first_line, which shortens an exception's message for such a line.
+
+It lives alone, below everything, because checkpoint.py, data.py, training.py and cli.py all raise it
+and cli.py imports the first three: defined in any of them it would need an import back. It must stay
+a leaf: no project imports, nothing but what an error message needs.
+"""
+
+
+class UserError(Exception):
+    """Bad input (flags, data, checkpoint): reported as one line on stderr, exit status 2."""
+
+
+def first_line(error):
+    """The first line of an exception's message (torch's can run to many lines)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

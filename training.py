@@ -1,0 +1,177 @@
+"""Training and evaluation, the paper's sections 3 and 4 in code: the training step (variable-length
+BPTT with the lr scaled by seq_len / bptt, cross-entropy plus AR and TAR, gradient clipping), the
+epoch loop, the evaluation pass, NT-ASGD (the non-monotone switch rule, the optimizers, evaluating
+with ASGD's averaged weights) and perplexity.
+
+Pure computation on models, tensors and optimizers: no argument parsing, no files, no printing
+beyond the `log` a caller hands in. Checkpoints go to checkpoint.py, command-line plumbing to cli.py.
+"""
+import contextlib
+import math
+import time
+
+import torch
+
+from batching import get_batch, repackage_hidden
+from errors import UserError
+
+
+def sample_seq_len(rng, bptt, cap=None):
+    """Variable-length BPTT (paper section 4.1): N(bptt, 5), bptt halved with probability 0.05."""
+    base = bptt if rng.random() < 0.95 else bptt / 2.
+    seq_len = max(5, int(rng.normal(base, 5)))
+    return seq_len if cap is None else min(seq_len, cap)
+
+
+class NonFiniteLoss(UserError):
+    """The training loss became inf or NaN; the message names the epoch and batch."""
+
+
+def train_step(model, criterion, optimizer, params, data, targets, hidden, args, seq_len,
+               autocast=None, clip_foreach=None, forward=None):
+    """One optimisation step of train_epoch on one batch; returns (detached raw loss, new hidden).
+
+    The learning rate is scaled by seq_len / bptt for this step and restored after it; the loss is
+    cross-entropy plus AR and TAR; gradients are clipped to args.clip. benchmark.py times this same
+    step. `autocast` (a context manager factory, e.g. a bf16 torch.autocast) wraps the forward pass
+    and the loss, and `clip_foreach` is passed to clip_grad_norm_; training leaves both at None.
+    `forward` (distributed.py: the DDP wrapper) runs the model's forward when given.
+    """
+    base_lr = optimizer.param_groups[0]['lr']
+    optimizer.param_groups[0]['lr'] = base_lr * seq_len / args.bptt
+    hidden = repackage_hidden(hidden)
+    optimizer.zero_grad()
+
+    with (autocast() if autocast is not None else contextlib.nullcontext()):
+        output, hidden, raw_outputs, dropped_outputs = (forward or model)(data, hidden, return_h=True)  # [distributed]
+        raw_loss = criterion(model.decoder.weight, model.decoder.bias, output, targets)
+        loss = raw_loss
+        if args.alpha:  # AR: penalise large activations of the (dropped) last layer output
+            loss = loss + args.alpha * dropped_outputs[-1].pow(2).mean()
+        if args.beta:  # TAR: penalise change between timesteps of the raw last layer output
+            loss = loss + args.beta * (raw_outputs[-1][1:] - raw_outputs[-1][:-1]).pow(2).mean()
+    loss.backward()
+    if args.clip:
+        torch.nn.utils.clip_grad_norm_(params, args.clip, foreach=clip_foreach)
+    optimizer.step()
+    optimizer.param_groups[0]['lr'] = base_lr
+    return raw_loss.detach(), hidden
+
+
+def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
+                seq_len_cap=None, log=print, progress=None, forward=None):
+    """One pass over the training stream with truncated BPTT; returns the mean raw training loss.
+
+    Each step: a sampled sequence length, the learning rate scaled by seq_len / bptt (so short
+    sequences do not get the weight of long ones, section 4.1), cross-entropy plus AR and TAR
+    (section 4.6), gradient clipping, an optimizer step. Losses stay on the device between log
+    lines, so the loop never waits for the GPU except to print.
+    """
+    model.train()
+    model.reset()
+    hidden = model.init_hidden(train_data.size(1))  # [distributed] this rank's columns (all of them: --batch_size)
+    device = train_data.device
+    epoch_loss = torch.zeros((), device=device)
+    interval_loss = torch.zeros((), device=device)
+    first_bad_batch = torch.full((), -1, dtype=torch.long, device=device)
+    start_time = time.time()
+    batch, i = 0, 0
+    num_batches = len(train_data) // args.bptt
+
+    def check_finite():
+        bad = int(first_bad_batch)
+        if bad >= 0:
+            raise NonFiniteLoss(f'training loss became non-finite at epoch {epoch}, batch {bad}; '
+                                'try a lower --lr or --clip')
+
+    while i < train_data.size(0) - 1 - 1:
+        seq_len = sample_seq_len(rng, args.bptt, seq_len_cap)
+        base_lr = optimizer.param_groups[0]['lr']
+        data, targets = get_batch(train_data, i, seq_len=seq_len)
+        raw_loss, hidden = train_step(model, criterion, optimizer, params, data, targets, hidden, args, seq_len,
+                                      forward=forward)  # [distributed]
+        first_bad_batch = torch.where((first_bad_batch < 0) & ~torch.isfinite(raw_loss),
+                                      batch + 1, first_bad_batch)
+        interval_loss += raw_loss
+        epoch_loss += raw_loss
+        batch += 1
+        i += seq_len
+        if progress is not None:
+            progress.update(1)
+        if batch % args.log_interval == 0:
+            check_finite()
+            cur_loss = interval_loss.item() / args.log_interval
+            elapsed = time.time() - start_time
+            log(f'| epoch {epoch:3d} | {batch:5d}/{num_batches:5d} batches | lr {base_lr:05.5f} '
+                f'| ms/batch {elapsed * 1000 / args.log_interval:5.2f} | loss {cur_loss:5.2f} '
+                f'| ppl {perplexity(cur_loss):8.2f} | bpc {cur_loss / math.log(2):8.3f}')
+            interval_loss.zero_()
+            start_time = time.time()
+    check_finite()
+    return epoch_loss.item() / max(batch, 1)
+
+
+def evaluate(model, criterion, data_source, batch_size, bptt):
+    """Mean loss per token over a batchified split, hidden state carried across bptt-long chunks.
+
+    As in the original, the sum of (chunk length x mean chunk loss) is divided by len(data_source).
+    """
+    model.eval()
+    model.reset()
+    total_loss = 0.
+    hidden = model.init_hidden(batch_size)
+    with torch.no_grad():
+        for i in range(0, data_source.size(0) - 1, bptt):
+            data, targets = get_batch(data_source, i, seq_len=bptt)
+            output, hidden = model(data, hidden)
+            total_loss += len(data) * criterion(model.decoder.weight, model.decoder.bias, output, targets)
+    return float(total_loss) / len(data_source)
+
+
+# ---------------------------------------------------------------------------------------------
+# NT-ASGD (paper section 3)
+
+def nonmono_triggered(history, val_loss, nonmono):
+    """NT-ASGD's switch (paper section 3, algorithm 1): the validation loss is worse than the best
+    one seen more than `nonmono` evaluations ago."""
+    return len(history) > nonmono and val_loss > min(history[:len(history) - nonmono])
+
+
+def is_asgd(optimizer):
+    return isinstance(optimizer, torch.optim.ASGD)
+
+
+@contextlib.contextmanager
+def averaged_weights(optimizer, params):
+    """Temporarily replace each parameter by its ASGD running average (the optimizer's `ax`)."""
+    saved = []
+    with torch.no_grad():
+        for p in params:
+            state = optimizer.state.get(p, {})
+            if 'ax' in state:
+                saved.append((p, p.detach().clone()))
+                p.copy_(state['ax'])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, raw in saved:
+                p.copy_(raw)
+
+
+def make_optimizer(name, params, lr, wdecay):
+    if name == 'sgd':
+        return torch.optim.SGD(params, lr=lr, weight_decay=wdecay)
+    if name == 'adam':
+        return torch.optim.Adam(params, lr=lr, weight_decay=wdecay)
+    if name == 'asgd':  # t0=0, lambd=0: average from the first step on, no lr decay (section 3)
+        return torch.optim.ASGD(params, lr=lr, t0=0, lambd=0., weight_decay=wdecay)
+    raise UserError(f'unknown optimizer {name!r}')
+
+
+def optimizer_name(optimizer):
+    return {torch.optim.SGD: 'sgd', torch.optim.Adam: 'adam', torch.optim.ASGD: 'asgd'}[type(optimizer)]
+
+
+def perplexity(loss):
+    return math.exp(loss) if loss < 700 else float('inf')
