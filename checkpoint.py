@@ -249,6 +249,7 @@ def load_checkpoint(path, map_location=None):
     try:
         model = RNNModel(**ckpt['model_config'])
         criterion = SplitCrossEntropyLoss(**ckpt['criterion_config'])
+        ckpt['model_config'] = dict(model.config)  # with what a checkpoint from before a field defaults to
     except (TypeError, ValueError, RuntimeError) as e:
         raise UserError(f'{path}: the model configuration stored in it cannot be built ({first_line(e)})') from None
     try:

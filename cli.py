@@ -66,6 +66,10 @@ def add_model_args(parser):
     g.add_argument('--emsize', type=int, default=400, help='size of word embeddings')
     g.add_argument('--nhid', type=int, default=1150, help='number of hidden units per layer')
     g.add_argument('--nlayers', type=int, default=3, help='number of layers')
+    g.add_argument('--release', type=int, choices=(2017, 2018), default=2018,
+                   help="which release of the original code to compute as: 2018 (1d466ec, default) or 2017 "
+                        "(acb04a5, the 2017 README's figures: its locked-dropout mask, numpy seeded with 331, "
+                        "the full softmax for any vocabulary; LSTM only). README: 'The two releases'")
     return g
 
 
@@ -147,6 +151,9 @@ def check_args(args):
                 require(holds(test, value), f'{flag_name(name)} must be {expected}, got {value!r}')
     if hasattr(args, 'model'):
         require(args.model in ('LSTM', 'QRNN', 'GRU'), f'--model must be LSTM, QRNN or GRU, got {args.model!r}')
+    if getattr(args, 'release', None) == 2017:
+        require(getattr(args, 'model', None) in (None, 'LSTM'),
+                f'--release 2017 builds LSTMs only (the first release had no {args.model}); use --release 2018')
     if hasattr(args, 'optimizer'):
         require(args.optimizer in ('sgd', 'adam'), f'--optimizer must be sgd or adam, got {args.optimizer!r}')
     if hasattr(args, 'when'):
@@ -209,20 +216,22 @@ def load_data(args, batch_sizes, device, log=print):
 # ---------------------------------------------------------------------------------------------
 # What a run prints and logs
 
-def report_line(kind, loss):
-    """`<kind> loss x | <kind> ppl y | <kind> bpc z`, the figures every log line ends with."""
-    return f'{kind} loss {loss:5.2f} | {kind} ppl {perplexity(loss):8.2f} | {kind} bpc {loss / math.log(2):8.3f}'
+def report_line(kind, loss, release=2018):
+    """`<kind> loss x | <kind> ppl y | <kind> bpc z`, the figures every log line ends with (the 2017
+    release of the original printed no bpc)."""
+    line = f'{kind} loss {loss:5.2f} | {kind} ppl {perplexity(loss):8.2f}'
+    return line if release == 2017 else f'{line} | {kind} bpc {loss / math.log(2):8.3f}'
 
 
 def loss_record(kind, loss):
     return {f'{kind}_loss': loss, f'{kind}_ppl': perplexity(loss), f'{kind}_bpc': loss / math.log(2)}
 
 
-def report_epoch(epoch, epoch_start_time, val_loss):
+def report_epoch(epoch, epoch_start_time, val_loss, release=2018):
     """The end-of-epoch block main.py prints: time and valid loss / ppl / bpc between rules."""
     print('-' * 89)
     print(f'| end of epoch {epoch:3d} | time: {time.time() - epoch_start_time:5.2f}s | '
-          f'{report_line("valid", val_loss)}')
+          f'{report_line("valid", val_loss, release)}')
     print('-' * 89)
 
 
@@ -451,7 +460,7 @@ def evaluate_best_on_test(path, model, criterion, test_data, bptt, run=None):
     criterion.load_state_dict(best['criterion'])
     test_loss = evaluate(model, criterion, test_data, 1, bptt)
     print('=' * 89)
-    print(f'| End of training | {report_line("test", test_loss)}')
+    print(f'| End of training | {report_line("test", test_loss, model.release)}')
     print('=' * 89)
     return test_loss
 

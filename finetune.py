@@ -28,8 +28,11 @@ import cli
 import distributed
 import errors
 import training
+from model import RNNModel
 
-MODEL_FLAGS = ('model', 'emsize', 'nhid', 'nlayers')
+MODEL_FLAGS = ('model', 'emsize', 'nhid', 'nlayers', 'release')
+# The original finetune.py's model flags, where none was given (see construction_draws).
+ORIGINAL_MODEL_DEFAULTS = dict(model='LSTM', emsize=400, nhid=1150, nlayers=3)
 DROPOUT_FLAGS = ('dropout', 'dropouth', 'dropouti', 'dropoute', 'wdrop')
 # Every version of the original finetune.py seeded numpy (the sequence lengths) with 331, not --seed.
 NUMPY_SEED = 331
@@ -82,6 +85,18 @@ def parse_args(argv=None):
     return args
 
 
+def construction_draws(given, ntokens, release):
+    """Make the random draws the original finetune.py made before training.
+
+    It built a fresh model from the flags (its defaults where none was given) and then loaded the
+    checkpoint over it; building it advanced torch's generator, which then draws every dropout mask.
+    Building (and dropping) a model of the same sizes makes the same draws, so the masks are its own.
+    """
+    sizes = {flag: given.get(flag) or default for flag, default in ORIGINAL_MODEL_DEFAULTS.items()}
+    rnn_type = 'LSTM' if release == 2017 else sizes['model']  # the first release built LSTMs whatever --model said
+    RNNModel(rnn_type, ntokens, sizes['emsize'], sizes['nhid'], sizes['nlayers'], tie_weights=True)
+
+
 def find_state(args):
     """The resume-state file --resume designates (the file itself, or the one beside an output path)."""
     named = args.resume or args.out
@@ -117,6 +132,7 @@ def finetune(args, dist):
         cli.check_resumed_args(args, state_file)
         if ignored:
             print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')
+    given_sizes = {flag: getattr(args, flag) for flag in ORIGINAL_MODEL_DEFAULTS}  # before the checkpoint's replace them
     cli.note_model_flags(args, ckpt['model_config'], MODEL_FLAGS + DROPOUT_FLAGS)
     print('Args:', args)
 
@@ -126,6 +142,7 @@ def finetune(args, dist):
     train_data = dist.shard(train_data)  # [distributed] this rank's columns of the batch
     checkpoint.check_vocabulary(ckpt['idx2word'], corpus, source, args.data)
     model, criterion = ckpt['model'], ckpt['criterion']
+    construction_draws(given_sizes, len(corpus.dictionary), model.release)
     params = list(model.parameters()) + list(criterion.parameters())
     print('Model total parameters:', sum(p.numel() for p in params))
 
@@ -159,7 +176,7 @@ def finetune(args, dist):
         # The bar to beat is the loaded model itself: the output only ever holds the best model seen.
         best_val_loss = training.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
         best_val_loss = dist.shared(best_val_loss)  # [distributed] rank 0's result, on every rank
-        print(f'| before fine-tuning | {cli.report_line("valid", best_val_loss)}')
+        print(f'| before fine-tuning | {cli.report_line("valid", best_val_loss, model.release)}')
         log.write(epoch=0, **cli.loss_record('valid', best_val_loss))
         if args.out != args.save:
             save_model(args.out)
@@ -183,7 +200,7 @@ def finetune(args, dist):
             with training.averaged_weights(optimizer, params):
                 val_loss = training.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
                 val_loss = dist.shared(val_loss)  # [distributed] rank 0's result, on every rank
-                cli.report_epoch(epoch, epoch_start_time, val_loss)
+                cli.report_epoch(epoch, epoch_start_time, val_loss, model.release)
                 if val_loss < best_val_loss:
                     save_model(args.out)
                     print('Saving Averaged!')

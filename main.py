@@ -18,6 +18,8 @@ import training
 from model import RNNModel
 from splitcross import SplitCrossEntropyLoss, splits_for_vocab
 
+FIRST_RELEASE_NUMPY_SEED = 331
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='AWD-LSTM language model training (NT-ASGD)')
@@ -77,7 +79,8 @@ def train(args, dist):
                      and checkpoint.same_file(resume_state_file, checkpoint.state_path(args.save)))
     print('Args:', args)
 
-    rng = cli.set_seed(args.seed)
+    # The first release seeded numpy (the sequence lengths) with 331 whatever --seed said.
+    rng = cli.set_seed(args.seed, numpy_seed=FIRST_RELEASE_NUMPY_SEED if args.release == 2017 else None)
     device = cli.choose_device(args)
     eval_batch_size = 10  # valid in 10 columns, test in 1, as the original
     corpus, train_data, val_data, test_data = cli.load_data(args, (args.batch_size, eval_batch_size, 1), device)
@@ -85,8 +88,10 @@ def train(args, dist):
     ntokens = len(corpus.dictionary)
 
     model = RNNModel(args.model, ntokens, args.emsize, args.nhid, args.nlayers, args.dropout, args.dropouth,
-                     args.dropouti, args.dropoute, args.wdrop, tie_weights=True)
-    splits = splits_for_vocab(ntokens)
+                     args.dropouti, args.dropoute, args.wdrop, tie_weights=True, release=args.release)
+    # The first release had a plain decoder and cross-entropy over the whole vocabulary, whatever its size:
+    # SplitCrossEntropyLoss without splits computes exactly that (the same operations, bit for bit).
+    splits = splits_for_vocab(ntokens) if args.release == 2018 else []
     print('Using', splits)
     criterion = SplitCrossEntropyLoss(args.emsize, splits=splits, verbose=False)
 
@@ -149,7 +154,7 @@ def train(args, dist):
                 with training.averaged_weights(optimizer, params):
                     val_loss = training.evaluate(model, criterion, val_data, eval_batch_size, args.bptt)
                     val_loss = dist.shared(val_loss)  # [distributed] rank 0's result, on every rank
-                    cli.report_epoch(epoch, epoch_start_time, val_loss)
+                    cli.report_epoch(epoch, epoch_start_time, val_loss, args.release)
                     if val_loss < best_val_loss:
                         save_model(args.save)
                         print('Saving Averaged!')
@@ -157,7 +162,7 @@ def train(args, dist):
             else:
                 val_loss = training.evaluate(model, criterion, val_data, eval_batch_size, args.bptt)
                 val_loss = dist.shared(val_loss)  # [distributed] rank 0's result, on every rank
-                cli.report_epoch(epoch, epoch_start_time, val_loss)
+                cli.report_epoch(epoch, epoch_start_time, val_loss, args.release)
                 if val_loss < best_val_loss:
                     save_model(args.save)
                     print('Saving model (new best validation)')

@@ -3,6 +3,11 @@
 embedding -> embedding dropout -> locked dropout -> [weight-dropped RNN -> locked dropout] x nlayers.
 The model returns the last layer's (dropped) output; the decoder's weight and bias are applied by
 the loss (splitcross.py), which is how the adaptive softmax avoids a full vocabulary projection.
+
+`release` picks which code's computation the model follows: 2018 (the default: the original's
+1d466ec, the code the paper's final numbers and the 2018 README come from) or 2017 (its first release,
+acb04a5, whose figures the 2017 README quotes). The model differs only in the locked-dropout mask
+(locked_dropout.py); the first release built LSTMs only.
 """
 import torch.nn as nn
 
@@ -13,16 +18,21 @@ from weight_drop import WeightDrop
 
 class RNNModel(nn.Module):
     def __init__(self, rnn_type, ntoken, ninp, nhid, nlayers, dropout=0.5, dropouth=0.5, dropouti=0.5,
-                 dropoute=0.1, wdrop=0, tie_weights=False):
+                 dropoute=0.1, wdrop=0, tie_weights=False, release=2018):
         super().__init__()
         if rnn_type not in ('LSTM', 'QRNN', 'GRU'):
             raise ValueError(f"rnn_type must be 'LSTM', 'QRNN' or 'GRU', got {rnn_type!r}")
+        if release not in (2017, 2018):
+            raise ValueError(f'release must be 2017 or 2018, got {release!r}')
+        if release == 2017 and rnn_type != 'LSTM':
+            raise ValueError(f'the 2017 release builds LSTMs only, not {rnn_type}')
         self.rnn_type = rnn_type
+        self.release = release
         self.ninp, self.nhid, self.nlayers = ninp, nhid, nlayers
         self.dropout, self.dropouti, self.dropouth, self.dropoute = dropout, dropouti, dropouth, dropoute
         self.wdrop = wdrop
         self.tie_weights = tie_weights
-        self.lockdrop = LockedDropout()
+        self.lockdrop = LockedDropout(shared_over='time' if release == 2018 else 'batch')
         self.encoder = nn.Embedding(ntoken, ninp)
         # With tied weights the last layer outputs ninp units so the decoder can share the embedding
         # (section 4.4: weight tying; section 5: last layer sized to the embedding).
@@ -43,7 +53,7 @@ class RNNModel(nn.Module):
         return dict(rnn_type=self.rnn_type, ntoken=self.encoder.num_embeddings, ninp=self.ninp,
                     nhid=self.nhid, nlayers=self.nlayers, dropout=self.dropout, dropouth=self.dropouth,
                     dropouti=self.dropouti, dropoute=self.dropoute, wdrop=self.wdrop,
-                    tie_weights=self.tie_weights)
+                    tie_weights=self.tie_weights, release=self.release)
 
     def set_dropouts(self, dropout, dropouth, dropouti, dropoute, wdrop):
         """Change the dropout rates of a built model (--resume takes them from the flags)."""
@@ -66,6 +76,8 @@ class RNNModel(nn.Module):
             if wdrop:
                 layer.linear = WeightDrop(layer.linear, ['weight'], dropout=wdrop)
             return layer
+        # The first release passed dropout=dropouth here; torch applies that dropout between stacked
+        # layers only, so on a one-layer LSTM it does nothing (README: "The two releases").
         layer = (nn.LSTM if rnn_type == 'LSTM' else nn.GRU)(input_size, hidden_size, 1, dropout=0)
         return WeightDrop(layer, ['weight_hh_l0'], dropout=wdrop) if wdrop else layer
 

@@ -94,21 +94,33 @@ def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rn
                                       batch + 1, first_bad_batch)
         interval_loss += raw_loss
         epoch_loss += raw_loss
-        batch += 1
-        i += seq_len
         if progress is not None:
             progress.update(1)
-        if batch % args.log_interval == 0:
+        # The original's log lines, so that logs diff clean against its own: batches counted from 0, a
+        # line after each positive multiple of log_interval; the first line thus sums log_interval + 1
+        # losses, and every line divides by log_interval.
+        if batch % args.log_interval == 0 and batch > 0:
             check_finite()
             cur_loss = interval_loss.item() / args.log_interval
             elapsed = time.time() - start_time
-            log(f'| epoch {epoch:3d} | {batch:5d}/{num_batches:5d} batches | lr {base_lr:05.5f} '
-                f'| ms/batch {elapsed * 1000 / args.log_interval:5.2f} | loss {cur_loss:5.2f} '
-                f'| ppl {perplexity(cur_loss):8.2f} | bpc {cur_loss / math.log(2):8.3f}')
+            log(interval_line(model.release, epoch, batch, num_batches, base_lr,
+                              elapsed * 1000 / args.log_interval, cur_loss))
             interval_loss.zero_()
             start_time = time.time()
+        batch += 1
+        i += seq_len
     check_finite()
     return epoch_loss.item() / max(batch, 1)
+
+
+def interval_line(release, epoch, batch, num_batches, lr, ms_per_batch, loss):
+    """A training log line as each release of the original printed it (2017: lr to 2 places, no bpc)."""
+    if release == 2017:
+        return (f'| epoch {epoch:3d} | {batch:5d}/{num_batches:5d} batches | lr {lr:02.2f} '
+                f'| ms/batch {ms_per_batch:5.2f} | loss {loss:5.2f} | ppl {perplexity(loss):8.2f}')
+    return (f'| epoch {epoch:3d} | {batch:5d}/{num_batches:5d} batches | lr {lr:05.5f} '
+            f'| ms/batch {ms_per_batch:5.2f} | loss {loss:5.2f} | ppl {perplexity(loss):8.2f} '
+            f'| bpc {loss / math.log(2):8.3f}')
 
 
 def evaluate(model, criterion, data_source, batch_size, bptt):

@@ -106,3 +106,23 @@ def test_no_weight_drop_means_plain_rnns():
     assert all(isinstance(r, torch.nn.LSTM) for r in model.rnns)
     out, _ = model(torch.randint(0, 20, (3, 2)), model.init_hidden(2))
     assert out.shape == (6, 4)
+
+
+def test_release_is_part_of_the_config_and_old_configs_load_as_2018():
+    import pytest
+    model = RNNModel('LSTM', 20, 6, 8, 2, tie_weights=True, release=2017)
+    assert model.config['release'] == 2017 and model.lockdrop.shared_over == 'batch'
+    old_config = {k: v for k, v in model.config.items() if k != 'release'}  # a checkpoint from before
+    assert RNNModel(**old_config).release == 2018
+    assert RNNModel(**old_config).lockdrop.shared_over == 'time'
+    with pytest.raises(ValueError, match='LSTMs only'):
+        RNNModel('GRU', 20, 6, 8, 2, release=2017)
+
+
+def test_releases_build_the_same_initial_weights():
+    # The first release constructed its layers in the same order and sizes: the same seed, the same weights.
+    torch.manual_seed(4)
+    a = RNNModel('LSTM', 20, 6, 8, 3, wdrop=0.5, tie_weights=True, release=2017).state_dict()
+    torch.manual_seed(4)
+    b = RNNModel('LSTM', 20, 6, 8, 3, wdrop=0.5, tie_weights=True).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -1,13 +1,15 @@
-"""main.py against the original 2018 code (salesforce/awd-lstm-lm at 1d466ec), bit for bit on the CPU.
+"""main.py and finetune.py against the original code, bit for bit on the CPU.
 
-The original is run beside this code as a test oracle: same flags, same seed, same corpus. Required:
-the same printed end-of-epoch and test figures, and every tensor of the best checkpoint equal
-(`torch.equal`). The original is looked for in $AWD_LSTM_ORIGINAL, then in ../shared/original/awd-lstm-lm
-beside the repository; the test is skipped when neither exists. It is copied to a temporary folder and
-given, in code, the smallest fixes that let it run on torch 2.x on the CPU (ORIGINAL_FIXES below).
+Two oracles: the 2018 code (salesforce/awd-lstm-lm at 1d466ec) for the default `--release 2018`, and the
+first release (acb04a5, August 2017) for `--release 2017`. Each is run beside this code: same flags, same
+seed, same corpus. Required: the same printed training-interval, end-of-epoch and test lines (timings left
+out) and every tensor of the best checkpoint equal (`torch.equal`). The originals are looked for in
+$AWD_LSTM_ORIGINAL (2018) and $AWD_LSTM_ORIGINAL_2017, then in ../shared/original/ beside the repository;
+a test is skipped when its oracle is absent. Each is copied to a temporary folder and given, in code, the
+smallest fixes that let it run on torch 2.x on the CPU (ORIGINAL_FIXES, FIRST_RELEASE_FIXES below).
 
 Where this code deliberately differs from the original (README, "Where this code differs"), the cases
-stay clear of it: the last vocabulary word never appears in the training input (the original's
+stay clear of it: the last vocabulary word never appears in the training input (the originals'
 padding_idx=-1 froze that word's input embedding), and the split-softmax case has no empty tail.
 """
 import os
@@ -21,8 +23,20 @@ import torch
 
 from conftest import REPO, write_corpus
 
-ORIGINAL = os.environ.get('AWD_LSTM_ORIGINAL') or os.path.join(os.path.dirname(REPO), 'shared', 'original',
-                                                                'awd-lstm-lm')
+SHARED_ORIGINALS = os.path.join(os.path.dirname(REPO), 'shared', 'original')
+ORIGINAL = os.environ.get('AWD_LSTM_ORIGINAL') or os.path.join(SHARED_ORIGINALS, 'awd-lstm-lm')
+FIRST_RELEASE = os.environ.get('AWD_LSTM_ORIGINAL_2017') or os.path.join(SHARED_ORIGINALS, 'awd-lstm-lm-2017')
+
+# The eval-mode weight of WeightDrop, in both releases: F.dropout(training=False) hands back the raw
+# Parameter itself; setattr of a Parameter registers it in the LSTM, and torch >= 1.0 then refuses the
+# plain tensor of the next training step for that name. Assign a detached tensor instead: the same
+# values, no registration.
+WEIGHT_DROP_EVAL_FIX = (
+    'weight_drop.py',
+    'w = torch.nn.functional.dropout(raw_w, p=self.dropout, training=self.training)',
+    'w = torch.nn.functional.dropout(raw_w, p=self.dropout, training=self.training)\n'
+    '                if not self.training: w = w.detach()',
+    'eval-mode weight is the raw Parameter')
 
 # (file, text in the original, replacement, why). Each must match exactly once.
 ORIGINAL_FIXES = [
@@ -33,32 +47,56 @@ ORIGINAL_FIXES = [
      'its checkpoint is a pickled [model, criterion, optimizer]'),
     ('main.py', 'corpus = torch.load(fn)', 'corpus = torch.load(fn, weights_only=False)',
      'its corpus cache is a pickled Corpus'),
-    # In eval mode F.dropout(training=False) hands back the raw Parameter itself; setattr of a Parameter
-    # registers it in the LSTM, and torch >= 1.0 then refuses the plain tensor of the next training
-    # step for that name. Assign a detached tensor instead: the same values, no registration.
-    ('weight_drop.py',
-     'w = torch.nn.functional.dropout(raw_w, p=self.dropout, training=self.training)',
-     'w = torch.nn.functional.dropout(raw_w, p=self.dropout, training=self.training)\n'
-     '                if not self.training: w = w.detach()',
-     'eval-mode weight is the raw Parameter'),
+    WEIGHT_DROP_EVAL_FIX,
     # PyTorch 0.4 compared into uint8 and summed the masks as integers (the split index of each target);
     # on torch >= 1.2 they are bool, and bool + bool is a logical or.
     ('splitcross.py', 'partial_mask = targets >= self.splits[idx]',
      'partial_mask = (targets >= self.splits[idx]).long()', 'split index of each target'),
 ]
 
+# The first release was written for PyTorch 0.1.12 (Variables, 1-element tensors indexed with [0]).
+FIRST_RELEASE_FIXES = [
+    # A loss is a 0-dim tensor since PyTorch 0.4: it cannot be indexed; .item() reads the same number.
+    *[(script, 'total_loss[0] / len(data_source)', 'total_loss.item() / len(data_source)', '0-dim loss sum')
+      for script in ('main.py', 'finetune.py')],
+    *[(script, 'cur_loss = total_loss[0] / args.log_interval', 'cur_loss = total_loss.item() / args.log_interval',
+       '0-dim interval loss sum') for script in ('main.py', 'finetune.py')],
+    # The private embed._backend.Embedding is gone; F.embedding is the same lookup with the same arguments.
+    ('embed_regularize.py',
+     'X = embed._backend.Embedding(\n    padding_idx, embed.max_norm, embed.norm_type,\n'
+     '    embed.scale_grad_by_freq, embed.sparse\n  )(words, masked_embed_weight)',
+     'X = torch.nn.functional.embedding(words, masked_embed_weight,\n    padding_idx, embed.max_norm, '
+     'embed.norm_type,\n    embed.scale_grad_by_freq, embed.sparse\n  )',
+     'embed._backend.Embedding removed'),
+    # A Variable is a Tensor now, so `type(h) == Variable` is never true and the function would recurse
+    # into the tensor's rows; detach() is what Variable(h.data) did.
+    ('utils.py', '    if type(h) == Variable:\n        return Variable(h.data)',
+     '    if isinstance(h, torch.Tensor):\n        return h.detach()', 'Variable-based repackage_hidden'),
+    ('utils.py', 'from torch.autograd import Variable', 'import torch\nfrom torch.autograd import Variable',
+     'repackage_hidden needs torch'),
+    WEIGHT_DROP_EVAL_FIX,
+    # Its checkpoints are pickled models (see ORIGINAL_FIXES): main.py loads the best one for test,
+    # finetune.py loads main.py's and, at the end, its own best (two loads: the count says so).
+    ('main.py', 'model = torch.load(f)', 'model = torch.load(f, weights_only=False)', 'pickled model'),
+    ('finetune.py', 'model = torch.load(f)', 'model = torch.load(f, weights_only=False)', 'pickled model', 2),
+]
 
-def prepare_original(folder):
-    if not os.path.isfile(os.path.join(ORIGINAL, 'main.py')):
-        pytest.skip(f'the original awd-lstm-lm code is not at {ORIGINAL} (set AWD_LSTM_ORIGINAL to a checkout '
-                    'of salesforce/awd-lstm-lm)')
-    shutil.copytree(ORIGINAL, folder, ignore=shutil.ignore_patterns('.git', 'data'))
-    for name, old, new, why in ORIGINAL_FIXES:
+
+def prepare_original(folder, release=2018):
+    """A patched copy of the release's original code in `folder` (the test is skipped without it)."""
+    source, fixes = (ORIGINAL, ORIGINAL_FIXES) if release == 2018 else (FIRST_RELEASE, FIRST_RELEASE_FIXES)
+    if not os.path.isfile(os.path.join(source, 'main.py')):
+        variable = 'AWD_LSTM_ORIGINAL' if release == 2018 else 'AWD_LSTM_ORIGINAL_2017'
+        pytest.skip(f'the original awd-lstm-lm code ({release} release) is not at {source} (set {variable} '
+                    'to a checkout of salesforce/awd-lstm-lm at that release)')
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns('.git', 'data'))
+    for name, old, new, why, *count in fixes:
         path = os.path.join(folder, name)
         os.chmod(path, 0o644)
         with open(path) as f:
             text = f.read()
-        assert text.count(old) == 1, f'{name}: fix for "{why}" does not apply (is it the 1d466ec code?)'
+        expected = count[0] if count else 1
+        assert text.count(old) == expected, f'{name}: fix for "{why}" does not apply (is it the {release} code?)'
         with open(path, 'w') as f:
             f.write(text.replace(old, new))
     return folder
@@ -75,19 +113,22 @@ def run(cwd, script, argv):
     return proc.stdout
 
 
-FIGURES = re.compile(r'\| (?:end of epoch +(\d+) \|.*?\| )?(?:End of training \| )?'
-                     r'((?:valid|test) loss +\S+ \| (?:valid|test) ppl +\S+ \| (?:valid|test) bpc +\S+)')
+REPORT_LINE = re.compile(r'^\| (?:epoch +\d+ \| +\d+/ *\d+ batches|end of epoch|End of training) .*$', re.M)
+TIMING = re.compile(r' \| (?:ms/batch|time:) +[\d.]+s?')
 
 
 def printed_figures(stdout):
-    """The end-of-epoch valid figures and the final test figures, as printed (time left out)."""
-    return [(m.group(1), m.group(2)) for m in FIGURES.finditer(stdout)]
+    """Every training-interval, end-of-epoch and test line, as printed, with its timing left out."""
+    return [TIMING.sub('', line) for line in REPORT_LINE.findall(stdout)]
 
 
-# The original's checkpoint unpickles only beside its own modules: turn it into plain tensors there.
+# The originals' checkpoints unpickle only beside their own modules: turn them into plain tensors there.
+# The 2018 code saved [model, criterion, optimizer]; the first release the model alone (its loss had no
+# parameters).
 EXPORT_TENSORS = """
 import sys, torch
-model, criterion, _ = torch.load(sys.argv[1], weights_only=False)
+saved = torch.load(sys.argv[1], weights_only=False)
+model, criterion = (saved[0], saved[1]) if isinstance(saved, list) else (saved, torch.nn.Module())
 torch.save({'model': model.state_dict(), 'criterion': criterion.state_dict()}, sys.argv[2])
 """
 
@@ -107,18 +148,26 @@ def assert_same_checkpoints(original_folder, original_file, ours_file):
     assert not different, f'tensors that differ from the original: {different}'
 
 
-def compare(tmp_path, corpus, flags, expect_in_log=()):
-    original = prepare_original(str(tmp_path / 'original'))
-    flags = ['--data', corpus, *flags]
-    # The original's --cuda was store_false: passing it is how it runs on the CPU.
-    original_out = run(original, 'main.py', [*flags, '--cuda', '--save', str(tmp_path / 'original.pt')])
-    ours_out = run(REPO, 'main.py', [*flags, '--cpu', '--save', str(tmp_path / 'ours.pt')])
+def assert_same_figures(original_out, ours_out, expect_in_log=()):
     for text in expect_in_log:  # the case exercises what it is meant to
         assert text in original_out and text in ours_out, text
     expected = printed_figures(original_out)
-    assert expected and expected[-1][1].startswith('test'), original_out[-2000:]
+    assert expected and expected[-1].startswith('| End of training'), original_out[-2000:]
     assert printed_figures(ours_out) == expected
-    assert_same_checkpoints(original, str(tmp_path / 'original.pt'), str(tmp_path / 'ours.pt'))
+
+
+def compare(tmp_path, corpus, flags, expect_in_log=(), release=2018):
+    """main.py against the original of `release`; returns the two folders' checkpoints for more runs."""
+    original = prepare_original(str(tmp_path / 'original'), release)
+    flags = ['--data', corpus, *flags]
+    original_save, ours_save = str(tmp_path / 'original.pt'), str(tmp_path / 'ours.pt')
+    # The original's --cuda was store_false: passing it is how it runs on the CPU.
+    original_out = run(original, 'main.py', [*flags, '--cuda', '--save', original_save])
+    release_flag = ['--release', '2017'] if release == 2017 else []
+    ours_out = run(REPO, 'main.py', [*flags, *release_flag, '--cpu', '--save', ours_save])
+    assert_same_figures(original_out, ours_out, expect_in_log)
+    assert_same_checkpoints(original, original_save, ours_save)
+    return original, original_save, ours_save
 
 
 def corpus_with_unseen_last_word(folder, lines_per_split=(200, 40, 40), seed=0):
@@ -130,8 +179,9 @@ def corpus_with_unseen_last_word(folder, lines_per_split=(200, 40, 40), seed=0):
     return folder
 
 
+# --log-interval 7: several interval lines an epoch, so their batches, sums and divisor are compared too.
 TINY_MODEL = ['--emsize', '10', '--nhid', '16', '--nlayers', '3', '--batch_size', '4', '--bptt', '12',
-              '--log-interval', '1000']
+              '--log-interval', '7']
 
 
 def test_nt_asgd_switch_inside_the_run(tmp_path):
@@ -179,7 +229,30 @@ def large_vocabulary_corpus(folder, train_words=21000, total_words=76500):
 def test_split_softmax_with_dropouts_and_weight_decay(tmp_path):
     corpus = large_vocabulary_corpus(str(tmp_path / 'corpus'))
     compare(tmp_path, corpus, ['--emsize', '8', '--nhid', '12', '--nlayers', '2', '--batch_size', '8',
-                               '--bptt', '20', '--log-interval', '1000', '--epochs', '2', '--seed', '3',
+                               '--bptt', '20', '--log-interval', '5', '--epochs', '2', '--seed', '3',
                                '--dropout', '0.3', '--dropouth', '0.2', '--dropouti', '0.3', '--dropoute', '0.1',
                                '--wdrop', '0.4', '--wdecay', '1e-4'],
             expect_in_log=['Using [2800, 20000, 76000]'])
+
+
+# ---------------------------------------------------------------------------------------------
+# The first release (--release 2017) against acb04a5
+
+def test_first_release_main_across_the_asgd_switch(tmp_path):
+    corpus = corpus_with_unseen_last_word(str(tmp_path / 'corpus'))
+    compare(tmp_path, corpus, [*TINY_MODEL, '--epochs', '6', '--nonmono', '1', '--lr', '40', '--seed', '141',
+                               '--dropouti', '0.4', '--dropouth', '0.25'],
+            expect_in_log=['Switching', 'Saving Averaged!'], release=2017)
+
+
+def test_first_release_finetune_continues_its_checkpoint(tmp_path):
+    corpus = corpus_with_unseen_last_word(str(tmp_path / 'corpus'))
+    flags = [*TINY_MODEL, '--seed', '28', '--dropouti', '0.4', '--lr', '30']
+    original, original_save, ours_save = compare(tmp_path, corpus, [*flags, '--epochs', '2'], release=2017)
+    # finetune.py builds a model from the flags before loading the checkpoint, as the original did (the
+    # draws of that construction come before every dropout mask); the same flags for both.
+    flags = ['--data', corpus, *flags, '--epochs', '3', '--nonmono', '5']
+    original_out = run(original, 'finetune.py', [*flags, '--cuda', '--save', original_save])
+    ours_out = run(REPO, 'finetune.py', [*flags, '--cpu', '--save', ours_save])
+    assert_same_figures(original_out, ours_out, expect_in_log=['Saving Averaged!'])
+    assert_same_checkpoints(original, original_save, ours_save)

@@ -204,3 +204,42 @@ def test_averaged_weights_swap_and_restore():
     with training.averaged_weights(opt, [p]):
         assert torch.allclose(p, torch.full((3,), 4.0))
     assert torch.allclose(p, torch.full((3,), 6.0))
+
+
+def logged_interval_lines(monkeypatch, losses, log_interval, release=2018):
+    """train_epoch's log lines when the steps return `losses` in turn (the step itself replaced)."""
+    steps = iter(losses)
+
+    def fake_step(model, criterion, optimizer, params, data, targets, hidden, args, seq_len, forward=None):
+        return torch.tensor(next(steps)), hidden
+    monkeypatch.setattr(training, 'train_step', fake_step)
+    monkeypatch.setattr(training, 'sample_seq_len', lambda rng, bptt, cap=None: 5)
+    torch.manual_seed(0)
+    model = RNNModel('LSTM', NTOKENS, EMSIZE, NHID, 2, tie_weights=True, release=release)
+    criterion = SplitCrossEntropyLoss(EMSIZE, splits=[])
+    params = list(model.parameters())
+    train_data = torch.zeros(5 * len(losses) + 1, BATCH, dtype=torch.long)  # exactly len(losses) steps of 5
+    args = argparse.Namespace(bptt=5, log_interval=log_interval)
+    lines = []
+    training.train_epoch(model, criterion, torch.optim.SGD(params, lr=2.5), params, train_data, args, 1,
+                         np.random.RandomState(0), log=lines.append)
+    return lines
+
+
+def test_interval_lines_are_the_originals(monkeypatch):
+    # The original counts batches from 0 and prints after batch k * log_interval, k >= 1, having added that
+    # batch's loss: the first line sums batches 0..3 (four losses), the next 4..6, each divided by 3.
+    losses = [1., 2., 4., 8., 16., 32., 64., 128.]
+    lines = logged_interval_lines(monkeypatch, losses, log_interval=3)
+    assert len(lines) == 2
+    assert lines[0].startswith('| epoch   1 |     3/    8 batches | lr 2.50000 | ms/batch ')
+    assert lines[0].endswith(f'| loss {15 / 3:5.2f} | ppl {np.exp(5.0):8.2f} | bpc {5.0 / np.log(2):8.3f}')
+    assert lines[1].startswith('| epoch   1 |     6/    8 batches |')
+    assert f'| loss {112 / 3:5.2f} |' in lines[1]
+
+
+def test_first_release_interval_lines_have_its_format(monkeypatch):
+    lines = logged_interval_lines(monkeypatch, [0.5] * 5, log_interval=2, release=2017)
+    assert len(lines) == 2
+    assert lines[0].startswith('| epoch   1 |     2/    5 batches | lr 2.50 | ms/batch ')
+    assert lines[0].endswith(f'| loss {1.5 / 2:5.2f} | ppl {np.exp(0.75):8.2f}')
