@@ -108,7 +108,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONHASHSEED=
 
 def run(cwd, script, argv):
     proc = subprocess.run([sys.executable, script, *argv], cwd=cwd, env=ENV, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=1200)
     assert proc.returncode == 0, f'{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}'
     return proc.stdout
 
