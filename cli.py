@@ -111,15 +111,22 @@ def add_device_args(parser):
     parser.add_argument('--cpu', action='store_true', help='run on the CPU even when a GPU is present')
 
 
+# The largest float32: the optimizers turn --lr and --wdecay into float32 scalars, and a larger value
+# (1e39) passes a plain finiteness check, then fails inside the optimizer's first step.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+# Adam's first step is lr / (1 - beta1) = 10 x lr (its bias correction), so its lr must be 10 times smaller.
+ADAM_FIRST_STEP = 1 / (1 - 0.9)
+
 # Which values each numeric flag may take: (flags, test, what the message says).
 FLAG_RULES = [
     (('dropout', 'dropouth', 'dropouti', 'dropoute', 'wdrop'), lambda v: 0 <= v < 1, 'in [0, 1)'),
     (('emsize', 'nhid', 'nlayers', 'batch_size', 'bptt', 'epochs', 'log_interval'),
      lambda v: isinstance(v, int) and v > 0, 'a positive integer'),
-    (('lr',), lambda v: 0 < v < math.inf, 'positive and finite'),
+    (('lr',), lambda v: 0 < v <= FLOAT32_MAX, f'positive and finite in float32 (at most {FLOAT32_MAX:.4g})'),
     # A negative clip makes clip_grad_norm_ flip every gradient: training goes uphill.
     (('clip',), lambda v: v >= 0, '>= 0 (0: no clipping)'),
-    (('wdecay', 'alpha', 'beta'), lambda v: 0 <= v < math.inf, '>= 0 and finite'),
+    (('wdecay', 'alpha', 'beta'), lambda v: 0 <= v <= FLOAT32_MAX,
+     f'>= 0 and finite in float32 (at most {FLOAT32_MAX:.4g})'),
     (('nonmono',), lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0'),
     (('seed',), lambda v: isinstance(v, int) and 0 <= v <= 2 ** 32 - 1, 'an integer in [0, 2**32 - 1]'),
 ]
@@ -149,6 +156,10 @@ def check_args(args):
         require(args.model in ('LSTM', 'QRNN', 'GRU'), f'--model must be LSTM, QRNN or GRU, got {args.model!r}')
     if hasattr(args, 'optimizer'):
         require(args.optimizer in ('sgd', 'adam'), f'--optimizer must be sgd or adam, got {args.optimizer!r}')
+        if args.optimizer == 'adam' and holds(lambda v: v > 0, getattr(args, 'lr', None)):
+            require(args.lr * ADAM_FIRST_STEP <= FLOAT32_MAX,
+                    f'--lr with --optimizer adam must be at most {FLOAT32_MAX / ADAM_FIRST_STEP:.4g} (Adam\'s first '
+                    f'step is 10 x lr, which must be finite in float32), got {args.lr!r}')
     if hasattr(args, 'when'):
         bad = [e for e in args.when if not holds(lambda e: e > 0 or e == -1, e)] \
             if isinstance(args.when, list) else [args.when]

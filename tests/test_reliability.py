@@ -613,3 +613,29 @@ def test_log_records_are_strict_json(tmp_path):
     with open(path) as f:
         record = json.loads(f.readline(), parse_constant=reject)
     assert record['valid_loss'] is None and record['valid_ppl'] is None and record['lr'] == [None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Third round (issue 19): paths, locks, flags and distributed start-up
+
+@pytest.mark.parametrize('flags,match', [
+    (['--lr', '1e39'], '--lr'), (['--wdecay', '1e39'], '--wdecay'),
+    (['--lr', '1e300', '--optimizer', 'adam'], '--lr'),
+    (['--lr', '1e38', '--optimizer', 'adam'], '--lr with --optimizer adam'),  # its first step is 10 x lr
+])
+def test_values_beyond_float32_are_refused_before_the_optimizer_sees_them(tmp_path, small_corpus, monkeypatch,
+                                                                          flags, match):
+    monkeypatch.setattr(training, 'train_epoch', must_not_run)
+    with pytest.raises(errors.UserError, match=match):
+        train(small_corpus, str(tmp_path / 'm.pt'), extra=flags)
+    if '--optimizer' not in flags:  # fine-tuning takes the same flags, but always uses ASGD
+        with pytest.raises(errors.UserError, match=match):
+            finetune.main(tiny_run(small_corpus, str(tmp_path / 'm.pt'), extra=flags))
+
+
+def test_dynamiceval_refuses_an_lr_beyond_float32(trained):
+    corpus, save, _ = trained
+    with pytest.raises(errors.UserError, match='--lr must be >= 0 and finite in float32'):
+        dynamiceval.main(['--data', corpus, '--save', save, '--cpu', '--lr', '1e39', '--max-batches', '2'])
+    with pytest.raises(errors.UserError, match='--lr'):
+        dynamiceval.main(['--data', corpus, '--save', save, '--cpu', '--sgd', '--lr', '1e39', '--max-batches', '2'])
