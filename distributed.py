@@ -28,6 +28,7 @@ import collections
 import datetime
 import functools
 import hashlib
+import math
 import os
 import signal
 import sys
@@ -65,6 +66,7 @@ def setup(args):
     if world is None:
         return Distributed()
     rank, world_size, local_rank = world
+    timeout = collective_timeout()  # a bad value stops every rank with one line, before any rank waits
     import torch.distributed as dist
     use_cuda = not getattr(args, 'cpu', False) and torch.cuda.is_available()  # as cli.choose_device
     if use_cuda:
@@ -72,8 +74,7 @@ def setup(args):
             raise errors.UserError(f'local rank {local_rank} has no GPU of its own: this machine has '
                                    f'{torch.cuda.device_count()}; give torchrun --nproc_per_node at most that')
         torch.cuda.set_device(local_rank)  # so that torch.device('cuda') is this rank's GPU
-    timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
-    dist.init_process_group('nccl' if use_cuda else 'gloo', timeout=datetime.timedelta(seconds=timeout))
+    dist.init_process_group('nccl' if use_cuda else 'gloo', timeout=timeout)
     context = Distributed(rank, world_size, local_rank, torch.device('cuda', local_rank) if use_cuda else None)
     if rank != 0:
         sys.stdout = open(os.devnull, 'w')  # only rank 0 prints
@@ -83,6 +84,23 @@ def setup(args):
     signal.signal(signal.SIGTERM, functools.partial(_on_sigterm, context))
     atexit.register(context.close)
     return context
+
+
+def collective_timeout(environ=None):
+    """The timeout of a collective: AWD_DIST_TIMEOUT seconds (900 when unset), a positive finite number.
+    Anything else (abc, nan, 0, -5, inf) is a UserError: 0 or less would fail every collective at once."""
+    environ = os.environ if environ is None else environ
+    text = environ.get(TIMEOUT_ENV)
+    if text is None:
+        return datetime.timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(text)
+        if not 0 < seconds < math.inf:
+            raise ValueError
+        return datetime.timedelta(seconds=seconds)
+    except (ValueError, OverflowError):
+        raise errors.UserError(f'{TIMEOUT_ENV} must be a positive number of seconds (unset: {DEFAULT_TIMEOUT_S}), '
+                               f'got {text!r}') from None
 
 
 class Distributed:

@@ -6,6 +6,7 @@ the 1-process references run in this process, on today's code path.
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -207,3 +208,24 @@ def test_each_rank_and_epoch_has_its_own_dropout_seed():
 def test_other_ranks_ignore_the_log():
     log = distributed.Distributed(1, 2).if_main(open, '/nonexistent/never-opened')
     log.write(epoch=1)  # ignored
+
+
+@pytest.mark.parametrize('value', ['abc', 'nan', '0', '-5', 'inf', '1e300'])
+def test_a_bad_collective_timeout_is_one_line_before_any_rank_waits(monkeypatch, value):
+    import torch.distributed as dist
+    monkeypatch.setenv('RANK', '1')
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, value)
+    monkeypatch.setattr(dist, 'init_process_group', lambda *a, **k: pytest.fail('joined the group'))
+    with pytest.raises(errors.UserError, match=f"AWD_DIST_TIMEOUT must be a positive number of seconds.*{value!r}"):
+        distributed.setup(argparse.Namespace(cpu=True))
+
+
+def test_a_bad_collective_timeout_stops_every_rank_with_one_line(tmp_path, tiny_corpus):
+    env = {**torchrun_env(), distributed.TIMEOUT_ENV: 'abc'}
+    result = subprocess.run(torchrun_command('main.py', tiny_run(tiny_corpus, str(tmp_path / 'm.pt'))), cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.count("error: AWD_DIST_TIMEOUT must be a positive number of seconds") == 2, result.stderr
+    # torchrun prints a traceback of its own when a rank fails; none of the ranks' frames may show.
+    assert not re.search(r'File "[^"]*\b(main|distributed|cli)\.py"', result.stderr), result.stderr
