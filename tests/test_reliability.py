@@ -639,3 +639,13 @@ def test_dynamiceval_refuses_an_lr_beyond_float32(trained):
         dynamiceval.main(['--data', corpus, '--save', save, '--cpu', '--lr', '1e39', '--max-batches', '2'])
     with pytest.raises(errors.UserError, match='--lr'):
         dynamiceval.main(['--data', corpus, '--save', save, '--cpu', '--sgd', '--lr', '1e39', '--max-batches', '2'])
+
+
+def test_the_cpu_running_out_of_memory_is_one_line(tmp_path, small_corpus, capsys):
+    # 10**16 columns: beyond any machine's address space, so the allocation fails at once whatever the
+    # kernel's overcommit policy (the 10**11 fails the same way on a machine that does not overcommit).
+    status, err = run_script(lambda: train(small_corpus, str(tmp_path / 'm.pt'), extra=['--emsize', str(10 ** 16)]),
+                             capsys)
+    assert status == 2 and err.count('\n') == 1, err
+    assert err.startswith('error: CPU out of memory: an allocation for ') and '--emsize' in err, err
+    assert not os.path.exists(tmp_path / 'm.pt')
