@@ -22,7 +22,7 @@ import torch
 
 import data
 from batching import batchify
-from checkpoint import atomic_write_text, read_checkpoint, remove_stale_temporaries
+from checkpoint import atomic_write_text, check_replaceable, read_checkpoint, remove_stale_temporaries
 from errors import UserError
 from training import evaluate, perplexity
 
@@ -339,12 +339,16 @@ def writable(path):
     return os.access(path, os.W_OK) and bool(os.stat(path).st_mode & 0o222)
 
 
-def check_output(path, flag, inputs=()):
+def check_output(path, flag, inputs=(), replaced=False):
     """Fail at once, not after an epoch, if the file `path` (named by `flag`) cannot be written or
-    would overwrite one of `inputs`. A symlink is judged by its target, which is what gets written."""
+    would overwrite one of `inputs`. A symlink is judged by its target, which is what gets written.
+    `replaced`: the file is written by replacing it (checkpoint.atomic_write), so it must be a regular
+    file if it exists: a device node or FIFO there (`--save /dev/null`) would itself be replaced."""
     if os.path.isdir(path):
         raise UserError(f'{path}: is a folder ({flag} names the file to write)')
     target = os.path.realpath(path)
+    if replaced:
+        check_replaceable(target, f'{path} ({flag})')
     folder = os.path.dirname(target)
     if not os.path.isdir(folder):
         raise UserError(f'{folder}: folder does not exist ({flag} {path})')
@@ -362,14 +366,15 @@ def check_output(path, flag, inputs=()):
 def run_files(save, outputs, inputs=()):
     """Claims the files of a run for as long as it lasts.
 
-    `outputs` are (path, flag) pairs: each must be writable (check_output). Then an exclusive lock
+    `outputs` are (path, flag) pairs: each must be writable and, if it exists, a regular file
+    (check_output: checkpoints and states are replaced when written). Then an exclusive lock
     on `<save>.lock` is held, so that a second run on the same files stops at once instead of
     interleaving its log records and checkpoints with this one's; the lock goes with the process,
     however it ends. Holding it, the hidden temporary files that a killed run left behind for these
     outputs are removed.
     """
     for path, flag in outputs:
-        check_output(path, flag, inputs)
+        check_output(path, flag, inputs, replaced=True)
     lock = hold_lock(save + '.lock')
     try:
         remove_stale_temporaries(path for path, _ in outputs)

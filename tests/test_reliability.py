@@ -649,3 +649,38 @@ def test_the_cpu_running_out_of_memory_is_one_line(tmp_path, small_corpus, capsy
     assert status == 2 and err.count('\n') == 1, err
     assert err.startswith('error: CPU out of memory: an allocation for ') and '--emsize' in err, err
     assert not os.path.exists(tmp_path / 'm.pt')
+
+
+def special_file(tmp_path, kind):
+    """A FIFO or a socket (a device node needs root: /dev/null itself must never be tried)."""
+    path = str(tmp_path / f'{kind}.pt')
+    if kind == 'fifo':
+        os.mkfifo(path)
+    else:
+        import socket
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(path)
+        sock.close()
+    return path
+
+
+@pytest.mark.parametrize('kind', ['fifo', 'socket'])
+@pytest.mark.parametrize('through', ['path', 'symlink'])
+def test_a_non_regular_file_is_never_replaced_by_a_checkpoint(trained, tmp_path, monkeypatch, kind, through):
+    corpus, save, _ = trained
+    special = special_file(tmp_path, kind)
+    target = special
+    if through == 'symlink':
+        target = str(tmp_path / 'link.pt')
+        os.symlink(special, target)
+    monkeypatch.setattr(cli, 'load_data', must_not_run)
+    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
+    with pytest.raises(errors.UserError, match=f'is a {kind.upper() if kind == "fifo" else kind}, not a regular file'):
+        train(corpus, target)
+    with pytest.raises(errors.UserError, match='not a regular file'):
+        finetune.main(['--data', corpus, '--save', save, '--out', target, '--epochs', '1', *TINY])
+    with pytest.raises(errors.UserError, match='not a regular file'):  # the last line of defence
+        checkpoint.atomic_torch_save({'x': torch.ones(1)}, target)
+    assert not stat.S_ISREG(os.stat(special).st_mode)
+    # Only files that are replaced must be regular: a log or generated text may go to a device.
+    cli.check_output(os.devnull, '--log')
