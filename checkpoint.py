@@ -85,6 +85,12 @@ def atomic_write(path, write):
             os.close(dir_fd)
 
 
+def temporary_name(name):
+    """The longest name atomic_write gives the temporary file of `name` (mkstemp adds 8 random characters
+    between its prefix and suffix): checked against the file system's limit before any work."""
+    return '.' + name + '.' + 'x' * 8 + '.tmp'
+
+
 def check_replaceable(target, name):
     """A UserError unless `target` (a resolved path, `name` in the message) is absent or a regular file:
     atomic_write replaces the file at `target`, and a device node, FIFO or socket there (`/dev/null`,

@@ -9,6 +9,7 @@ training.py alone), and nothing below it (training.py, checkpoint.py, data.py) m
 """
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
@@ -22,7 +23,8 @@ import torch
 
 import data
 from batching import batchify
-from checkpoint import atomic_write_text, check_replaceable, read_checkpoint, remove_stale_temporaries
+from checkpoint import (atomic_write_text, check_replaceable, read_checkpoint, remove_stale_temporaries,
+                        temporary_name)
 from errors import UserError
 from training import evaluate, perplexity
 
@@ -347,19 +349,50 @@ def check_output(path, flag, inputs=(), replaced=False):
     if os.path.isdir(path):
         raise UserError(f'{path}: is a folder ({flag} names the file to write)')
     target = os.path.realpath(path)
-    if replaced:
-        check_replaceable(target, f'{path} ({flag})')
     folder = os.path.dirname(target)
     if not os.path.isdir(folder):
         raise UserError(f'{folder}: folder does not exist ({flag} {path})')
     if not writable(folder):
         raise UserError(f'{folder}: folder is read-only ({flag} {path})')
+    check_name(path, target, flag, replaced)
+    if replaced:
+        check_replaceable(target, f'{path} ({flag})')
     if os.path.exists(target):
         if not writable(target):
             raise UserError(f'{path}: file is read-only ({flag})')
         for source in inputs:
             if os.path.exists(source) and os.path.samefile(target, source):
                 raise UserError(f'{path}: {flag} would overwrite {source}, an input of this run')
+
+
+def check_name(path, target, flag, replaced):
+    """A loop of symlinks, or a name too long for the file system, found now rather than at the first
+    save. A replaced file is first written under a longer temporary name (checkpoint.temporary_name):
+    that name must fit too."""
+    try:
+        os.stat(target)
+    except FileNotFoundError:
+        pass
+    except OSError as e:  # ELOOP (a symlink loop); a name too long is measured below
+        if e.errno != errno.ENAMETOOLONG:
+            raise UserError(f'{path}: {e.strerror} ({flag})') from None
+    folder, name = os.path.split(target)
+    longest = temporary_name(name) if replaced else name
+    name_max, path_max = path_limit(folder, 'PC_NAME_MAX', 255), path_limit(folder, 'PC_PATH_MAX', 4096)
+    excess = max(len(os.fsencode(longest)) - name_max, len(os.fsencode(os.path.join(folder, longest))) - path_max + 1)
+    if excess > 0:
+        raise UserError(f'{path}: name too long for this file system ({flag}): shorten it by at least {excess} bytes '
+                        f'(a name may have {name_max} bytes here, a path {path_max - 1}'
+                        + (f', including the {len(longest) - len(name)} that the temporary file written first adds)'
+                           if replaced else ')'))
+
+
+def path_limit(folder, name, default):
+    """os.pathconf(folder, name), or `default` where the file system does not say."""
+    try:
+        return os.pathconf(folder, name)
+    except (OSError, ValueError):
+        return default
 
 
 @contextlib.contextmanager
@@ -373,7 +406,8 @@ def run_files(save, outputs, inputs=()):
     however it ends. Holding it, the hidden temporary files that a killed run left behind for these
     outputs are removed.
     """
-    for path, flag in outputs:
+    # Longest first: a name too long for the file system is reported with the most it must be shortened by.
+    for path, flag in sorted(outputs, key=lambda output: -len(os.fsencode(output[0]))):
         check_output(path, flag, inputs, replaced=True)
     lock = hold_lock(save + '.lock')
     try:

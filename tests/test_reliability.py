@@ -684,3 +684,41 @@ def test_a_non_regular_file_is_never_replaced_by_a_checkpoint(trained, tmp_path,
     assert not stat.S_ISREG(os.stat(special).st_mode)
     # Only files that are replaced must be regular: a log or generated text may go to a device.
     cli.check_output(os.devnull, '--log')
+
+
+@pytest.mark.parametrize('length', [236, 240, 245, 256])
+def test_a_save_name_too_long_for_the_file_system_is_found_before_any_work(trained, tmp_path, monkeypatch, length):
+    corpus, save, _ = trained
+    if os.pathconf(str(tmp_path), 'PC_NAME_MAX') != 255:
+        pytest.skip('the lengths are chosen for a file system with 255-byte names')
+    # The longest name a run writes is the temporary file of <save>.state: 6 + 14 bytes more than <save>.
+    name = str(tmp_path / ('x' * length))
+    monkeypatch.setattr(cli, 'load_data', must_not_run)
+    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
+    with pytest.raises(errors.UserError, match=rf'name too long for this file system \(--save\): shorten it by '
+                                               rf'at least {length - 235} bytes'):
+        train(corpus, name)
+    with pytest.raises(errors.UserError, match='name too long'):
+        finetune.main(['--data', corpus, '--save', save, '--out', name, '--epochs', '1', *TINY])
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_longest_save_name_that_fits_trains(tmp_path, small_corpus):
+    if os.pathconf(str(tmp_path), 'PC_NAME_MAX') != 255:
+        pytest.skip('the length is chosen for a file system with 255-byte names')
+    save = str(tmp_path / ('x' * 235))
+    assert train(small_corpus, save) == 0
+    assert checkpoint.read_checkpoint(checkpoint.state_path(save))['epoch'] == 1
+
+
+def test_a_symlink_loop_as_save_is_found_before_any_work(trained, tmp_path, monkeypatch):
+    corpus, save, _ = trained
+    loop = str(tmp_path / 'loop.pt')
+    os.symlink('loop.pt', loop)
+    monkeypatch.setattr(cli, 'load_data', must_not_run)
+    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
+    with pytest.raises(errors.UserError, match=r'loop.pt: Too many levels of symbolic links \(--save\)'):
+        train(corpus, loop)
+    with pytest.raises(errors.UserError, match=r'loop.pt: Too many levels of symbolic links \(--out\)'):
+        finetune.main(['--data', corpus, '--save', save, '--out', loop, '--epochs', '1', *TINY])
+    assert os.path.islink(loop) and sorted(os.listdir(tmp_path)) == ['loop.pt']
