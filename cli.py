@@ -400,16 +400,18 @@ def run_files(save, outputs, inputs=()):
     """Claims the files of a run for as long as it lasts.
 
     `outputs` are (path, flag) pairs: each must be writable and, if it exists, a regular file
-    (check_output: checkpoints and states are replaced when written). Then an exclusive lock
-    on `<save>.lock` is held, so that a second run on the same files stops at once instead of
-    interleaving its log records and checkpoints with this one's; the lock goes with the process,
-    however it ends. Holding it, the hidden temporary files that a killed run left behind for these
+    (check_output: checkpoints and states are replaced when written). Then an exclusive lock on
+    `<save>.lock`, beside the file `save` resolves to, is held, so that a second run on the same files
+    stops at once instead of interleaving its log records and checkpoints with this one's; the lock
+    goes with the process, however it ends. Holding it, the hidden temporary files that a killed run left behind for these
     outputs are removed.
     """
     # Longest first: a name too long for the file system is reported with the most it must be shortened by.
     for path, flag in sorted(outputs, key=lambda output: -len(os.fsencode(output[0]))):
         check_output(path, flag, inputs, replaced=True)
-    lock = hold_lock(save + '.lock')
+    # The lock of the file `save` resolves to: a symlink to another run's --save (or a folder reached
+    # through a symlink) names the same lock as that run's own path, so the two cannot both write it.
+    lock = hold_lock(os.path.realpath(save) + '.lock', save)
     try:
         remove_stale_temporaries(path for path, _ in outputs)
         yield
@@ -417,8 +419,9 @@ def run_files(save, outputs, inputs=()):
         os.close(lock)
 
 
-def hold_lock(path):
-    """An open descriptor holding an exclusive flock on `path`; a UserError if another holds it."""
+def hold_lock(path, name):
+    """An open descriptor holding an exclusive flock on `path`; a UserError naming `name` (the run's
+    files) if another holds it."""
     import fcntl  # POSIX only, as are the scripts' signals
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -428,7 +431,7 @@ def hold_lock(path):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise UserError(f'{path[:-len(".lock")]}: another run is using these files (it holds {path}); '
+        raise UserError(f'{name}: another run is using these files (it holds {path}); '
                         'wait for it to end, or write elsewhere') from None
     return fd
 

@@ -722,3 +722,25 @@ def test_a_symlink_loop_as_save_is_found_before_any_work(trained, tmp_path, monk
     with pytest.raises(errors.UserError, match=r'loop.pt: Too many levels of symbolic links \(--out\)'):
         finetune.main(['--data', corpus, '--save', save, '--out', loop, '--epochs', '1', *TINY])
     assert os.path.islink(loop) and sorted(os.listdir(tmp_path)) == ['loop.pt']
+
+
+@pytest.mark.parametrize('through', ['a symlinked file', 'a symlinked folder'])
+def test_a_symlink_to_another_runs_save_is_locked_out_too(trained, tmp_path, monkeypatch, through):
+    corpus, _, _ = trained
+    save = copy_checkpoint(trained, tmp_path)  # the other run's --save
+    if through == 'a symlinked file':
+        other_name = str(tmp_path / 'alias.pt')
+        os.symlink(save, other_name)
+    else:
+        os.symlink(str(tmp_path), str(tmp_path / 'alias'))
+        other_name = str(tmp_path / 'alias' / os.path.basename(save))
+    before = open(save, 'rb').read()
+    monkeypatch.setattr(cli, 'load_data', must_not_run)
+    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
+    with open(save + '.lock', 'a') as held:  # the other run, on its own path
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(errors.UserError, match='alias.* another run is using these files'):
+            train(corpus, other_name)
+        with pytest.raises(errors.UserError, match='another run'):
+            finetune.main(['--data', corpus, '--save', save, '--out', other_name, '--epochs', '1', *TINY])
+    assert open(save, 'rb').read() == before
