@@ -406,6 +406,12 @@ def run_files(save, outputs, inputs=()):
     goes with the process, however it ends. Holding it, the hidden temporary files that a killed run left behind for these
     outputs are removed.
     """
+    if save.endswith('.state'):
+        # Resume states are <save>.state and <out>.finetune.state: a checkpoint written over one (say
+        # finetune.py --save X.pt.state, which fine-tunes in place) ends the resumability of its run.
+        flag = next((flag for path, flag in outputs if path == save), '--save')
+        raise UserError(f'{save}: {flag} names a resume state (.state): writing a checkpoint there would leave its '
+                        'run unable to continue; write the model elsewhere (finetune.py: --out)')
     # Longest first: a name too long for the file system is reported with the most it must be shortened by.
     for path, flag in sorted(outputs, key=lambda output: -len(os.fsencode(output[0]))):
         check_output(path, flag, inputs, replaced=True)

@@ -58,6 +58,19 @@ def main(argv=None):
         return train(args, dist)
 
 
+def check_best_model_is_ours(save, run, state_file):
+    """Continuing a run in its own files: `save` must still hold a model of that run (or none). Another
+    run's there (finetune.py fine-tunes in place) would be overwritten by this run's next best, and
+    without one this run would end saying it saved nothing: stop before any work instead."""
+    if not os.path.isfile(save):
+        return
+    other = checkpoint.read_checkpoint(save).get('run')
+    if other != run:
+        raise errors.UserError(f'{save}: holds the model of another run ({other}; fine-tuned in place?), not that '
+                               f'of the run {state_file} continues ({run}): continuing would overwrite it. Keep '
+                               f'it and continue elsewhere with --resume {state_file} --save NEW.pt')
+
+
 def train(args, dist):
     """The whole run, once its files are claimed."""
     resume_state_file = checkpoint.find_resume_state(args.resume) if args.resume else None
@@ -75,6 +88,8 @@ def train(args, dist):
     run = dist.from_main(run)  # [distributed] one run id for all ranks
     state_is_ours = (saved_state is not None
                      and checkpoint.same_file(resume_state_file, checkpoint.state_path(args.save)))
+    if state_is_ours and run is not None:
+        check_best_model_is_ours(args.save, run, resume_state_file)
     print('Args:', args)
 
     rng = cli.set_seed(args.seed)

@@ -744,3 +744,41 @@ def test_a_symlink_to_another_runs_save_is_locked_out_too(trained, tmp_path, mon
         with pytest.raises(errors.UserError, match='another run'):
             finetune.main(['--data', corpus, '--save', save, '--out', other_name, '--epochs', '1', *TINY])
     assert open(save, 'rb').read() == before
+
+
+def test_no_checkpoint_is_ever_written_over_a_resume_state(trained, tmp_path, monkeypatch):
+    corpus, _, _ = trained
+    save = copy_checkpoint(trained, tmp_path)
+    state = checkpoint.state_path(save)
+    before = open(state, 'rb').read()
+    monkeypatch.setattr(cli, 'load_data', must_not_run)
+    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
+    with pytest.raises(errors.UserError, match=r'copy.pt.state: --save names a resume state'):
+        finetune.main(['--data', corpus, '--save', state, '--epochs', '1', *TINY])  # fine-tunes in place
+    with pytest.raises(errors.UserError, match=r'--out names a resume state'):
+        finetune.main(['--data', corpus, '--save', save, '--out', str(tmp_path / 'other.pt.finetune.state'),
+                       '--epochs', '1', *TINY])
+    with pytest.raises(errors.UserError, match=r'--save names a resume state'):
+        train(corpus, state)
+    assert open(state, 'rb').read() == before
+    checkpoint.read_state(state, 'main')  # its run can still continue
+
+
+def test_resuming_a_run_whose_model_was_fine_tuned_in_place_stops_before_any_work(trained, tmp_path, monkeypatch):
+    corpus, _, _ = trained
+    save = copy_checkpoint(trained, tmp_path)
+    main_run = checkpoint.read_checkpoint(save)['run']
+    assert finetune.main(['--data', corpus, '--save', save, '--epochs', '2', *TINY]) == 0  # in place
+    tuned = open(save, 'rb').read()
+    assert checkpoint.read_checkpoint(save)['run'] != main_run  # the fine-tuned model replaced the run's
+    monkeypatch.setattr(training, 'train_epoch', must_not_run)
+    with pytest.raises(errors.UserError, match=r'copy.pt: holds the model of another run .* --save NEW.pt'):
+        train(corpus, save, epochs=3, extra=['--resume', save])
+    assert open(save, 'rb').read() == tuned
+    monkeypatch.undo()
+    # As the message says: the run continues from its state, into other files.
+    elsewhere = str(tmp_path / 'continued.pt')
+    assert train_script.main([*TINY, '--data', corpus, '--epochs', '2', '--resume', checkpoint.state_path(save),
+                              '--save', elsewhere]) == 0
+    assert checkpoint.read_checkpoint(checkpoint.state_path(elsewhere))['epoch'] == 2
+    assert open(save, 'rb').read() == tuned
