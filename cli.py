@@ -17,6 +17,7 @@ import re
 import signal
 import sys
 import time
+import uuid
 
 import numpy as np
 import torch
@@ -152,8 +153,18 @@ FLAG_RULES = [
 ]
 
 
+# The flags whose name is not their argparse destination.
+DASHED_FLAGS = {'log_interval': 'log-interval', 'max_seq_len': 'max-seq-len'}
+
+
 def flag_name(name):
-    return '--' + ('log-interval' if name == 'log_interval' else name)
+    return '--' + DASHED_FLAGS.get(name, name)
+
+
+def run_flags(args):
+    """Every setting of a run, keyed by its flag as typed (`--log-interval`): what the ranks of one
+    data-parallel run compare at start-up."""
+    return {flag_name(name): value for name, value in sorted(vars(args).items())}
 
 
 def check_args(args):
@@ -417,7 +428,7 @@ def run_files(save, outputs, inputs=()):
         check_output(path, flag, inputs, replaced=True)
     # The lock of the file `save` resolves to: a symlink to another run's --save (or a folder reached
     # through a symlink) names the same lock as that run's own path, so the two cannot both write it.
-    lock = hold_lock(os.path.realpath(save) + '.lock', save)
+    lock = hold_lock(lock_path(save), save)
     try:
         remove_stale_temporaries(path for path, _ in outputs)
         yield
@@ -425,9 +436,15 @@ def run_files(save, outputs, inputs=()):
         os.close(lock)
 
 
+def lock_path(save):
+    """`<save>.lock`, beside the file `save` resolves to (see run_files)."""
+    return os.path.realpath(save) + '.lock'
+
+
 def hold_lock(path, name):
     """An open descriptor holding an exclusive flock on `path`; a UserError naming `name` (the run's
-    files) if another holds it."""
+    files) if another holds it. The holder writes a token of its own into the file: the other ranks of
+    a data-parallel run read it to tell that they see rank 0's files (distributed.check_same_start)."""
     import fcntl  # POSIX only, as are the scripts' signals
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -439,6 +456,8 @@ def hold_lock(path, name):
         os.close(fd)
         raise UserError(f'{name}: another run is using these files (it holds {path}); '
                         'wait for it to end, or write elsewhere') from None
+    os.ftruncate(fd, 0)
+    os.write(fd, uuid.uuid4().hex.encode())
     return fd
 
 

@@ -183,6 +183,26 @@ class Distributed:
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
+    def check_same_start(self, flags, corpus, lock):
+        """At start-up, before the first step: every rank must run the same flags (`cli.run_flags`) on the
+        same data and see rank 0's files (`lock`: its `<save>.lock`, see cli.hold_lock). Ranks that differ
+        would fall out of step (other sequence lengths, batches or epochs) and wait for the collective
+        timeout; a rank that does not see rank 0's files fails at the end, reading the best model. Every
+        rank gathers what all the others have, so all stop together with the same one-line error."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+        import data
+        everyone = [None] * self.world_size
+        dist.all_gather_object(everyone, {'flags': flags, 'data': data.corpus_digest(corpus),
+                                          'files': read_token(lock) if self.is_main else None})
+        # Rank 0 wrote its token before it reached the gather, so every rank can read it by now.
+        sees_files = [None] * self.world_size
+        dist.all_gather_object(sees_files, self.is_main or read_token(lock) == everyone[0]['files'])
+        problem = start_difference(everyone, sees_files, lock)
+        if problem:
+            raise errors.UserError(problem)
+
     def barrier(self):
         if self.enabled:
             import torch.distributed as dist
@@ -242,6 +262,35 @@ class ModelAndLoss(nn.Module):
 class _Ignore:
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
+
+
+def read_token(path):
+    """The token in a run's lock file (cli.hold_lock), or None where this rank cannot read one."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def start_difference(everyone, sees_files, lock):
+    """The first way the ranks' start-up (`everyone`: each rank's flags, data digest; `sees_files`: whether
+    it reads rank 0's lock token) differs from rank 0's, as a one-line message; None when they agree."""
+    first = everyone[0]
+    for rank, theirs in enumerate(everyone[1:], 1):
+        for flag in sorted(set(first['flags']) | set(theirs['flags'])):
+            ours, other = first['flags'].get(flag), theirs['flags'].get(flag)
+            if ours != other:
+                return (f'the ranks were started with different flags: {flag} is {ours!r} on rank 0 but {other!r} '
+                        f'on rank {rank}; start every rank with the same command')
+        if theirs['data'] != first['data']:
+            return (f'the ranks read different data: rank {rank}\'s {first["flags"].get("--data")} holds other text '
+                    'than rank 0\'s; every rank needs the same corpus')
+    for rank, sees in enumerate(sees_files):
+        if not sees:
+            return (f'rank {rank} does not see the files of rank 0 (rank 0 holds {lock}; on rank {rank} it is missing '
+                    'or another file): put --save (and --out) on a file system all the machines share')
+    return None
 
 
 def rank_seed(seed, rank, epoch):
