@@ -21,6 +21,8 @@ With N ranks:
   is broadcast, so the NT-ASGD switch, the best-model choice and fine-tuning's stop are one decision;
 - only rank 0 prints (the others' stdout goes to /dev/null; stderr is kept), logs, and writes
   checkpoints and resume states; the others wait at a barrier while it writes;
+- at start-up the ranks compare their flags, a digest of the corpus they read and whether they see rank
+  0's files (`check_same_start`): any difference stops every rank with one line, before the first step;
 - after every epoch the ranks compare a digest of their weights and stop with an error if they differ.
 """
 import atexit
