@@ -686,6 +686,15 @@ def test_a_non_regular_file_is_never_replaced_by_a_checkpoint(trained, tmp_path,
     cli.check_output(os.devnull, '--log')
 
 
+def test_dev_null_as_save_is_refused_without_writing_anything():
+    # Checked without running a script: as root, a failure here would replace the system's /dev/null.
+    with pytest.raises(errors.UserError, match='/dev/null: is a device, not a regular file'):
+        checkpoint.check_replaceable(os.devnull, os.devnull)
+    with pytest.raises(errors.UserError, match='is a device|read-only'):  # as root / as anyone else
+        cli.check_output(os.devnull, '--save', replaced=True)
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
 @pytest.mark.parametrize('length', [236, 240, 245, 256])
 def test_a_save_name_too_long_for_the_file_system_is_found_before_any_work(trained, tmp_path, monkeypatch, length):
     corpus, save, _ = trained
