@@ -310,3 +310,15 @@ def test_finetune_ranks_started_differently_all_stop_at_start_up(tmp_path, tiny_
                                        ['--lr', '3'])
     assert_every_rank_stops_with(result, '--lr is 30 on rank 0 but 3.0 on rank 1')
     assert not os.path.exists(out)
+
+
+def test_without_save_every_rank_takes_rank_0s_default_name(tmp_path, tiny_corpus):
+    run_in = tmp_path / 'run'
+    run_in.mkdir()
+    argv = tiny_run(tiny_corpus, 'unused', epochs=1)
+    argv = argv[:argv.index('--save')]  # no --save: named by the time the run starts (each rank's, before)
+    result = subprocess.run(torchrun_command(os.path.join(REPO, 'main.py'), argv), cwd=str(run_in), env=torchrun_env(),
+                            capture_output=True, text=True, timeout=150)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoints = [name for name in os.listdir(run_in) if name.endswith('.pt')]
+    assert len(checkpoints) == 1 and '| End of training' in result.stdout, (os.listdir(run_in), result.stdout[-2000:])
