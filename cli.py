@@ -414,8 +414,8 @@ def run_files(save, outputs, inputs=()):
     (check_output: checkpoints and states are replaced when written). Then an exclusive lock on
     `<save>.lock`, beside the file `save` resolves to, is held, so that a second run on the same files
     stops at once instead of interleaving its log records and checkpoints with this one's; the lock
-    goes with the process, however it ends. Holding it, the hidden temporary files that a killed run left behind for these
-    outputs are removed.
+    goes with the process, however it ends. Holding it, the hidden temporary files that a killed run
+    left behind for these outputs are removed. A `save` named like a resume state is refused.
     """
     if save.endswith('.state'):
         # Resume states are <save>.state and <out>.finetune.state: a checkpoint written over one (say

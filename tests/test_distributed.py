@@ -306,8 +306,8 @@ def test_finetune_ranks_started_differently_all_stop_at_start_up(tmp_path, tiny_
     save = str(tmp_path / 'm.pt')
     assert main.main(tiny_run(tiny_corpus, save, epochs=1, extra=NO_DROPOUT)) == 0
     out = str(tmp_path / 'tuned.pt')
-    result, _ = torchrun_rank1_differs(tmp_path, 'finetune', tiny_run(tiny_corpus, save, epochs=2, extra=['--out', out]),
-                                       ['--lr', '3'])
+    argv = tiny_run(tiny_corpus, save, epochs=2, extra=['--out', out])
+    result, _ = torchrun_rank1_differs(tmp_path, 'finetune', argv, ['--lr', '3'])
     assert_every_rank_stops_with(result, '--lr is 30 on rank 0 but 3.0 on rank 1')
     assert not os.path.exists(out)
 
