@@ -74,7 +74,10 @@ def cpu_out_of_memory(error):
 
 
 def fail(message, status):
-    print(f'error: {message}', file=sys.stderr)
+    # One write of the whole line: the ranks of a torchrun job share stderr, and print's separate write
+    # of the newline let two ranks' lines run into one.
+    sys.stderr.write(f'error: {message}\n')
+    sys.stderr.flush()
     sys.exit(status)
 
 
