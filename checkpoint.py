@@ -58,6 +58,7 @@ def atomic_write(path, write):
     and the temporary file is removed.
     """
     target = os.path.realpath(path)
+    check_replaceable(target, path)
     folder = os.path.dirname(target)
     try:
         fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(target) + '.', suffix='.tmp', dir=folder)
@@ -82,6 +83,29 @@ def atomic_write(path, write):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def temporary_name(name):
+    """The longest name atomic_write gives the temporary file of `name` (mkstemp adds 8 random characters
+    between its prefix and suffix): checked against the file system's limit before any work."""
+    return '.' + name + '.' + 'x' * 8 + '.tmp'
+
+
+def check_replaceable(target, name):
+    """A UserError unless `target` (a resolved path, `name` in the message) is absent or a regular file:
+    atomic_write replaces the file at `target`, and a device node, FIFO or socket there (`/dev/null`,
+    as root) must never be replaced by a regular file."""
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise UserError(f'{name}: cannot be examined ({e.strerror})') from None
+    if not stat.S_ISREG(mode):
+        kind = ('a device' if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 'a FIFO' if stat.S_ISFIFO(mode)
+                else 'a socket' if stat.S_ISSOCK(mode) else 'a folder' if stat.S_ISDIR(mode) else 'a special file')
+        raise UserError(f'{name}: is {kind}, not a regular file; it would be replaced by this file, so write '
+                        'elsewhere')
 
 
 def file_mode(path):

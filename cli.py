@@ -9,19 +9,23 @@ training.py alone), and nothing below it (training.py, checkpoint.py, data.py) m
 """
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
+import uuid
 
 import numpy as np
 import torch
 
 import data
 from batching import batchify
-from checkpoint import atomic_write_text, read_checkpoint, remove_stale_temporaries
+from checkpoint import (atomic_write_text, check_replaceable, read_checkpoint, remove_stale_temporaries,
+                        temporary_name)
 from errors import UserError
 from training import evaluate, perplexity
 
@@ -49,11 +53,31 @@ def run(main):
         fail('interrupted (Ctrl-C)', 130)
     except OSError as e:
         fail(f'{e.filename}: {e.strerror}' if e.filename and e.strerror else str(e), 2)
+    except RuntimeError as e:
+        if not cpu_out_of_memory(e):
+            raise
+        fail(cpu_out_of_memory(e), 2)
     sys.exit(status)
 
 
+def cpu_out_of_memory(error):
+    """The one-line report of torch's CPU allocator failing (a model or batch too large for the
+    machine's memory, e.g. --emsize 100000000000), or None for any other error. Caught here, not only
+    in the epoch loop as the GPU's is, since the model's own weights are allocated before it."""
+    text = str(error)
+    if "DefaultCPUAllocator: can't allocate memory" not in text:
+        return None
+    match = re.search(r'tried to allocate (\d+) bytes', text)
+    size = f' for {int(match.group(1)) / 2 ** 30:.4g} GiB' if match else ''
+    return (f'CPU out of memory: an allocation{size} failed; try a smaller model (--emsize, --nhid, '
+            '--nlayers), --batch_size or --bptt')
+
+
 def fail(message, status):
-    print(f'error: {message}', file=sys.stderr)
+    # One write of the whole line: the ranks of a torchrun job share stderr, and print's separate write
+    # of the newline let two ranks' lines run into one.
+    sys.stderr.write(f'error: {message}\n')
+    sys.stderr.flush()
     sys.exit(status)
 
 
@@ -115,22 +139,39 @@ def add_device_args(parser):
     parser.add_argument('--cpu', action='store_true', help='run on the CPU even when a GPU is present')
 
 
+# The largest float32: the optimizers turn --lr and --wdecay into float32 scalars, and a larger value
+# (1e39) passes a plain finiteness check, then fails inside the optimizer's first step.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+# Adam's first step is lr / (1 - beta1) = 10 x lr (its bias correction), so its lr must be 10 times smaller.
+ADAM_FIRST_STEP = 1 / (1 - 0.9)
+
 # Which values each numeric flag may take: (flags, test, what the message says).
 FLAG_RULES = [
     (('dropout', 'dropouth', 'dropouti', 'dropoute', 'wdrop'), lambda v: 0 <= v < 1, 'in [0, 1)'),
     (('emsize', 'nhid', 'nlayers', 'batch_size', 'bptt', 'epochs', 'log_interval'),
      lambda v: isinstance(v, int) and v > 0, 'a positive integer'),
-    (('lr',), lambda v: 0 < v < math.inf, 'positive and finite'),
+    (('lr',), lambda v: 0 < v <= FLOAT32_MAX, f'positive and finite in float32 (at most {FLOAT32_MAX:.4g})'),
     # A negative clip makes clip_grad_norm_ flip every gradient: training goes uphill.
     (('clip',), lambda v: v >= 0, '>= 0 (0: no clipping)'),
-    (('wdecay', 'alpha', 'beta'), lambda v: 0 <= v < math.inf, '>= 0 and finite'),
+    (('wdecay', 'alpha', 'beta'), lambda v: 0 <= v <= FLOAT32_MAX,
+     f'>= 0 and finite in float32 (at most {FLOAT32_MAX:.4g})'),
     (('nonmono',), lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0'),
     (('seed',), lambda v: isinstance(v, int) and 0 <= v <= 2 ** 32 - 1, 'an integer in [0, 2**32 - 1]'),
 ]
 
 
+# The flags whose name is not their argparse destination.
+DASHED_FLAGS = {'log_interval': 'log-interval', 'max_seq_len': 'max-seq-len'}
+
+
 def flag_name(name):
-    return '--' + ('log-interval' if name == 'log_interval' else name)
+    return '--' + DASHED_FLAGS.get(name, name)
+
+
+def run_flags(args):
+    """Every setting of a run, keyed by its flag as typed (`--log-interval`): what the ranks of one
+    data-parallel run compare at start-up."""
+    return {flag_name(name): value for name, value in sorted(vars(args).items())}
 
 
 def check_args(args):
@@ -156,6 +197,10 @@ def check_args(args):
                 f'--release 2017 builds LSTMs only (the first release had no {args.model}); use --release 2018')
     if hasattr(args, 'optimizer'):
         require(args.optimizer in ('sgd', 'adam'), f'--optimizer must be sgd or adam, got {args.optimizer!r}')
+        if args.optimizer == 'adam' and holds(lambda v: v > 0, getattr(args, 'lr', None)):
+            require(args.lr * ADAM_FIRST_STEP <= FLOAT32_MAX,
+                    f'--lr with --optimizer adam must be at most {FLOAT32_MAX / ADAM_FIRST_STEP:.4g} (Adam\'s first '
+                    f'step is 10 x lr, which must be finite in float32), got {args.lr!r}')
     if hasattr(args, 'when'):
         bad = [e for e in args.when if not holds(lambda e: e > 0 or e == -1, e)] \
             if isinstance(args.when, list) else [args.when]
@@ -319,9 +364,11 @@ def writable(path):
     return os.access(path, os.W_OK) and bool(os.stat(path).st_mode & 0o222)
 
 
-def check_output(path, flag, inputs=()):
+def check_output(path, flag, inputs=(), replaced=False):
     """Fail at once, not after an epoch, if the file `path` (named by `flag`) cannot be written or
-    would overwrite one of `inputs`. A symlink is judged by its target, which is what gets written."""
+    would overwrite one of `inputs`. A symlink is judged by its target, which is what gets written.
+    `replaced`: the file is written by replacing it (checkpoint.atomic_write), so it must be a regular
+    file if it exists: a device node or FIFO there (`--save /dev/null`) would itself be replaced."""
     if os.path.isdir(path):
         raise UserError(f'{path}: is a folder ({flag} names the file to write)')
     target = os.path.realpath(path)
@@ -330,6 +377,9 @@ def check_output(path, flag, inputs=()):
         raise UserError(f'{folder}: folder does not exist ({flag} {path})')
     if not writable(folder):
         raise UserError(f'{folder}: folder is read-only ({flag} {path})')
+    check_name(path, target, flag, replaced)
+    if replaced:
+        check_replaceable(target, f'{path} ({flag})')
     if os.path.exists(target):
         if not writable(target):
             raise UserError(f'{path}: file is read-only ({flag})')
@@ -338,19 +388,59 @@ def check_output(path, flag, inputs=()):
                 raise UserError(f'{path}: {flag} would overwrite {source}, an input of this run')
 
 
+def check_name(path, target, flag, replaced):
+    """A loop of symlinks, or a name too long for the file system, found now rather than at the first
+    save. A replaced file is first written under a longer temporary name (checkpoint.temporary_name):
+    that name must fit too."""
+    try:
+        os.stat(target)
+    except FileNotFoundError:
+        pass
+    except OSError as e:  # ELOOP (a symlink loop); a name too long is measured below
+        if e.errno != errno.ENAMETOOLONG:
+            raise UserError(f'{path}: {e.strerror} ({flag})') from None
+    folder, name = os.path.split(target)
+    longest = temporary_name(name) if replaced else name
+    name_max, path_max = path_limit(folder, 'PC_NAME_MAX', 255), path_limit(folder, 'PC_PATH_MAX', 4096)
+    excess = max(len(os.fsencode(longest)) - name_max, len(os.fsencode(os.path.join(folder, longest))) - path_max + 1)
+    if excess > 0:
+        raise UserError(f'{path}: name too long for this file system ({flag}): shorten it by at least {excess} bytes '
+                        f'(a name may have {name_max} bytes here, a path {path_max - 1}'
+                        + (f', including the {len(longest) - len(name)} that the temporary file written first adds)'
+                           if replaced else ')'))
+
+
+def path_limit(folder, name, default):
+    """os.pathconf(folder, name), or `default` where the file system does not say."""
+    try:
+        return os.pathconf(folder, name)
+    except (OSError, ValueError):
+        return default
+
+
 @contextlib.contextmanager
 def run_files(save, outputs, inputs=()):
     """Claims the files of a run for as long as it lasts.
 
-    `outputs` are (path, flag) pairs: each must be writable (check_output). Then an exclusive lock
-    on `<save>.lock` is held, so that a second run on the same files stops at once instead of
-    interleaving its log records and checkpoints with this one's; the lock goes with the process,
-    however it ends. Holding it, the hidden temporary files that a killed run left behind for these
-    outputs are removed.
+    `outputs` are (path, flag) pairs: each must be writable and, if it exists, a regular file
+    (check_output: checkpoints and states are replaced when written). Then an exclusive lock on
+    `<save>.lock`, beside the file `save` resolves to, is held, so that a second run on the same files
+    stops at once instead of interleaving its log records and checkpoints with this one's; the lock
+    goes with the process, however it ends. Holding it, the hidden temporary files that a killed run
+    left behind for these outputs are removed. A `save` named like a resume state is refused.
     """
-    for path, flag in outputs:
-        check_output(path, flag, inputs)
-    lock = hold_lock(save + '.lock')
+    if save.endswith('.state'):
+        # Resume states are <save>.state and <out>.finetune.state: a checkpoint written over one (say
+        # finetune.py --save X.pt.state, which fine-tunes in place) ends the resumability of its run.
+        flag = next((flag for path, flag in outputs if path == save), '--save')
+        raise UserError(f'{save}: {flag} names a resume state (.state): writing a checkpoint there would leave its '
+                        'run unable to continue; write the model elsewhere (finetune.py: --out)')
+    # Longest first: a name too long for the file system is reported with the most it must be shortened by.
+    for path, flag in sorted(outputs, key=lambda output: -len(os.fsencode(output[0]))):
+        check_output(path, flag, inputs, replaced=True)
+    # The lock of the file `save` resolves to: a symlink to another run's --save (or a folder reached
+    # through a symlink) names the same lock as that run's own path, so the two cannot both write it.
+    lock = hold_lock(lock_path(save), save)
     try:
         remove_stale_temporaries(path for path, _ in outputs)
         yield
@@ -358,8 +448,15 @@ def run_files(save, outputs, inputs=()):
         os.close(lock)
 
 
-def hold_lock(path):
-    """An open descriptor holding an exclusive flock on `path`; a UserError if another holds it."""
+def lock_path(save):
+    """`<save>.lock`, beside the file `save` resolves to (see run_files)."""
+    return os.path.realpath(save) + '.lock'
+
+
+def hold_lock(path, name):
+    """An open descriptor holding an exclusive flock on `path`; a UserError naming `name` (the run's
+    files) if another holds it. The holder writes a token of its own into the file: the other ranks of
+    a data-parallel run read it to tell that they see rank 0's files (distributed.check_same_start)."""
     import fcntl  # POSIX only, as are the scripts' signals
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -369,8 +466,10 @@ def hold_lock(path):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise UserError(f'{path[:-len(".lock")]}: another run is using these files (it holds {path}); '
+        raise UserError(f'{name}: another run is using these files (it holds {path}); '
                         'wait for it to end, or write elsewhere') from None
+    os.ftruncate(fd, 0)
+    os.write(fd, uuid.uuid4().hex.encode())
     return fd
 
 

@@ -125,3 +125,10 @@ def _read_cache(cache, log):
     except Exception as e:  # a damaged or outdated cache is rebuilt, never trusted
         log(f'note: {cache}: damaged or outdated corpus cache ({first_line(e)}); rebuilding it')
         return None
+
+
+def corpus_digest(corpus):
+    """The content digest of a loaded corpus (vocabulary and the three streams): ranks of one run
+    compare it at start-up, since the same --data path may hold other text on another machine."""
+    return checkpoint.content_digest({'idx2word': corpus.dictionary.idx2word,
+                                      **{split: getattr(corpus, split) for split in SPLITS}})

@@ -21,6 +21,8 @@ With N ranks:
   is broadcast, so the NT-ASGD switch, the best-model choice and fine-tuning's stop are one decision;
 - only rank 0 prints (the others' stdout goes to /dev/null; stderr is kept), logs, and writes
   checkpoints and resume states; the others wait at a barrier while it writes;
+- at start-up the ranks compare their flags, a digest of the corpus they read and whether they see rank
+  0's files (`check_same_start`): any difference stops every rank with one line, before the first step;
 - after every epoch the ranks compare a digest of their weights and stop with an error if they differ.
 """
 import atexit
@@ -28,6 +30,7 @@ import collections
 import datetime
 import functools
 import hashlib
+import math
 import os
 import signal
 import sys
@@ -65,6 +68,7 @@ def setup(args):
     if world is None:
         return Distributed()
     rank, world_size, local_rank = world
+    timeout = collective_timeout()  # a bad value stops every rank with one line, before any rank waits
     import torch.distributed as dist
     use_cuda = not getattr(args, 'cpu', False) and torch.cuda.is_available()  # as cli.choose_device
     if use_cuda:
@@ -72,8 +76,7 @@ def setup(args):
             raise errors.UserError(f'local rank {local_rank} has no GPU of its own: this machine has '
                                    f'{torch.cuda.device_count()}; give torchrun --nproc_per_node at most that')
         torch.cuda.set_device(local_rank)  # so that torch.device('cuda') is this rank's GPU
-    timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
-    dist.init_process_group('nccl' if use_cuda else 'gloo', timeout=datetime.timedelta(seconds=timeout))
+    dist.init_process_group('nccl' if use_cuda else 'gloo', timeout=timeout)
     context = Distributed(rank, world_size, local_rank, torch.device('cuda', local_rank) if use_cuda else None)
     if rank != 0:
         sys.stdout = open(os.devnull, 'w')  # only rank 0 prints
@@ -83,6 +86,23 @@ def setup(args):
     signal.signal(signal.SIGTERM, functools.partial(_on_sigterm, context))
     atexit.register(context.close)
     return context
+
+
+def collective_timeout(environ=None):
+    """The timeout of a collective: AWD_DIST_TIMEOUT seconds (900 when unset), a positive finite number.
+    Anything else (abc, nan, 0, -5, inf) is a UserError: 0 or less would fail every collective at once."""
+    environ = os.environ if environ is None else environ
+    text = environ.get(TIMEOUT_ENV)
+    if text is None:
+        return datetime.timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(text)
+        if not 0 < seconds < math.inf:
+            raise ValueError
+        return datetime.timedelta(seconds=seconds)
+    except (ValueError, OverflowError):
+        raise errors.UserError(f'{TIMEOUT_ENV} must be a positive number of seconds (unset: {DEFAULT_TIMEOUT_S}), '
+                               f'got {text!r}') from None
 
 
 class Distributed:
@@ -165,6 +185,26 @@ class Distributed:
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
+    def check_same_start(self, flags, corpus, lock):
+        """At start-up, before the first step: every rank must run the same flags (`cli.run_flags`) on the
+        same data and see rank 0's files (`lock`: its `<save>.lock`, see cli.hold_lock). Ranks that differ
+        would fall out of step (other sequence lengths, batches or epochs) and wait for the collective
+        timeout; a rank that does not see rank 0's files fails at the end, reading the best model. Every
+        rank gathers what all the others have, so all stop together with the same one-line error."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+        import data
+        everyone = [None] * self.world_size
+        dist.all_gather_object(everyone, {'flags': flags, 'data': data.corpus_digest(corpus),
+                                          'files': read_token(lock) if self.is_main else None})
+        # Rank 0 wrote its token before it reached the gather, so every rank can read it by now.
+        sees_files = [None] * self.world_size
+        dist.all_gather_object(sees_files, self.is_main or read_token(lock) == everyone[0]['files'])
+        problem = start_difference(everyone, sees_files, lock)
+        if problem:
+            raise errors.UserError(problem)
+
     def barrier(self):
         if self.enabled:
             import torch.distributed as dist
@@ -224,6 +264,35 @@ class ModelAndLoss(nn.Module):
 class _Ignore:
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
+
+
+def read_token(path):
+    """The token in a run's lock file (cli.hold_lock), or None where this rank cannot read one."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def start_difference(everyone, sees_files, lock):
+    """The first way the ranks' start-up (`everyone`: each rank's flags, data digest; `sees_files`: whether
+    it reads rank 0's lock token) differs from rank 0's, as a one-line message; None when they agree."""
+    first = everyone[0]
+    for rank, theirs in enumerate(everyone[1:], 1):
+        for flag in sorted(set(first['flags']) | set(theirs['flags'])):
+            ours, other = first['flags'].get(flag), theirs['flags'].get(flag)
+            if ours != other:
+                return (f'the ranks were started with different flags: {flag} is {ours!r} on rank 0 but {other!r} '
+                        f'on rank {rank}; start every rank with the same command')
+        if theirs['data'] != first['data']:
+            return (f'the ranks read different data: rank {rank}\'s {first["flags"].get("--data")} holds other text '
+                    'than rank 0\'s; every rank needs the same corpus')
+    for rank, sees in enumerate(sees_files):
+        if not sees:
+            return (f'rank {rank} does not see the files of rank 0 (rank 0 holds {lock}; on rank {rank} it is missing '
+                    'or another file): put --save (and --out) on a file system all the machines share')
+    return None
 
 
 def rank_seed(seed, rank, epoch):

@@ -132,7 +132,9 @@ def check_args(args):
         if not ok:
             raise errors.UserError(message)
     require(args.save is not None and args.save.strip() != '', 'no checkpoint given: use --save PATH.pt')
-    require(math.isfinite(args.lr) and args.lr >= 0, f'--lr must be >= 0, got {args.lr}')
+    # A larger lr (1e39) is finite as a Python float but fails as the float32 step size of the update.
+    require(0 <= args.lr <= cli.FLOAT32_MAX, f'--lr must be >= 0 and finite in float32 (at most '
+                                             f'{cli.FLOAT32_MAX:.4g}), got {args.lr}')
     require(math.isfinite(args.lamb) and args.lamb >= 0, f'--lamb must be >= 0, got {args.lamb}')
     require(math.isfinite(args.epsilon) and args.epsilon > 0, f'--epsilon must be > 0, got {args.epsilon}')
     require(args.bptt >= 1, f'--bptt must be >= 1, got {args.bptt}')

@@ -139,6 +139,7 @@ def finetune(args, dist):
     rng = cli.set_seed(args.seed, numpy_seed=NUMPY_SEED)
     corpus, train_data, val_data, test_data = cli.load_data(
         args, (args.batch_size, EVAL_BATCH_SIZE, TEST_BATCH_SIZE), device)
+    dist.check_same_start(cli.run_flags(args), corpus, cli.lock_path(args.out))  # [distributed] all alike
     train_data = dist.shard(train_data)  # [distributed] this rank's columns of the batch
     checkpoint.check_vocabulary(ckpt['idx2word'], corpus, source, args.data)
     model, criterion = ckpt['model'], ckpt['criterion']

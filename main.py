@@ -40,8 +40,8 @@ def parse_args(argv=None):
                         "with the flags' lr and dropouts, as the original did. Without --save the run "
                         'goes on writing to the files it names')
     args = parser.parse_args(argv)
-    if args.save is None:  # --resume X alone continues the run X, in its own files
-        args.save = checkpoint.save_of_state(args.resume) if args.resume else f'{int(time.time() * 100)}.pt'
+    if args.save is None and args.resume:  # --resume X alone continues the run X, in its own files
+        args.save = checkpoint.save_of_state(args.resume)
     cli.check_args(args)
     if args.max_seq_len is not None and args.max_seq_len < 5:
         raise errors.UserError(f'--max-seq-len must be at least 5 (the shortest sampled length), '
@@ -52,12 +52,28 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     dist = distributed.setup(args)  # [distributed] torchrun's ranks (README); one process: changes nothing
+    # A new run without --save is named by the time it starts: rank 0's time, on every rank.
+    default_save = dist.from_main(f'{int(time.time() * 100)}.pt')  # [distributed]
+    args.save = default_save if args.save is None else args.save
     if not dist.is_main:  # [distributed] rank 0 alone claims and writes the run's files
         return train(args, dist)
     outputs = [(path, '--save') for path in (args.save, checkpoint.state_path(args.save), cli.json_log_path(args.save))]
     outputs += [(f'{args.save}.e{epoch}', '--when') for epoch in args.when if epoch > 0]
     with cli.run_files(args.save, outputs, inputs=cli.data_files(args.data)):
         return train(args, dist)
+
+
+def check_best_model_is_ours(save, run, state_file):
+    """Continuing a run in its own files: `save` must still hold a model of that run (or none). Another
+    run's there (finetune.py fine-tunes in place) would be overwritten by this run's next best, and
+    without one this run would end saying it saved nothing: stop before any work instead."""
+    if not os.path.isfile(save):
+        return
+    other = checkpoint.read_checkpoint(save).get('run')
+    if other != run:
+        raise errors.UserError(f'{save}: holds the model of another run ({other}; fine-tuned in place?), not that '
+                               f'of the run {state_file} continues ({run}): continuing would overwrite it. Keep '
+                               f'it and continue elsewhere with --resume {state_file} --save NEW.pt')
 
 
 def train(args, dist):
@@ -77,6 +93,8 @@ def train(args, dist):
     run = dist.from_main(run)  # [distributed] one run id for all ranks
     state_is_ours = (saved_state is not None
                      and checkpoint.same_file(resume_state_file, checkpoint.state_path(args.save)))
+    if state_is_ours and run is not None:
+        check_best_model_is_ours(args.save, run, resume_state_file)
     print('Args:', args)
 
     # The first release seeded numpy (the sequence lengths) with 331 whatever --seed said.
@@ -84,6 +102,7 @@ def train(args, dist):
     device = cli.choose_device(args)
     eval_batch_size = 10  # valid in 10 columns, test in 1, as the original
     corpus, train_data, val_data, test_data = cli.load_data(args, (args.batch_size, eval_batch_size, 1), device)
+    dist.check_same_start(cli.run_flags(args), corpus, cli.lock_path(args.save))  # [distributed] all alike
     train_data = dist.shard(train_data)  # [distributed] this rank's columns of the batch
     ntokens = len(corpus.dictionary)
 

@@ -5,7 +5,9 @@ the 1-process references run in this process, on today's code path.
 """
 import argparse
 import contextlib
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +22,7 @@ import distributed
 import errors
 import finetune
 import main
-from conftest import REPO, read_jsonl, tiny_run
+from conftest import REPO, read_jsonl, tiny_run, write_corpus
 
 NO_DROPOUT = ['--dropout', '0', '--dropouth', '0', '--dropouti', '0', '--dropoute', '0', '--wdrop', '0']
 # On the tiny corpus these switch to ASGD after epoch 5 (the valid loss of epoch 5 is not a new best);
@@ -207,3 +209,116 @@ def test_each_rank_and_epoch_has_its_own_dropout_seed():
 def test_other_ranks_ignore_the_log():
     log = distributed.Distributed(1, 2).if_main(open, '/nonexistent/never-opened')
     log.write(epoch=1)  # ignored
+
+
+@pytest.mark.parametrize('value', ['abc', 'nan', '0', '-5', 'inf', '1e300'])
+def test_a_bad_collective_timeout_is_one_line_before_any_rank_waits(monkeypatch, value):
+    import torch.distributed as dist
+    monkeypatch.setenv('RANK', '1')
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, value)
+    monkeypatch.setattr(dist, 'init_process_group', lambda *a, **k: pytest.fail('joined the group'))
+    with pytest.raises(errors.UserError, match=f"AWD_DIST_TIMEOUT must be a positive number of seconds.*{value!r}"):
+        distributed.setup(argparse.Namespace(cpu=True))
+
+
+def test_a_bad_collective_timeout_stops_every_rank_with_one_line(tmp_path, tiny_corpus):
+    env = {**torchrun_env(), distributed.TIMEOUT_ENV: 'abc'}
+    result = subprocess.run(torchrun_command('main.py', tiny_run(tiny_corpus, str(tmp_path / 'm.pt'))), cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.count("error: AWD_DIST_TIMEOUT must be a positive number of seconds") == 2, result.stderr
+    # torchrun prints a traceback of its own when a rank fails; none of the ranks' frames may show.
+    assert not re.search(r'File "[^"]*\b(main|distributed|cli)\.py"', result.stderr), result.stderr
+
+
+# Runs a script's main() as torchrun would, with extra flags (JSON in AWD_TEST_RANK1_FLAGS) on rank 1
+# and, with AWD_TEST_RANK1_CWD, rank 1 in another folder: a machine whose relative --save is elsewhere.
+RANK1_DIFFERS = '''
+import json, os, sys
+sys.path.insert(0, {repo!r})
+import cli, finetune, main
+script, argv = sys.argv[1], sys.argv[2:]
+if os.environ['RANK'] == '1':
+    argv += json.loads(os.environ.get('AWD_TEST_RANK1_FLAGS', '[]'))
+    os.chdir(os.environ.get('AWD_TEST_RANK1_CWD', os.getcwd()))
+cli.run(lambda: (finetune if script == 'finetune' else main).main(argv))
+'''
+
+
+def torchrun_rank1_differs(tmp_path, script, argv, rank1_flags=(), rank1_cwd=None, cwd=None):
+    wrapper = tmp_path / 'rank1_differs.py'
+    wrapper.write_text(RANK1_DIFFERS.format(repo=REPO))
+    env = {**torchrun_env(), 'AWD_TEST_RANK1_FLAGS': json.dumps(list(rank1_flags)),
+           distributed.TIMEOUT_ENV: '30'}  # without the start-up check, a desynchronised run waits this long
+    if rank1_cwd:
+        env['AWD_TEST_RANK1_CWD'] = rank1_cwd
+    started = time.time()
+    result = subprocess.run(torchrun_command(str(wrapper), [script, *argv]), cwd=cwd or REPO, env=env,
+                            capture_output=True, text=True, timeout=150)
+    return result, time.time() - started
+
+
+def assert_every_rank_stops_with(result, message):
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+    assert len(lines) == 2 and all(message in line for line in lines), result.stderr[-3000:]
+    assert not re.search(r'File "[^"]*\b(main|finetune|distributed|cli|training)\.py"', result.stderr), result.stderr
+
+
+@pytest.mark.parametrize('rank1_flags,message', [
+    (['--seed', '5'], '--seed is 1111 on rank 0 but 5 on rank 1'),
+    (['--epochs', '3'], '--epochs is 2 on rank 0 but 3 on rank 1'),
+    (['--data', 'OTHER'], '--data is'),
+], ids=['seed', 'epochs', 'data'])
+def test_ranks_started_differently_all_stop_at_start_up_naming_the_flag(tmp_path, tiny_corpus, rank1_flags, message):
+    other = write_corpus(str(tmp_path / 'other'), seed=1)
+    rank1_flags = [other if flag == 'OTHER' else flag for flag in rank1_flags]
+    save = str(tmp_path / 'm.pt')
+    result, seconds = torchrun_rank1_differs(tmp_path, 'main', tiny_run(tiny_corpus, save, epochs=2), rank1_flags)
+    assert_every_rank_stops_with(result, 'the ranks were started with different flags: ' + message)
+    assert seconds < 60 and not os.path.exists(save)
+
+
+def test_a_rank_that_does_not_see_rank_0s_files_stops_every_rank_at_start_up(tmp_path, tiny_corpus):
+    # The same relative --save on two "machines" (folders) that do not share it.
+    here, there = tmp_path / 'machine0', tmp_path / 'machine1'
+    here.mkdir()
+    there.mkdir()
+    result, _ = torchrun_rank1_differs(tmp_path, 'main', tiny_run(tiny_corpus, 'm.pt', epochs=2), rank1_cwd=str(there),
+                                       cwd=str(here))
+    assert_every_rank_stops_with(result, 'rank 1 does not see the files of rank 0')
+    assert not os.path.exists(here / 'm.pt') and not os.listdir(there)
+
+
+def test_start_up_differences_are_named_in_order():
+    flags = {'--seed': 1111, '--data': 'd'}
+    same = {'flags': flags, 'data': 'sha256:a', 'files': 't'}
+    assert distributed.start_difference([same, dict(same, files=None)], [True, True], 'x.lock') is None
+    assert 'different data' in distributed.start_difference([same, dict(same, data='sha256:b')], [True, True], 'x.lock')
+    assert 'rank 1 does not see' in distributed.start_difference([same, same], [True, False], 'x.lock')
+    message = distributed.start_difference([same, dict(same, flags={'--seed': 2, '--data': 'd'}, data='sha256:b')],
+                                           [True, False], 'x.lock')
+    assert message.startswith('the ranks were started with different flags: --seed is 1111 on rank 0 but 2 on rank 1')
+
+
+def test_finetune_ranks_started_differently_all_stop_at_start_up(tmp_path, tiny_corpus):
+    save = str(tmp_path / 'm.pt')
+    assert main.main(tiny_run(tiny_corpus, save, epochs=1, extra=NO_DROPOUT)) == 0
+    out = str(tmp_path / 'tuned.pt')
+    argv = tiny_run(tiny_corpus, save, epochs=2, extra=['--out', out])
+    result, _ = torchrun_rank1_differs(tmp_path, 'finetune', argv, ['--lr', '3'])
+    assert_every_rank_stops_with(result, '--lr is 30 on rank 0 but 3.0 on rank 1')
+    assert not os.path.exists(out)
+
+
+def test_without_save_every_rank_takes_rank_0s_default_name(tmp_path, tiny_corpus):
+    run_in = tmp_path / 'run'
+    run_in.mkdir()
+    argv = tiny_run(tiny_corpus, 'unused', epochs=1)
+    argv = argv[:argv.index('--save')]  # no --save: named by the time the run starts (each rank's, before)
+    result = subprocess.run(torchrun_command(os.path.join(REPO, 'main.py'), argv), cwd=str(run_in), env=torchrun_env(),
+                            capture_output=True, text=True, timeout=150)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoints = [name for name in os.listdir(run_in) if name.endswith('.pt')]
+    assert len(checkpoints) == 1 and '| End of training' in result.stdout, (os.listdir(run_in), result.stdout[-2000:])
