@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -49,7 +50,24 @@ def run(main):
         fail('interrupted (Ctrl-C)', 130)
     except OSError as e:
         fail(f'{e.filename}: {e.strerror}' if e.filename and e.strerror else str(e), 2)
+    except RuntimeError as e:
+        if not cpu_out_of_memory(e):
+            raise
+        fail(cpu_out_of_memory(e), 2)
     sys.exit(status)
+
+
+def cpu_out_of_memory(error):
+    """The one-line report of torch's CPU allocator failing (a model or batch too large for the
+    machine's memory, e.g. --emsize 100000000000), or None for any other error. Caught here, not only
+    in the epoch loop as the GPU's is, since the model's own weights are allocated before it."""
+    text = str(error)
+    if "DefaultCPUAllocator: can't allocate memory" not in text:
+        return None
+    match = re.search(r'tried to allocate (\d+) bytes', text)
+    size = f' for {int(match.group(1)) / 2 ** 30:.4g} GiB' if match else ''
+    return (f'CPU out of memory: an allocation{size} failed; try a smaller model (--emsize, --nhid, '
+            '--nlayers), --batch_size or --bptt')
 
 
 def fail(message, status):

@@ -613,3 +613,59 @@ def test_log_records_are_strict_json(tmp_path):
     with open(path) as f:
         record = json.loads(f.readline(), parse_constant=reject)
     assert record['valid_loss'] is None and record['valid_ppl'] is None and record['lr'] == [None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Third round (issue 19)
+
+def write_records(path, records):
+    with open(path, 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in records)
+    return str(path)
+
+
+def epoch_record(run, epoch, lr, valid_loss):
+    return dict(run=run, epoch=epoch, lr=lr, optimizer='sgd', train_loss=valid_loss + 0.5,
+                **cli.loss_record('valid', valid_loss))
+
+
+def test_plot_draws_each_run_of_a_shared_log_as_its_own_curve(tmp_path):
+    import plot
+    # A run of 4 epochs, then a restart from its checkpoint with --lr 5 (a new run id) for 2 more.
+    first = [epoch_record('aaaa1111bbbb2222', e, 30, 6 - 0.2 * e) for e in (1, 2, 3, 4)]
+    second = [epoch_record('cccc3333dddd4444', e, 5, 5 - 0.1 * e) for e in (1, 2)]
+    log = write_records(tmp_path / 'm.pt.jsonl', first + [dict(run=first[0]['run'], final=True)] + second)
+    runs = plot.log_curves(log, 'm')
+    assert [label for label, _ in runs] == ['m run 1/2 (aaaa1111)', 'm run 2/2 (cccc3333)']
+    assert [points[0] for _, points in runs] == [[1, 2, 3, 4], [1, 2]]
+    assert runs[1][1][2] == pytest.approx([training.perplexity(4.9), training.perplexity(4.8)])
+    # One run (continued exactly from its state: the same id) stays one curve with the log's label.
+    assert [label for label, _ in plot.log_curves(write_records(tmp_path / 'one.jsonl', first), 'one')] == ['one']
+
+
+@pytest.mark.parametrize('nhid', ['12', '16'], ids=['same architecture', 'other architecture'])
+def test_finetune_never_reports_a_model_that_replaced_its_output(trained, tmp_path, monkeypatch, nhid):
+    corpus, save, _ = trained
+    other = str(tmp_path / 'other.pt')
+    assert train(corpus, other, extra=['--nhid', nhid]) == 0
+    out = str(tmp_path / 'tuned.pt')
+    real = checkpoint.atomic_torch_save
+
+    def replaced_after_the_last_epoch(obj, path):  # another run writes over the output at the end
+        real(obj, path)
+        if path.endswith('.finetune.state'):
+            shutil.copy(other, out)
+    monkeypatch.setattr(checkpoint, 'atomic_torch_save', replaced_after_the_last_epoch)
+    with pytest.raises(errors.UserError, match='tuned.pt: replaced by another run'):
+        finetune.main(['--data', corpus, '--save', save, '--out', out, '--epochs', '1', *TINY])
+    assert open(out, 'rb').read() == open(other, 'rb').read()  # left as it is
+
+
+def test_finetune_in_place_without_improvement_reports_the_loaded_model(trained, tmp_path, monkeypatch, capsys):
+    corpus, _, _ = trained
+    save = copy_checkpoint(trained, tmp_path)
+    before = open(save, 'rb').read()
+    monkeypatch.setattr(training, 'evaluate', lambda *args: 5.0)  # valid never improves: nothing saved
+    assert finetune.main(['--data', corpus, '--save', save, '--epochs', '2', *TINY]) == 0
+    assert open(save, 'rb').read() == before
+    assert 'End of training' in capsys.readouterr().out
