@@ -669,3 +669,12 @@ def test_finetune_in_place_without_improvement_reports_the_loaded_model(trained,
     assert finetune.main(['--data', corpus, '--save', save, '--epochs', '2', *TINY]) == 0
     assert open(save, 'rb').read() == before
     assert 'End of training' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('flags', [['--sgd', '--lr', '3e38'], ['--sgd', '--lr', '1e30'], ['--lr', '1e30']],
+                         ids=lambda f: ' '.join(f))
+def test_dynamiceval_refuses_to_report_a_diverged_result(trained, capsys, flags):
+    corpus, save, _ = trained
+    with pytest.raises(errors.UserError, match='not a usable result: the updates diverged with --lr'):
+        dynamiceval.main(['--data', corpus, '--save', save, '--cpu', '--max-batches', '5', *flags])
+    assert 'End of dynamic evaluation' not in capsys.readouterr().out
