@@ -299,7 +299,7 @@ def evaluate_checkpoint(args, log=print):
     the hyper-parameters actually used ('lr', 'lamb', 'epsilon': after --paper-scale)."""
     cli.set_seed(args.seed)
     device = cli.choose_device(args)
-    ckpt = checkpoint.load_checkpoint(args.save, map_location=device)
+    ckpt = checkpoint.load_checkpoint(args.save, map_location=device, resume_state_ok=False)
     corpus, train_data, val_data, test_data = cli.load_data(
         args, (args.batch_size, args.eval_batch_size, args.eval_batch_size), device, log=log)
     checkpoint.check_vocabulary(ckpt['idx2word'], corpus, args.save, args.data)

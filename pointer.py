@@ -211,7 +211,7 @@ def main(argv=None):
         except errors.UserError as e:
             raise errors.UserError(f'{e}: give --log PATH to write the results elsewhere') from None
     device = cli.choose_device(args)
-    ckpt = checkpoint.load_checkpoint(args.save, map_location=device)
+    ckpt = checkpoint.load_checkpoint(args.save, map_location=device, resume_state_ok=False)
     model, criterion = ckpt['model'], ckpt['criterion']
     if args.model is not None and args.model != model.rnn_type:
         print(f'note: --model {args.model} ignored: the checkpoint holds a {model.rnn_type} model')

@@ -678,3 +678,29 @@ def test_dynamiceval_refuses_to_report_a_diverged_result(trained, capsys, flags)
     with pytest.raises(errors.UserError, match='not a usable result: the updates diverged with --lr'):
         dynamiceval.main(['--data', corpus, '--save', save, '--cpu', '--max-batches', '5', *flags])
     assert 'End of dynamic evaluation' not in capsys.readouterr().out
+
+
+def evaluation_argv(script, corpus, model, tmp_path):
+    """argv of pointer.py, generate.py or dynamiceval.py evaluating `model`."""
+    if script is generate:
+        return ['--data', corpus, '--checkpoint', model, '--outf', str(tmp_path / 'g.txt'), '--words', '5', '--cpu']
+    if script is pointer:
+        return ['--data', corpus, '--save', model, '--window', '5', '--bptt', '20', '--cpu',
+                '--log', str(tmp_path / 'p.jsonl')]
+    return ['--data', corpus, '--save', model, '--cpu', '--max-batches', '2']
+
+
+@pytest.mark.parametrize('which', ['main', 'finetune', 'renamed'])
+@pytest.mark.parametrize('script', [pointer, generate, dynamiceval], ids=lambda s: s.__name__)
+def test_evaluation_scripts_refuse_a_resume_state_and_name_the_checkpoint(trained, tmp_path, monkeypatch,
+                                                                          script, which):
+    corpus, save, tuned_state = trained
+    state, best = {'main': (checkpoint.state_path(save), save),
+                   'finetune': (tuned_state, tuned_state[:-len('.finetune.state')])}.get(which, (None, save))
+    if which == 'renamed':  # a state copied under another name: its run's --save is named
+        state = str(tmp_path / 'weights.pt')
+        shutil.copy(checkpoint.state_path(save), state)
+    monkeypatch.setattr(cli, 'load_data', must_not_run)
+    with pytest.raises(errors.UserError, match='a resume state of ') as refused:
+        script.main(evaluation_argv(script, corpus, state, tmp_path))
+    assert str(refused.value).startswith(f'{state}: ') and str(refused.value).endswith(f'use the checkpoint {best}')
