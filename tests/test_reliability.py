@@ -704,3 +704,54 @@ def test_evaluation_scripts_refuse_a_resume_state_and_name_the_checkpoint(traine
     with pytest.raises(errors.UserError, match='a resume state of ') as refused:
         script.main(evaluation_argv(script, corpus, state, tmp_path))
     assert str(refused.value).startswith(f'{state}: ') and str(refused.value).endswith(f'use the checkpoint {best}')
+
+
+def test_the_corpus_cache_is_named_after_the_text_that_was_read(small_corpus, monkeypatch):
+    train_file = os.path.join(small_corpus, 'train.txt')
+    old_text = open(train_file).read()
+    real_key = data._content_key
+
+    def split_changes_once_hashed(path):  # another process rewrites train.txt in between
+        key = real_key(path)
+        with open(train_file, 'a') as f:
+            f.write(' a brand new line . \n')
+        return key
+    monkeypatch.setattr(data, '_content_key', split_changes_once_hashed)
+    data.load_corpus(small_corpus, log=lambda *a: None)
+    monkeypatch.setattr(data, '_content_key', real_key)
+    cache, = [name for name in os.listdir(small_corpus) if name.startswith('corpus.')]
+    assert cache == f'corpus.{real_key(small_corpus)}.pt'  # the new text's name
+    with open(train_file, 'w') as f:  # back to the old text: its corpus, not the new one's
+        f.write(old_text)
+    loaded = data.load_corpus(small_corpus, log=lambda *a: None)
+    assert 'brand' not in loaded.dictionary.idx2word
+    assert loaded.dictionary.idx2word == data.Corpus(small_corpus).dictionary.idx2word
+
+
+def test_a_utf8_byte_order_mark_is_not_a_word(tmp_path, small_corpus):
+    marked = str(tmp_path / 'marked')
+    shutil.copytree(small_corpus, marked)
+    for split in data.SPLITS:
+        name = os.path.join(marked, split + '.txt')
+        text = open(name, 'rb').read()
+        with open(name, 'wb') as f:
+            f.write(b'\xef\xbb\xbf' + text)
+    plain, with_mark = data.Corpus(small_corpus), data.Corpus(marked)
+    assert with_mark.dictionary.idx2word == plain.dictionary.idx2word
+    assert all(torch.equal(getattr(with_mark, s), getattr(plain, s)) for s in data.SPLITS)
+    # An old cache of the marked text (the mark a word) is not taken for the new reading.
+    assert data._content_key(marked) != data._content_key(small_corpus)
+    assert data.load_corpus(marked, log=lambda *a: None).dictionary.idx2word == plain.dictionary.idx2word
+
+
+@pytest.mark.parametrize('offset', [5, 8191, 8192, 10000, (1 << 20) + 3])
+def test_the_utf8_error_names_the_offset_from_the_start_of_the_file(tmp_path, offset):
+    folder = corpus_of(str(tmp_path / 'c'), 3)
+    name = os.path.join(folder, 'valid.txt')
+    text = ('a b \u00e9t\u00e9 c \n' * (offset // 12 + 1)).encode()[:offset]
+    text = text[:len(text.decode('utf-8', 'ignore').encode())]  # no character cut at the end
+    text += b'x' * (offset - len(text)) + b'\xff more words \n'
+    with open(name, 'wb') as f:
+        f.write(text)
+    with pytest.raises(data.DataError, match=rf'valid.txt: not UTF-8 text \(invalid start byte at byte {offset}\)'):
+        data.Corpus(folder)
