@@ -257,6 +257,7 @@ class JsonLog:
 
     def __init__(self, path, run=None, resumed_after=None):
         self.path, self.run = path, run
+        self._end_a_cut_off_line()
         if resumed_after is not None:
             self._forget_records_after(resumed_after)
         try:
@@ -272,6 +273,32 @@ class JsonLog:
             self.file.flush()
         except OSError as e:
             raise UserError(f'{self.path}: could not write the log ({e.strerror or e})') from None
+
+    def _end_a_cut_off_line(self):
+        """A last line without its newline was cut off by an interrupted write (a full disk, kill -9):
+        the next record appended to it would spoil both. A whole record that only lacks the newline
+        gets it; a partial one, which nothing can read, is dropped, with a note."""
+        try:
+            with open(self.path, 'rb+') as f:
+                content = f.read()
+                if not content or content.endswith(b'\n'):
+                    return
+                keep = content.rfind(b'\n') + 1
+                tail = content[keep:]
+                try:
+                    whole = isinstance(json.loads(tail), dict)
+                except ValueError:
+                    whole = False
+                if whole:
+                    f.write(b'\n')
+                else:
+                    f.truncate(keep)
+                    print(f'note: {self.path}: dropped its last line, a record cut off by an interrupted write '
+                          f'({len(tail)} bytes)')
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise UserError(f'{self.path}: cannot write the log ({e.strerror})') from None
 
     def _forget_records_after(self, epoch):
         if not os.path.isfile(self.path):

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import sys
 
 import cli
 import errors
@@ -44,7 +45,12 @@ def number(value):
 
 
 def read_log(path):
-    """The records of a JSON-lines log, in file order."""
+    """The records of a JSON-lines log, in file order.
+
+    A line cut off by an interrupted write (a full disk, kill -9) is skipped with a note; where a later
+    record was appended to it (by code that did not repair such lines), that record is kept. A file
+    with no JSON record at all is not a log: an error.
+    """
     try:
         with open(path, encoding='utf-8') as f:
             lines = f.readlines()
@@ -52,17 +58,41 @@ def read_log(path):
         raise errors.UserError(f'{path}: cannot read: {e.strerror}')
     except UnicodeDecodeError:
         raise errors.UserError(f'{path}: not a text file')
-    records = []
+    records, cut_off = [], []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise errors.UserError(f'{path}, line {n}: not JSON')
-        if isinstance(record, dict):
+        record = parse_line(line)
+        if record is None:
+            cut_off.append(n)
+        elif isinstance(record, dict):
             records.append(record)
+    if cut_off and not records:
+        raise errors.UserError(f'{path}, line {cut_off[0]}: not JSON')
+    if cut_off:
+        shown = ', '.join(map(str, cut_off[:5])) + (', ...' if len(cut_off) > 5 else '')
+        print(f'note: {path}: skipped {len(cut_off)} line(s) cut off by an interrupted write (line {shown})',
+              file=sys.stderr)
     return records
+
+
+def parse_line(line):
+    """The JSON value of a log line; for a cut-off record with a whole one appended to it, that whole
+    one; None when the line holds no record."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        pass
+    start = line.find('{', 1)
+    while start > 0:
+        try:
+            record = json.loads(line[start:])
+            if isinstance(record, dict):
+                return record
+        except ValueError:
+            pass
+        start = line.find('{', start + 1)
+    return None
 
 
 def split_runs(records):

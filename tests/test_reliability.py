@@ -755,3 +755,32 @@ def test_the_utf8_error_names_the_offset_from_the_start_of_the_file(tmp_path, of
         f.write(text)
     with pytest.raises(data.DataError, match=rf'valid.txt: not UTF-8 text \(invalid start byte at byte {offset}\)'):
         data.Corpus(folder)
+
+
+@pytest.mark.parametrize('cut', ['partial record', 'whole record without its newline'])
+def test_appending_to_a_log_whose_last_line_was_cut_off(tmp_path, capsys, cut):
+    path = str(tmp_path / 'm.pt.jsonl')
+    records = [epoch_record('r', e, 30, 6 - 0.1 * e) for e in (1, 2)]
+    text = ''.join(json.dumps(r) + '\n' for r in records)
+    last = json.dumps(epoch_record('r', 3, 30, 5.5))
+    with open(path, 'w') as f:  # the disk filled up (or kill -9 struck) in the middle of epoch 3's record
+        f.write(text + (last[:25] if cut == 'partial record' else last))
+    cli.JsonLog(path, 'r').write(epoch=4, valid_loss=5.4)
+    lines = open(path).read().splitlines()
+    kept = records + ([] if cut == 'partial record' else [json.loads(last)])
+    assert [json.loads(line) for line in lines] == kept + [{'run': 'r', 'epoch': 4, 'valid_loss': 5.4}]
+    assert ('dropped its last line' in capsys.readouterr().out) == (cut == 'partial record')
+
+
+def test_plot_skips_lines_cut_off_by_an_interrupted_write(tmp_path, capsys):
+    import plot
+    records = [epoch_record('r', e, 30, 6 - 0.1 * e) for e in (1, 2, 3, 4)]
+    lines = [json.dumps(r) for r in records]
+    # Written before logs were repaired: epoch 2's record cut off, epoch 3's appended to it; the last cut off.
+    damaged = [lines[0], lines[1][:30] + lines[2], lines[3][:20]]
+    log = str(tmp_path / 'm.pt.jsonl')
+    with open(log, 'w') as f:
+        f.write('\n'.join(damaged))
+    (label, points), = plot.log_curves(log, 'm')
+    assert points[0] == [1, 3]
+    assert 'skipped 1 line(s) cut off by an interrupted write (line 3)' in capsys.readouterr().err
