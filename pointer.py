@@ -86,8 +86,10 @@ def parse_args(argv=None):
     cli.check_args(argparse.Namespace(bptt=args.bptt, save=args.save))
     if args.window < 1:
         raise errors.UserError(f'--window must be at least 1, got {args.window}')
-    if not 0 <= args.lambdasm <= 1:
-        raise errors.UserError(f'--lambdasm must be in [0, 1], got {args.lambdasm}')
+    if not 0 <= args.lambdasm < 1:
+        raise errors.UserError(f'--lambdasm must be in [0, 1), got {args.lambdasm}' + (
+            ': with 1 the model\'s softmax gets no weight, so every word that did not follow a position in '
+            'the cache window has probability 0 (an infinite loss)' if args.lambdasm == 1 else ''))
     if not math.isfinite(args.theta):
         raise errors.UserError(f'--theta must be a finite number, got {args.theta}')
     if args.log is None and args.save:

@@ -784,3 +784,14 @@ def test_plot_skips_lines_cut_off_by_an_interrupted_write(tmp_path, capsys):
     (label, points), = plot.log_curves(log, 'm')
     assert points[0] == [1, 3]
     assert 'skipped 1 line(s) cut off by an interrupted write (line 3)' in capsys.readouterr().err
+
+
+def test_pointer_refuses_lambdasm_1_naming_the_real_cause(trained, monkeypatch):
+    corpus, save, _ = trained
+    monkeypatch.setattr(cli, 'load_data', must_not_run)
+    with pytest.raises(errors.UserError) as refused:
+        pointer.main(['--data', corpus, '--save', save, '--window', '5', '--bptt', '20', '--cpu',
+                      '--lambdasm', '1', '--log', os.devnull])
+    message = str(refused.value)
+    assert message.startswith('--lambdasm must be in [0, 1), got 1.0') and 'probability 0' in message
+    assert '--theta' not in message
