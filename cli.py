@@ -505,11 +505,21 @@ def evaluate_best_on_test(path, model, criterion, test_data, bptt, run=None):
 RESUME_MAY_CHANGE = ('epochs', 'resume', 'save', 'cuda', 'cpu', 'log_interval', 'data')
 
 
-def adopt_run_args(args, saved_args, may_change):
+def given_flags(parser, argv=None):
+    """The names (dests) of the options given on the command line, abbreviations (`--epoch`) included,
+    as opposed to those holding their defaults. argparse fills in a default only where the namespace
+    lacks the name, so each name starts out holding a marker that only a given option replaces."""
+    unset = object()
+    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != argparse.SUPPRESS})
+    return {k for k, v in vars(parser.parse_args(argv, namespace)).items() if v is not unset}
+
+
+def adopt_run_args(args, saved_args, may_change, given):
     """Continue a saved run with its own settings: copy every saved flag not in `may_change` into
-    `args`; returns the names of flags set (not None) in `args` that were overridden (to note)."""
+    `args`; returns the names of the flags `given` on the command line (given_flags) whose values were
+    overridden (to note): a flag left at its default was never the user's to ignore."""
     ignored = sorted(k for k, v in saved_args.items()
-                     if k not in may_change and getattr(args, k, None) not in (None, v))
+                     if k not in may_change and k in given and getattr(args, k, None) != v)
     for k, v in saved_args.items():
         if k not in may_change:
             setattr(args, k, v)

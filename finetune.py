@@ -44,7 +44,7 @@ def finetune_log_path(out):
     return out + '.finetune.jsonl'
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(
         description='Fine-tune a saved AWD-LSTM with ASGD from the first step. Fine-tuning modifies the '
                     'saved model (--save is overwritten unless --out is given); copy it to keep the original.')
@@ -67,7 +67,11 @@ def parse_args(argv=None):
     g.add_argument('--resume', nargs='?', const='', default=None, metavar='STATE',
                    help='continue an interrupted fine-tuning exactly where it stopped, from its resume state: '
                         '<out>.finetune.state by default, or the STATE file (or output path) named')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
     # The model and dropout flags are None unless given; check_args only looks at the flags present.
     cli.check_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if v is not None}))
     if args.out is not None and args.out.strip() == '':
@@ -93,17 +97,18 @@ def find_state(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    given = cli.given_flags(build_parser(), argv)
     dist = distributed.setup(args)  # [distributed] torchrun's ranks (README); one process: changes nothing
     if not dist.is_main:  # [distributed] rank 0 alone claims and writes the run's files
-        return finetune(args, dist)
+        return finetune(args, dist, given)
     flag = '--out' if args.out != args.save else '--save'
     outputs = [(path, flag) for path in (args.out, finetune_state_path(args.out), finetune_log_path(args.out))]
     with cli.run_files(args.out, outputs, inputs=cli.data_files(args.data)):
-        return finetune(args, dist)
+        return finetune(args, dist, given)
 
 
-def finetune(args, dist):
-    """The whole run, once its files are claimed."""
+def finetune(args, dist, given):
+    """The whole run, once its files are claimed; `given`: the flags given on the command line."""
     device = cli.choose_device(args)
 
     # The model: the checkpoint of main.py, or when resuming the state of this script's own run.
@@ -113,7 +118,7 @@ def finetune(args, dist):
     if state_file:
         checkpoint.check_state(ckpt, state_file, 'finetune')
         # The output is where the state is (the files claimed), even if they were moved since.
-        ignored = cli.adopt_run_args(args, ckpt['args'], cli.RESUME_MAY_CHANGE + ('out',))
+        ignored = cli.adopt_run_args(args, ckpt['args'], cli.RESUME_MAY_CHANGE + ('out',), given)
         cli.check_resumed_args(args, state_file)
         if ignored:
             print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')

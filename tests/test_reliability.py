@@ -795,3 +795,26 @@ def test_pointer_refuses_lambdasm_1_naming_the_real_cause(trained, monkeypatch):
     message = str(refused.value)
     assert message.startswith('--lambdasm must be in [0, 1), got 1.0') and 'probability 0' in message
     assert '--theta' not in message
+
+
+@pytest.mark.parametrize('script', ['main', 'finetune'])
+def test_the_resume_note_names_only_flags_given_on_the_command_line(trained, tmp_path, capsys, script):
+    corpus, save, _ = trained
+    out = str(tmp_path / 'm.pt')
+    # The run's own settings differ from the defaults: --lr 5 (default 30), --nonmono 3 (default 5).
+    if script == 'main':
+        first = lambda *extra: train(corpus, out, epochs=1, extra=['--lr', '5', '--nonmono', '3', *extra])
+        resume = lambda *extra: train_script.main([*TINY, '--data', corpus, '--epochs', '2', '--resume', out, *extra])
+    else:
+        first = lambda: finetune.main(['--data', corpus, '--save', save, '--out', out, '--epochs', '1',
+                                       '--lr', '5', '--nonmono', '3', *TINY])
+        resume = lambda *extra: finetune.main(['--data', corpus, '--out', out, '--resume', '--epochs', '2', *TINY,
+                                               *extra])
+    assert first() == 0
+    capsys.readouterr()
+    assert resume() == 0
+    assert 'ignored flags' not in capsys.readouterr().out  # nothing given but what may change
+    state = checkpoint.state_path(out) if script == 'main' else finetune.finetune_state_path(out)
+    # Given, and different from the run's: noted (an abbreviation counts); given with the run's value: not.
+    assert resume('--lr', '7', '--nonmon', '4', '--clip', '0.25', '--resume', state, '--epochs', '3') == 0
+    assert 'ignored flags: lr, nonmono\n' in capsys.readouterr().out
