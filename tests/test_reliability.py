@@ -818,3 +818,12 @@ def test_the_resume_note_names_only_flags_given_on_the_command_line(trained, tmp
     # Given, and different from the run's: noted (an abbreviation counts); given with the run's value: not.
     assert resume('--lr', '7', '--nonmon', '4', '--clip', '0.25', '--resume', state, '--epochs', '3') == 0
     assert 'ignored flags: lr, nonmono\n' in capsys.readouterr().out
+
+
+def test_benchmark_data_naming_a_missing_folder_is_an_error(tmp_path, monkeypatch, capsys):
+    import benchmark
+    missing = str(tmp_path / 'no-such-corpus')
+    monkeypatch.setattr(benchmark, 'load_streams', must_not_run)
+    with pytest.raises(errors.UserError, match=f'--data {missing}: folder not found .*--synthetic'):
+        benchmark.main(['--data', missing, '--small', '--cpu', '--batches', '1', '--warmup', '0'])
+    assert 'recipe=' not in capsys.readouterr().out
