@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import signal
 import sys
 import time
@@ -22,7 +21,7 @@ import torch
 
 import data
 from batching import batchify
-from checkpoint import atomic_write_text, read_checkpoint, remove_stale_temporaries
+from checkpoint import atomic_write_text, load_weights, read_checkpoint, remove_stale_temporaries
 from errors import UserError
 from training import evaluate, perplexity
 
@@ -50,24 +49,7 @@ def run(main):
         fail('interrupted (Ctrl-C)', 130)
     except OSError as e:
         fail(f'{e.filename}: {e.strerror}' if e.filename and e.strerror else str(e), 2)
-    except RuntimeError as e:
-        if not cpu_out_of_memory(e):
-            raise
-        fail(cpu_out_of_memory(e), 2)
     sys.exit(status)
-
-
-def cpu_out_of_memory(error):
-    """The one-line report of torch's CPU allocator failing (a model or batch too large for the
-    machine's memory, e.g. --emsize 100000000000), or None for any other error. Caught here, not only
-    in the epoch loop as the GPU's is, since the model's own weights are allocated before it."""
-    text = str(error)
-    if "DefaultCPUAllocator: can't allocate memory" not in text:
-        return None
-    match = re.search(r'tried to allocate (\d+) bytes', text)
-    size = f' for {int(match.group(1)) / 2 ** 30:.4g} GiB' if match else ''
-    return (f'CPU out of memory: an allocation{size} failed; try a smaller model (--emsize, --nhid, '
-            '--nlayers), --batch_size or --bptt')
 
 
 def fail(message, status):
@@ -484,16 +466,20 @@ def sigterm_held():
 # ---------------------------------------------------------------------------------------------
 # Shared by main.py and its descendants (finetune.py, pointer.py, generate.py)
 
-def evaluate_best_on_test(path, model, criterion, test_data, bptt, run=None):
+def evaluate_best_on_test(path, model, criterion, test_data, bptt, run=None, replaced_unless=None):
     """Load the best saved weights into `model` and report them on test (batch size 1).
     With `run` given, the checkpoint must be one that run saved: a file an earlier run left under
-    the same name (Ctrl-C before this run's first save) is never reported as this run's."""
+    the same name (Ctrl-C before this run's first save) is never reported as this run's.
+    `replaced_unless` (fine-tuning, which writes its output from the start): the run ids the model
+    there may have; any other was written over this run's output meanwhile, and is not reported."""
     best = read_checkpoint(path) if os.path.isfile(path) else None
+    if replaced_unless is not None and best is not None and best.get('run') not in replaced_unless:
+        raise UserError(f'{path}: replaced by another run\'s model while this run went on (its run id is not '
+                        'this run\'s); it was not evaluated')
     if best is None or run is not None and best.get('run') != run:
         raise UserError(f'{path}: no model was saved by this run (it stopped before its first evaluation)'
                         + ('; the file there is an earlier run\'s and was not evaluated' if best else ''))
-    model.load_state_dict(best['model'])
-    criterion.load_state_dict(best['criterion'])
+    load_weights(model, criterion, best, path)
     test_loss = evaluate(model, criterion, test_data, 1, bptt)
     print('=' * 89)
     print(f'| End of training | {report_line("test", test_loss)}')

@@ -141,6 +141,13 @@ def finetune(args, dist, given):
     # An exact resume continues its run; anything else is a new run (see checkpoint.new_run_id).
     run = ckpt.get('run') if state_file else checkpoint.new_run_id()
     run = dist.from_main(run)  # [distributed] one run id for all ranks
+    # The runs whose model the output may hold at the end: this one, and when fine-tuning in place the
+    # loaded checkpoint's (it stays there until the first improvement). Anything else means another run
+    # wrote over the output meanwhile. A state from before this check has no list: unchecked.
+    if state_file:
+        start_runs = ckpt.get('start_runs')
+    else:
+        start_runs = [ckpt.get('run')] if checkpoint.same_file(args.out, args.save) else []
     state_is_ours = state_file is not None and checkpoint.same_file(state_file, finetune_state_path(args.out))
 
     def save_model(path):
@@ -150,7 +157,7 @@ def finetune(args, dist, given):
         checkpoint.save_checkpoint(finetune_state_path(args.out), model, criterion, optimizer, args,
                                    corpus.dictionary.idx2word, epoch=epoch, history=history,
                                    best_val_loss=best_val_loss, done=done, rng=checkpoint.rng_state(rng, device),
-                                   script='finetune', run=run)
+                                   script='finetune', run=run, start_runs=start_runs)
     save_model, save_state = dist.writer(save_model), dist.writer(save_state)  # [distributed] rank 0 writes
 
     log = dist.if_main(cli.JsonLog, finetune_log_path(args.out), run,  # [distributed] rank 0 logs
@@ -210,7 +217,8 @@ def finetune(args, dist, given):
         return cli.report_interrupted(state, f'--resume {state} --data {args.data}', state_is_ours)
 
     # Load the best model (the output holds it from the start) and run it on test data.
-    test_loss = cli.evaluate_best_on_test(args.out, model, criterion, test_data, args.bptt)
+    test_loss = cli.evaluate_best_on_test(args.out, model, criterion, test_data, args.bptt,
+                                          replaced_unless=None if start_runs is None else {run, *start_runs})
     log.write(final=True, **cli.loss_record('valid', best_val_loss), **cli.loss_record('test', test_loss))
     return 0
 
