@@ -76,7 +76,7 @@ def parse_args(argv=None):
     g.add_argument('--theta', type=float, default=0.6625523432485668,
                    help='inverse temperature of the attention over the cache')
     g.add_argument('--lambdasm', type=float, default=0.12785920428335693,
-                   help='weight of the cache distribution in the mixture with the model softmax')
+                   help='weight of the cache distribution in the mixture with the model softmax, in [0, 1)')
     g.add_argument('--cache-from-start', action='store_true',
                    help='corrected variant: use the cache from the second token on, with whatever history '
                         'exists (the original skips the first window + 1 tokens and the first of each chunk)')
