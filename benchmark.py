@@ -14,9 +14,10 @@ scaled by seq_len / bptt) and one validation pass (training.evaluate, batch size
     valid_s=... tokens_per_s=... peak_mem=... MB (cuda max allocated) ...
 
 s/epoch is extrapolated: (time of the timed batches / tokens they covered) x tokens of one epoch, so it
-needs only the length of the training stream. When the recipe's data folder is absent (or with
+needs only the length of the training stream. When the recipe's default data folder is absent (or with
 --synthetic) a random token stream with the real vocabulary size and split lengths stands in: speed
-does not depend on which words they are. An explicit --data applies to every recipe named.
+does not depend on which words they are. An explicit --data applies to every recipe named, and must
+exist (a folder named but absent is an error, never a silent stand-in).
 
 peak_mem is torch.cuda.max_memory_allocated on a GPU (reset per configuration); on a CPU it is the
 process's maximum resident set size so far (ru_maxrss), which never decreases from one configuration to
@@ -116,7 +117,8 @@ def parse_args(argv=None):
                         help=f'execution options compared side by side: {", ".join(OPTIONS)} (default: eager)')
     parser.add_argument('--data', type=str, default=None,
                         help="data folder (default: the recipe's data/penn, data/wikitext-2 or data/pennchar); "
-                             'when absent, a synthetic stream of the real size and vocabulary')
+                             'when that default is absent, a synthetic stream of the real size and vocabulary; '
+                             'a folder given here must exist')
     parser.add_argument('--synthetic', action='store_true', help='use the synthetic stream even if the data exist')
     parser.add_argument('--batches', type=int, default=50, help='timed training batches (default 50)')
     parser.add_argument('--warmup', type=int, default=5, help='untimed training batches first (default 5)')
@@ -149,6 +151,9 @@ def parse_args(argv=None):
         raise errors.UserError(f'--threads must be positive, got {args.threads}')
     if args.profile_steps < 1:
         raise errors.UserError(f'--profile-steps must be positive, got {args.profile_steps}')
+    if args.data is not None and not args.synthetic and not os.path.isdir(args.data):
+        raise errors.UserError(f'--data {args.data}: folder not found (give an existing corpus folder, or '
+                               '--synthetic to time a random stream of the recipe\'s size)')
     if args.nproc is not None and min(args.nproc) < 1:
         raise errors.UserError(f'--nproc must be positive, got {args.nproc}')
     return args

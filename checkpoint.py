@@ -261,8 +261,9 @@ def check_fields(ckpt, path, fields, what):
             raise UserError(f'{path}: damaged {what}: its {key!r} field holds a {type(value).__name__}')
 
 
-def load_checkpoint(path, map_location=None):
-    """Load a checkpoint of main.py / finetune.py.
+def load_checkpoint(path, map_location=None, resume_state_ok=True):
+    """Load a checkpoint of main.py / finetune.py (or, unless `resume_state_ok` is False, a resume state:
+    the scripts that use a trained model refuse one, see refuse_resume_state).
 
     Returns the checkpoint dict with `model` an RNNModel holding the saved weights, `criterion` the
     SplitCrossEntropyLoss (both moved to `map_location`, a device, when given), `args` the training
@@ -270,6 +271,8 @@ def load_checkpoint(path, map_location=None):
     `optimizer` the raw state dicts (on the CPU).
     """
     ckpt = read_checkpoint(path)
+    if not resume_state_ok:
+        refuse_resume_state(ckpt, path)
     try:
         model = RNNModel(**ckpt['model_config'])
         criterion = SplitCrossEntropyLoss(**ckpt['criterion_config'])
@@ -347,10 +350,40 @@ STATE_FIELDS = {'epoch': int, 'history': list, 'best_val_loss': (int, float), 'o
                 'optimizer_name': str, 'rng': dict}
 
 
+def is_resume_state(ckpt):
+    """Whether a checkpoint dict is a resume state (states from before `script` have epoch and history)."""
+    return 'script' in ckpt or 'epoch' in ckpt and 'history' in ckpt
+
+
+def state_script(state):
+    """'main' or 'finetune': the script that wrote a resume state (older ones are told by finetune's `done`)."""
+    return state.get('script', 'finetune' if 'done' in state else 'main')
+
+
+def checkpoint_of_state(path, state):
+    """The checkpoint beside the resume state at `path`: X for X.state (main.py) and X.finetune.state
+    (finetune.py), or, for a renamed state, the output its run wrote to."""
+    suffix = '.finetune.state' if state_script(state) == 'finetune' else '.state'
+    if path.endswith(suffix):
+        return path[:-len(suffix)]
+    saved = state.get('args', {}).get('out' if state_script(state) == 'finetune' else 'save')
+    return saved if isinstance(saved, str) else None
+
+
+def refuse_resume_state(ckpt, path):
+    """A resume state holds the raw weights of a run's last epoch (under ASGD not even the averaged
+    ones), not the best model the run saved: evaluating it would report other figures than the run's."""
+    if is_resume_state(ckpt):
+        best = checkpoint_of_state(path, ckpt)
+        raise UserError(f'{path}: a resume state of {state_script(ckpt)}.py (the raw weights of its last epoch, '
+                        'kept to continue training), not the best model the run saved: '
+                        + (f'use the checkpoint {best}' if best else 'use the checkpoint of that run'))
+
+
 def check_state(state, path, script):
     """A resume state of `script` ('main' or 'finetune') with the fields it needs. States written
     before they named their script are told apart by finetune.py's `done`."""
-    kind = state.get('script', 'finetune' if 'done' in state else 'main')
+    kind = state_script(state)
     if kind != script:
         raise UserError(f'{path}: a resume state of {kind}.py, not of {script}.py: continue it with '
                         f'{kind}.py --resume')

@@ -24,8 +24,8 @@ import torch
 
 import data
 from batching import batchify
-from checkpoint import (atomic_write_text, check_replaceable, read_checkpoint, remove_stale_temporaries,
-                        temporary_name)
+from checkpoint import (atomic_write_text, check_replaceable, load_weights, read_checkpoint,
+                        remove_stale_temporaries, temporary_name)
 from errors import UserError
 from training import evaluate, perplexity
 
@@ -293,6 +293,7 @@ class JsonLog:
 
     def __init__(self, path, run=None, resumed_after=None):
         self.path, self.run = path, run
+        self._end_a_cut_off_line()
         if resumed_after is not None:
             self._forget_records_after(resumed_after)
         try:
@@ -308,6 +309,32 @@ class JsonLog:
             self.file.flush()
         except OSError as e:
             raise UserError(f'{self.path}: could not write the log ({e.strerror or e})') from None
+
+    def _end_a_cut_off_line(self):
+        """A last line without its newline was cut off by an interrupted write (a full disk, kill -9):
+        the next record appended to it would spoil both. A whole record that only lacks the newline
+        gets it; a partial one, which nothing can read, is dropped, with a note."""
+        try:
+            with open(self.path, 'rb+') as f:
+                content = f.read()
+                if not content or content.endswith(b'\n'):
+                    return
+                keep = content.rfind(b'\n') + 1
+                tail = content[keep:]
+                try:
+                    whole = isinstance(json.loads(tail), dict)
+                except ValueError:
+                    whole = False
+                if whole:
+                    f.write(b'\n')
+                else:
+                    f.truncate(keep)
+                    print(f'note: {self.path}: dropped its last line, a record cut off by an interrupted write '
+                          f'({len(tail)} bytes)')
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise UserError(f'{self.path}: cannot write the log ({e.strerror})') from None
 
     def _forget_records_after(self, epoch):
         if not os.path.isfile(self.path):
@@ -547,16 +574,20 @@ def sigterm_held():
 # ---------------------------------------------------------------------------------------------
 # Shared by main.py and its descendants (finetune.py, pointer.py, generate.py)
 
-def evaluate_best_on_test(path, model, criterion, test_data, bptt, run=None):
+def evaluate_best_on_test(path, model, criterion, test_data, bptt, run=None, replaced_unless=None):
     """Load the best saved weights into `model` and report them on test (batch size 1).
     With `run` given, the checkpoint must be one that run saved: a file an earlier run left under
-    the same name (Ctrl-C before this run's first save) is never reported as this run's."""
+    the same name (Ctrl-C before this run's first save) is never reported as this run's.
+    `replaced_unless` (fine-tuning, which writes its output from the start): the run ids the model
+    there may have; any other was written over this run's output meanwhile, and is not reported."""
     best = read_checkpoint(path) if os.path.isfile(path) else None
+    if replaced_unless is not None and best is not None and best.get('run') not in replaced_unless:
+        raise UserError(f'{path}: replaced by another run\'s model while this run went on (its run id is not '
+                        'this run\'s); it was not evaluated')
     if best is None or run is not None and best.get('run') != run:
         raise UserError(f'{path}: no model was saved by this run (it stopped before its first evaluation)'
                         + ('; the file there is an earlier run\'s and was not evaluated' if best else ''))
-    model.load_state_dict(best['model'])
-    criterion.load_state_dict(best['criterion'])
+    load_weights(model, criterion, best, path)
     test_loss = evaluate(model, criterion, test_data, 1, bptt)
     print('=' * 89)
     print(f'| End of training | {report_line("test", test_loss, model.release)}')
@@ -568,11 +599,21 @@ def evaluate_best_on_test(path, model, criterion, test_data, bptt, run=None):
 RESUME_MAY_CHANGE = ('epochs', 'resume', 'save', 'cuda', 'cpu', 'log_interval', 'data')
 
 
-def adopt_run_args(args, saved_args, may_change):
+def given_flags(parser, argv=None):
+    """The names (dests) of the options given on the command line, abbreviations (`--epoch`) included,
+    as opposed to those holding their defaults. argparse fills in a default only where the namespace
+    lacks the name, so each name starts out holding a marker that only a given option replaces."""
+    unset = object()
+    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != argparse.SUPPRESS})
+    return {k for k, v in vars(parser.parse_args(argv, namespace)).items() if v is not unset}
+
+
+def adopt_run_args(args, saved_args, may_change, given):
     """Continue a saved run with its own settings: copy every saved flag not in `may_change` into
-    `args`; returns the names of flags set (not None) in `args` that were overridden (to note)."""
+    `args`; returns the names of the flags `given` on the command line (given_flags) whose values were
+    overridden (to note): a flag left at its default was never the user's to ignore."""
     ignored = sorted(k for k, v in saved_args.items()
-                     if k not in may_change and getattr(args, k, None) not in (None, v))
+                     if k not in may_change and k in given and getattr(args, k, None) != v)
     for k, v in saved_args.items():
         if k not in may_change:
             setattr(args, k, v)

@@ -1,9 +1,12 @@
 """Word-level corpora: a vocabulary and the three splits as streams of word ids.
 
 Every line of a split is `line.split() + ['<eos>']`; one vocabulary is built over train, valid and
-test in that order (so word ids are in order of first appearance).
+test in that order (so word ids are in order of first appearance). A UTF-8 byte-order mark at the start
+of a file is not text and is dropped (it would otherwise be a word of its own).
 """
+import codecs
 import hashlib
+import io
 import os
 from collections import Counter
 
@@ -40,40 +43,101 @@ class Dictionary:
 
 
 class Corpus:
-    """`Corpus(path)` reads path/{train,valid,test}.txt into `.train`, `.valid`, `.test` (1-D long)."""
+    """`Corpus(path)` reads path/{train,valid,test}.txt into `.train`, `.valid`, `.test` (1-D long);
+    `.content_key` is the digest (_content_key's) of the bytes it read."""
 
     def __init__(self, path=None):
         self.dictionary = Dictionary()
+        self.content_key = None
         if path is not None:
+            digest = hashlib.sha1()
             for split in SPLITS:
-                setattr(self, split, self.tokenize(os.path.join(path, split + '.txt')))
+                setattr(self, split, self.tokenize(os.path.join(path, split + '.txt'), digest))
+            self.content_key = digest.hexdigest()[:16]
 
-    def tokenize(self, path):
+    def tokenize(self, path, digest=None):
+        """The word ids of one split file; its bytes, as read, go into `digest` (see _content_key)."""
         if not os.path.isfile(path):
             raise DataError(f'{path}: file not found')
         ids = []
         try:
-            with open(path, encoding='utf-8') as f:
-                for line in f:
+            with open(path, 'rb') as f:
+                reader = _HashingReader(f, digest)
+                # utf-8-sig: a leading byte-order mark is dropped; lines are split as open() in text mode does.
+                for line in io.TextIOWrapper(io.BufferedReader(reader), encoding='utf-8-sig'):
                     ids.extend(self.dictionary.add_word(w) for w in line.split() + ['<eos>'])
-        except UnicodeDecodeError as e:
-            raise DataError(f'{path}: not UTF-8 text ({e.reason} at byte {e.start})') from None
+                reader.finish()
+        except UnicodeDecodeError:
+            offset, reason = _first_bad_byte(path)
+            raise DataError(f'{path}: not UTF-8 text ({reason} at byte {offset})') from None
         if not ids or os.path.getsize(path) == 0:
             raise DataError(f'{path}: file is empty')
         return torch.tensor(ids, dtype=torch.long)
 
 
+class _HashingReader(io.RawIOBase):
+    """A binary file read through: every byte read also goes into `digest` (when one is given), so that
+    the corpus cache is named after the very bytes that were tokenized, not after an earlier read."""
+
+    def __init__(self, f, digest):
+        self.f, self.digest, self.head = f, digest, b''
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        n = self.f.readinto(buffer)
+        if n:
+            chunk = bytes(memoryview(buffer)[:n])
+            if self.digest is not None:
+                self.digest.update(chunk)
+            if len(self.head) < len(codecs.BOM_UTF8):
+                self.head += chunk[:len(codecs.BOM_UTF8) - len(self.head)]
+        return n
+
+    def finish(self):
+        """Ends one file's part of the digest. A file that starts with a byte-order mark is marked as
+        such: caches written before the mark was dropped (holding it as a word) never match again."""
+        if self.digest is not None:
+            if self.head == codecs.BOM_UTF8:
+                self.digest.update(b'\0utf-8 byte-order mark dropped')
+            self.digest.update(b'\0')
+
+
+def _first_bad_byte(path):
+    """(offset from the start of the file, reason) of the first byte that is not UTF-8."""
+    decoder = codecs.getincrementaldecoder('utf-8')()
+    offset = 0
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the previous block
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as e:
+                return offset - pending + e.start, e.reason
+            offset += len(block)
+        pending = len(decoder.getstate()[0])
+        try:
+            decoder.decode(b'', final=True)
+        except UnicodeDecodeError as e:
+            return offset - pending + e.start, e.reason
+    return offset, 'unexpected end of data'
+
+
 def _content_key(path):
-    """sha1 over the three split files' bytes: the cache follows the content, not the path."""
+    """sha1 over the three split files' bytes: the cache follows the content, not the path. Read as
+    Corpus reads them (which computes the same key over the bytes it tokenized)."""
     digest = hashlib.sha1()
     for split in SPLITS:
         name = os.path.join(path, split + '.txt')
         if not os.path.isfile(name):
             raise DataError(f'{name}: file not found')
         with open(name, 'rb') as f:
-            for block in iter(lambda: f.read(1 << 20), b''):
-                digest.update(block)
-        digest.update(b'\0')
+            reader = _HashingReader(f, digest)
+            buffer = bytearray(1 << 20)
+            while reader.readinto(buffer):
+                pass
+            reader.finish()
     return digest.hexdigest()[:16]
 
 
@@ -87,7 +151,7 @@ def load_corpus(path, use_cache=True, log=print):
     """
     if not os.path.isdir(path):
         raise DataError(f'{path}: data folder not found (run ./getdata.sh first?)')
-    cache = os.path.join(path, f'corpus.{_content_key(path)}.pt')
+    cache = os.path.join(path, f'corpus.{_content_key(path)}.pt')  # what the files hold now
     if use_cache and os.path.isfile(cache):
         corpus = _read_cache(cache, log)
         if corpus is not None:
@@ -95,6 +159,9 @@ def load_corpus(path, use_cache=True, log=print):
             return corpus
     log('Producing dataset...')
     corpus = Corpus(path)
+    # Named after the bytes Corpus read: a file that changed since _content_key read it is cached under
+    # its new content's name, never under the old one.
+    cache = os.path.join(path, f'corpus.{corpus.content_key}.pt')
     # A folder marked read-only (a shared copy of the data) is left alone, even when running as root.
     if use_cache and os.stat(path).st_mode & 0o222:
         counts = torch.tensor([corpus.dictionary.counter[i] for i in range(len(corpus.dictionary))])

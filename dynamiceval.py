@@ -67,6 +67,7 @@ import batching
 import checkpoint
 import cli
 import errors
+import training
 
 RNN_TYPES = ('LSTM', 'QRNN', 'GRU')
 
@@ -287,12 +288,20 @@ class DynamicEvaluator:
 # ---------------------------------------------------------------------------------------------
 # Script
 
+def check_result(split, loss, lr):
+    """A loss that is not a finite number, or whose perplexity overflows, is an error, never a result:
+    the updates diverged (too large an --lr)."""
+    if not math.isfinite(loss) or math.isinf(training.perplexity(loss)):
+        raise errors.UserError(f'the {split} loss of dynamic evaluation is {loss:.4g}, not a usable result: '
+                               f'the updates diverged with --lr {lr:g}; try a smaller one')
+
+
 def evaluate_checkpoint(args, log=print):
     """The whole run for parsed arguments: returns {'valid': loss, 'test': loss} (those evaluated) and
     the hyper-parameters actually used ('lr', 'lamb', 'epsilon': after --paper-scale)."""
     cli.set_seed(args.seed)
     device = cli.choose_device(args)
-    ckpt = checkpoint.load_checkpoint(args.save, map_location=device)
+    ckpt = checkpoint.load_checkpoint(args.save, map_location=device, resume_state_ok=False)
     corpus, train_data, val_data, test_data = cli.load_data(
         args, (args.batch_size, args.eval_batch_size, args.eval_batch_size), device, log=log)
     checkpoint.check_vocabulary(ckpt['idx2word'], corpus, args.save, args.data)
@@ -330,6 +339,7 @@ def evaluate_checkpoint(args, log=print):
             with cli.progress_bar(nseg, f'dynamic evaluation ({name})') as bar:
                 # Each split starts from the trained weights (the evaluator restores them).
                 results[name] = evaluator.evaluate(data_source, args.bptt, progress=bar)
+            check_result(name, results[name], lr)
             log(f'| {name} | {time.time() - start:.1f}s | {cli.report_line(name, results[name])}')
     except torch.cuda.OutOfMemoryError:
         raise errors.UserError('GPU out of memory: try a smaller --batch_size or --max-batches') from None

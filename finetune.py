@@ -47,7 +47,7 @@ def finetune_log_path(out):
     return out + '.finetune.jsonl'
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(
         description='Fine-tune a saved AWD-LSTM with ASGD from the first step. Fine-tuning modifies the '
                     'saved model (--save is overwritten unless --out is given); copy it to keep the original.')
@@ -70,7 +70,11 @@ def parse_args(argv=None):
     g.add_argument('--resume', nargs='?', const='', default=None, metavar='STATE',
                    help='continue an interrupted fine-tuning exactly where it stopped, from its resume state: '
                         '<out>.finetune.state by default, or the STATE file (or output path) named')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
     # The model and dropout flags are None unless given; check_args only looks at the flags present.
     cli.check_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if v is not None}))
     if args.out is not None and args.out.strip() == '':
@@ -108,17 +112,18 @@ def find_state(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    given = cli.given_flags(build_parser(), argv)
     dist = distributed.setup(args)  # [distributed] torchrun's ranks (README); one process: changes nothing
     if not dist.is_main:  # [distributed] rank 0 alone claims and writes the run's files
-        return finetune(args, dist)
+        return finetune(args, dist, given)
     flag = '--out' if args.out != args.save else '--save'
     outputs = [(path, flag) for path in (args.out, finetune_state_path(args.out), finetune_log_path(args.out))]
     with cli.run_files(args.out, outputs, inputs=cli.data_files(args.data)):
-        return finetune(args, dist)
+        return finetune(args, dist, given)
 
 
-def finetune(args, dist):
-    """The whole run, once its files are claimed."""
+def finetune(args, dist, given):
+    """The whole run, once its files are claimed; `given`: the flags given on the command line."""
     device = cli.choose_device(args)
 
     # The model: the checkpoint of main.py, or when resuming the state of this script's own run.
@@ -128,7 +133,7 @@ def finetune(args, dist):
     if state_file:
         checkpoint.check_state(ckpt, state_file, 'finetune')
         # The output is where the state is (the files claimed), even if they were moved since.
-        ignored = cli.adopt_run_args(args, ckpt['args'], cli.RESUME_MAY_CHANGE + ('out',))
+        ignored = cli.adopt_run_args(args, ckpt['args'], cli.RESUME_MAY_CHANGE + ('out',), given)
         cli.check_resumed_args(args, state_file)
         if ignored:
             print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')
@@ -154,6 +159,13 @@ def finetune(args, dist):
     # An exact resume continues its run; anything else is a new run (see checkpoint.new_run_id).
     run = ckpt.get('run') if state_file else checkpoint.new_run_id()
     run = dist.from_main(run)  # [distributed] one run id for all ranks
+    # The runs whose model the output may hold at the end: this one, and when fine-tuning in place the
+    # loaded checkpoint's (it stays there until the first improvement). Anything else means another run
+    # wrote over the output meanwhile. A state from before this check has no list: unchecked.
+    if state_file:
+        start_runs = ckpt.get('start_runs')
+    else:
+        start_runs = [ckpt.get('run')] if checkpoint.same_file(args.out, args.save) else []
     state_is_ours = state_file is not None and checkpoint.same_file(state_file, finetune_state_path(args.out))
 
     def save_model(path):
@@ -163,7 +175,7 @@ def finetune(args, dist):
         checkpoint.save_checkpoint(finetune_state_path(args.out), model, criterion, optimizer, args,
                                    corpus.dictionary.idx2word, epoch=epoch, history=history,
                                    best_val_loss=best_val_loss, done=done, rng=checkpoint.rng_state(rng, device),
-                                   script='finetune', run=run)
+                                   script='finetune', run=run, start_runs=start_runs)
     save_model, save_state = dist.writer(save_model), dist.writer(save_state)  # [distributed] rank 0 writes
 
     log = dist.if_main(cli.JsonLog, finetune_log_path(args.out), run,  # [distributed] rank 0 logs
@@ -223,7 +235,8 @@ def finetune(args, dist):
         return cli.report_interrupted(state, f'--resume {state} --data {args.data}', state_is_ours)
 
     # Load the best model (the output holds it from the start) and run it on test data.
-    test_loss = cli.evaluate_best_on_test(args.out, model, criterion, test_data, args.bptt)
+    test_loss = cli.evaluate_best_on_test(args.out, model, criterion, test_data, args.bptt,
+                                          replaced_unless=None if start_runs is None else {run, *start_runs})
     log.write(final=True, **cli.loss_record('valid', best_val_loss), **cli.loss_record('test', test_loss))
     return 0
 

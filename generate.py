@@ -45,7 +45,7 @@ def main(argv=None):
     cli.check_output(args.outf, '--outf', inputs=[args.checkpoint, *cli.data_files(args.data)])
     device = cli.choose_device(args)
     cli.set_seed(args.seed)
-    ckpt = checkpoint.load_checkpoint(args.checkpoint, map_location=device)
+    ckpt = checkpoint.load_checkpoint(args.checkpoint, map_location=device, resume_state_ok=False)
     model, criterion = ckpt['model'], ckpt['criterion']
     if args.model is not None and args.model != model.rnn_type:
         print(f'note: --model {args.model} ignored: the checkpoint holds a {model.rnn_type} model')

@@ -100,7 +100,9 @@ verified, and only then moved into place, so a failure leaves nothing
 half-written there. A dataset already present and verified is left alone; one
 present but failing verification is reported and left untouched (remove its
 folder and rerun). A folder holding only some of the three files is laid out
-again (its files replaced by verified ones).
+again (its files replaced by verified ones). Runs into one OUT take turns (each
+holds a lock on OUT while it runs); the scratch folders (OUT/.getdata-tmp.*)
+of a run that was killed are removed by the next run.
 
 Exit status: 0 success, 1 failure (download, verification, missing data),
 2 usage error (unknown option or dataset name, missing mirror folder).
@@ -249,16 +251,59 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# lock_out: from here to the end of the run, hold an exclusive lock on the
+# folder OUT itself (no lock file to leave behind), so that runs into one OUT
+# take turns: a second run waits, then finds the datasets laid out. Holding it,
+# remove the scratch folders of runs that were killed (kill -9 skips cleanup);
+# no live run can be using one.
+LOCK_FD=""
+lock_out() {
+    if [ -e "$OUT" ] && [ ! -d "$OUT" ]; then
+        die "--out '$OUT' is a file, not a folder; move it away or give another --out"
+    fi
+    while :; do
+        if [ ! -d "$OUT" ]; then
+            mkdir -p "$OUT" || die "cannot create the output folder '$OUT'"
+            OUT_CREATED=1
+        fi
+        exec {LOCK_FD}<"$OUT"
+        if ! take_lock -n; then
+            echo "$PROG: waiting for another $PROG run writing into '$OUT'" >&2
+            take_lock || die "cannot lock '$OUT'"
+        fi
+        # A first run that failed removes the OUT it created: then lock the new one.
+        if [ "$OUT" -ef "/dev/fd/$LOCK_FD" ]; then break; fi
+        exec {LOCK_FD}<&-
+    done
+    rm -rf "$OUT"/.getdata-tmp.*
+}
+
+# take_lock [-n]: flock on LOCK_FD (-n: fail at once instead of waiting), with
+# flock(1), or python3 where util-linux is missing (the lock belongs to the
+# open folder, so it outlives the helper that takes it).
+take_lock() {
+    if command -v flock >/dev/null 2>&1; then
+        flock ${1:+"$1"} "$LOCK_FD"
+    elif command -v python3 >/dev/null 2>&1; then
+        python3 -c 'import fcntl, sys
+fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX | (fcntl.LOCK_NB if sys.argv[2:] == ["-n"] else 0))' \
+            "$LOCK_FD" ${1:+"$1"} 2>/dev/null
+    else
+        die "need flock or python3 to keep concurrent runs into '$OUT' apart"
+    fi
+}
+
 # Run-wide scratch folder inside OUT (same file system, so the final move is a
 # rename; big archives do not land on a small /tmp).
 workdir() {
     if [ -z "$WORK" ]; then
-        if [ ! -d "$OUT" ]; then OUT_CREATED=1; fi
-        mkdir -p "$OUT"
         WORK="$(mktemp -d "$OUT/.getdata-tmp.XXXXXX")"
         mkdir -p "$WORK/downloads"
     fi
 }
+
+# The way out for a machine without network (or behind a proxy).
+OFFLINE="no network? run $PROG on a machine that has one and give a copy of its output folder here as --mirror DIR (or AWD_DATA_MIRROR=DIR)"
 
 # fetch URL: download once per run into $WORK/downloads; prints the path.
 fetch() {
@@ -266,16 +311,16 @@ fetch() {
     dest="$WORK/downloads/$(basename "$url")"
     if [ -f "$dest" ]; then echo "$dest"; return 0; fi
     if ! command -v curl >/dev/null 2>&1 && ! command -v wget >/dev/null 2>&1; then
-        die "need curl or wget to download $url (or use --mirror DIR)"
+        die "need curl or wget to download $url; $OFFLINE"
     fi
     echo "downloading $url" >&2
     if command -v curl >/dev/null 2>&1; then
         local quiet=()
         [ -t 2 ] || quiet=(-sS)  # progress meter only on a terminal
         curl -fL --retry 3 ${quiet[@]+"${quiet[@]}"} -o "$dest.part" "$url" >&2 ||
-            die "download failed: $url"
+            die "download failed: $url; $OFFLINE"
     else
-        wget -q -O "$dest.part" "$url" >&2 || die "download failed: $url"
+        wget -q -O "$dest.part" "$url" >&2 || die "download failed: $url; $OFFLINE"
     fi
     mv "$dest.part" "$dest"
     echo "$dest"
@@ -409,8 +454,12 @@ stage_mirror() {
 }
 
 # ---------------------------------------------------------------- main
+lock_out
 for name in "${DATASETS[@]}"; do
     dest="$OUT/$name"
+    if [ -e "$dest" ] && [ ! -d "$dest" ]; then
+        die "'$dest' is a file, not a folder; move it away and rerun"
+    fi
     if all_present "$dest"; then
         if ! verify_dir "$name" "$dest"; then
             die "$PROBLEM in existing '$dest'; left untouched: remove '$dest' and rerun"

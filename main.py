@@ -21,7 +21,7 @@ from splitcross import SplitCrossEntropyLoss, splits_for_vocab
 FIRST_RELEASE_NUMPY_SEED = 331
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description='AWD-LSTM language model training (NT-ASGD)')
     cli.add_data_args(parser)
     cli.add_model_args(parser)
@@ -39,7 +39,11 @@ def parse_args(argv=None):
                         'exactly where it stopped; from a checkpoint alone, restart from its weights '
                         "with the flags' lr and dropouts, as the original did. Without --save the run "
                         'goes on writing to the files it names')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
     if args.save is None and args.resume:  # --resume X alone continues the run X, in its own files
         args.save = checkpoint.save_of_state(args.resume)
     cli.check_args(args)
@@ -51,16 +55,17 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    given = cli.given_flags(build_parser(), argv)
     dist = distributed.setup(args)  # [distributed] torchrun's ranks (README); one process: changes nothing
     # A new run without --save is named by the time it starts: rank 0's time, on every rank.
     default_save = dist.from_main(f'{int(time.time() * 100)}.pt')  # [distributed]
     args.save = default_save if args.save is None else args.save
     if not dist.is_main:  # [distributed] rank 0 alone claims and writes the run's files
-        return train(args, dist)
+        return train(args, dist, given)
     outputs = [(path, '--save') for path in (args.save, checkpoint.state_path(args.save), cli.json_log_path(args.save))]
     outputs += [(f'{args.save}.e{epoch}', '--when') for epoch in args.when if epoch > 0]
     with cli.run_files(args.save, outputs, inputs=cli.data_files(args.data)):
-        return train(args, dist)
+        return train(args, dist, given)
 
 
 def check_best_model_is_ours(save, run, state_file):
@@ -76,15 +81,15 @@ def check_best_model_is_ours(save, run, state_file):
                                f'it and continue elsewhere with --resume {state_file} --save NEW.pt')
 
 
-def train(args, dist):
-    """The whole run, once its files are claimed."""
+def train(args, dist, given):
+    """The whole run, once its files are claimed; `given`: the flags given on the command line."""
     resume_state_file = checkpoint.find_resume_state(args.resume) if args.resume else None
     if args.resume and resume_state_file is None and not os.path.isfile(args.resume):
         raise errors.UserError(f'{args.resume}: checkpoint not found (--resume)')
     saved_state = None
     if resume_state_file:
         saved_state = checkpoint.read_state(resume_state_file, 'main')
-        ignored = cli.adopt_run_args(args, saved_state['args'], cli.RESUME_MAY_CHANGE)
+        ignored = cli.adopt_run_args(args, saved_state['args'], cli.RESUME_MAY_CHANGE, given)
         cli.check_resumed_args(args, resume_state_file)
         if ignored:
             print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')

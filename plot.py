@@ -2,10 +2,13 @@
 
     python plot.py PTB.jsonl WT2.jsonl -o curves.png [--labels PTB WT2] [--title "2018 recipes"]
 
-One figure for all the logs given, one colour per log: train perplexity (dashed) and valid perplexity
+One figure for all the logs given, one colour per run: train perplexity (dashed) and valid perplexity
 (solid) by epoch on a log scale, a dotted vertical line where NT-ASGD switched from SGD to ASGD and a
 dash-dot one where the learning rate dropped (--when). A fine-tuning log (`.finetune.jsonl`) plots
-the same way; its epoch 0 is the valid perplexity before fine-tuning.
+the same way; its epoch 0 is the valid perplexity before fine-tuning. A log that several runs share (a
+new run on an old --save, a restart from a checkpoint) holds records of each, told apart by their `run`
+id: each run is a curve of its own, labelled `<label> run K/N (<id>)`; a run continued exactly from its
+resume state keeps its id, and stays one curve.
 
 matplotlib is needed by this script alone and is not in requirements.txt: `pip install matplotlib`.
 """
@@ -13,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import sys
 
 import cli
 import errors
@@ -41,7 +45,12 @@ def number(value):
 
 
 def read_log(path):
-    """The records of a JSON-lines log, in file order."""
+    """The records of a JSON-lines log, in file order.
+
+    A line cut off by an interrupted write (a full disk, kill -9) is skipped with a note; where a later
+    record was appended to it (by code that did not repair such lines), that record is kept. A file
+    with no JSON record at all is not a log: an error.
+    """
     try:
         with open(path, encoding='utf-8') as f:
             lines = f.readlines()
@@ -49,17 +58,64 @@ def read_log(path):
         raise errors.UserError(f'{path}: cannot read: {e.strerror}')
     except UnicodeDecodeError:
         raise errors.UserError(f'{path}: not a text file')
-    records = []
+    records, cut_off = [], []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise errors.UserError(f'{path}, line {n}: not JSON')
-        if isinstance(record, dict):
+        record = parse_line(line)
+        if record is None:
+            cut_off.append(n)
+        elif isinstance(record, dict):
             records.append(record)
+    if cut_off and not records:
+        raise errors.UserError(f'{path}, line {cut_off[0]}: not JSON')
+    if cut_off:
+        shown = ', '.join(map(str, cut_off[:5])) + (', ...' if len(cut_off) > 5 else '')
+        print(f'note: {path}: skipped {len(cut_off)} line(s) cut off by an interrupted write (line {shown})',
+              file=sys.stderr)
     return records
+
+
+def parse_line(line):
+    """The JSON value of a log line; for a cut-off record with a whole one appended to it, that whole
+    one; None when the line holds no record."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        pass
+    start = line.find('{', 1)
+    while start > 0:
+        try:
+            record = json.loads(line[start:])
+            if isinstance(record, dict):
+                return record
+        except ValueError:
+            pass
+        start = line.find('{', start + 1)
+    return None
+
+
+def split_runs(records):
+    """The records of each run in a log, as (run id, records) in order of first appearance; records
+    written before runs had ids (no `run` field) count as one run, with id None."""
+    runs = {}
+    for record in records:
+        run = record.get('run')
+        runs.setdefault(run if isinstance(run, str) else None, []).append(record)
+    return list(runs.items())
+
+
+def log_curves(path, label):
+    """(label, curves) for each run of the log at `path` that has epoch figures: one pair for a log of
+    one run, labelled `label`; with several runs each label names its run."""
+    runs = [(run, curves(records)) for run, records in split_runs(read_log(path))]
+    runs = [(run, points) for run, points in runs if points[0]]
+    if not runs:
+        raise errors.UserError(f'{path}: no epoch records with a train or valid figure')
+    if len(runs) == 1:
+        return [(label, runs[0][1])]
+    return [(f'{label} run {k}/{len(runs)} ({run[:8] if run else "no id"})', points)
+            for k, (run, points) in enumerate(runs, 1)]
 
 
 def perplexity(record, kind):
@@ -163,10 +219,7 @@ def main(argv=None):
     labels = args.labels or [os.path.splitext(os.path.basename(p))[0] for p in args.logs]
     runs = []
     for path, label in zip(args.logs, labels):
-        run = curves(read_log(path))
-        if not run[0]:
-            raise errors.UserError(f'{path}: no epoch records with a train or valid figure')
-        runs.append((label, run))
+        runs += log_curves(path, label)
     draw(load_pyplot(), runs, args.title, args.output)
     print(f'wrote {args.output}')
     return 0

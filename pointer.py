@@ -76,7 +76,7 @@ def parse_args(argv=None):
     g.add_argument('--theta', type=float, default=0.6625523432485668,
                    help='inverse temperature of the attention over the cache')
     g.add_argument('--lambdasm', type=float, default=0.12785920428335693,
-                   help='weight of the cache distribution in the mixture with the model softmax')
+                   help='weight of the cache distribution in the mixture with the model softmax, in [0, 1)')
     g.add_argument('--cache-from-start', action='store_true',
                    help='corrected variant: use the cache from the second token on, with whatever history '
                         'exists (the original skips the first window + 1 tokens and the first of each chunk)')
@@ -86,8 +86,10 @@ def parse_args(argv=None):
     cli.check_args(argparse.Namespace(bptt=args.bptt, save=args.save))
     if args.window < 1:
         raise errors.UserError(f'--window must be at least 1, got {args.window}')
-    if not 0 <= args.lambdasm <= 1:
-        raise errors.UserError(f'--lambdasm must be in [0, 1], got {args.lambdasm}')
+    if not 0 <= args.lambdasm < 1:
+        raise errors.UserError(f'--lambdasm must be in [0, 1), got {args.lambdasm}' + (
+            ': with 1 the model\'s softmax gets no weight, so every word that did not follow a position in '
+            'the cache window has probability 0 (an infinite loss)' if args.lambdasm == 1 else ''))
     if not math.isfinite(args.theta):
         raise errors.UserError(f'--theta must be a finite number, got {args.theta}')
     if args.log is None and args.save:
@@ -211,7 +213,7 @@ def main(argv=None):
         except errors.UserError as e:
             raise errors.UserError(f'{e}: give --log PATH to write the results elsewhere') from None
     device = cli.choose_device(args)
-    ckpt = checkpoint.load_checkpoint(args.save, map_location=device)
+    ckpt = checkpoint.load_checkpoint(args.save, map_location=device, resume_state_ok=False)
     model, criterion = ckpt['model'], ckpt['criterion']
     if args.model is not None and args.model != model.rnn_type:
         print(f'note: --model {args.model} ignored: the checkpoint holds a {model.rnn_type} model')

@@ -2,7 +2,9 @@
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -315,4 +317,76 @@ def test_download_path_checks_the_unpacked_enwik8(tmp_path):
     assert r.returncode == 1
     [line] = error_lines(r.stderr)
     assert "enwik8.zip/enwik8: md5 mismatch" in line and ENWIK8_MD5 in line
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- issue 19
+
+def slowed(tmp_path, command, seconds):
+    """An environment whose PATH runs `command` `seconds` late: a window for another run to act in."""
+    shims = tmp_path / "shims"
+    shims.mkdir(exist_ok=True)
+    real = shutil.which(command)
+    shim = shims / command
+    shim.write_text(f'#!/bin/sh\nsleep {seconds}\nexec {real} "$@"\n')
+    shim.chmod(0o755)
+    return clean_env(PATH=f"{shims}:{os.environ['PATH']}")
+
+
+def test_two_runs_into_one_out_take_turns(tmp_path):
+    need_mirror("penn")
+    out = tmp_path / "data"
+    env = slowed(tmp_path, "mv", 1)  # each run checks for OUT/penn, then moves its copy there late
+    argv = [str(SCRIPT), "--mirror", str(MIRROR), "--out", str(out), "penn"]
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    second = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = [p.communicate(timeout=120) + (p.returncode,) for p in (first, second)]
+    assert [code for _, _, code in results] == [0, 0], results
+    assert sorted(os.listdir(out / "penn")) == ["test.txt", "train.txt", "valid.txt"]  # no second copy inside
+    assert_known_sums(out, "penn")
+    assert "penn: already present, verified" in results[1][0]
+    assert no_leftovers(out)
+
+
+def test_a_run_killed_with_sigkill_leaves_nothing_a_later_run_keeps(tmp_path):
+    need_mirror("penn")
+    out = tmp_path / "data"
+    argv = [str(SCRIPT), "--mirror", str(MIRROR), "--out", str(out), "penn"]
+    killed = subprocess.Popen(argv, env=slowed(tmp_path, "md5sum", 30), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 30
+    while not list(out.glob(".getdata-tmp.*/stage-penn/test.txt")) and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(killed.pid, signal.SIGKILL)  # the run and its helpers: no trap runs
+    killed.wait()
+    assert list(out.glob(".getdata-tmp.*"))
+    r = run("--mirror", MIRROR, "--out", out, "penn")
+    assert r.returncode == 0, r.stderr
+    assert_known_sums(out, "penn")
+    assert no_leftovers(out)
+
+
+@pytest.mark.parametrize("where", ["OUT/penn", "OUT"])
+def test_a_file_where_a_folder_goes_is_one_clear_line(tmp_path, where):
+    need_mirror("penn")
+    out = tmp_path / "data"
+    if where == "OUT/penn":
+        out.mkdir()
+    blocker = out / "penn" if where == "OUT/penn" else out
+    blocker.write_text("not a folder\n")
+    r = run("--mirror", MIRROR, "--out", out, "penn")
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [f"getdata.sh: error: {'--out ' if where == 'OUT' else ''}'{blocker}' is a file, "
+                                     f"not a folder; move it away {'or give another --out' if where == 'OUT' else 'and rerun'}"]
+    assert blocker.read_text() == "not a folder\n"
+
+
+def test_a_failed_download_names_the_way_out_for_an_offline_machine(tmp_path):
+    out = tmp_path / "data"
+    r = run("--out", out, "penn", env=clean_env(AWD_URL_PTB="http://127.0.0.1:9/simple-examples.tgz"))
+    assert r.returncode == 1
+    error, = error_lines(r.stderr)
+    assert "download failed: http://127.0.0.1:9/simple-examples.tgz" in error
+    assert "--mirror DIR" in error and "AWD_DATA_MIRROR" in error
     assert not out.exists()

@@ -147,10 +147,10 @@ def test_bad_input_is_one_line_error(tmp_path, capsys, problem):
     if problem == 'no usable records':
         write_log(log, [MAIN_LOG[-1], {'epoch': 1, 'train_loss': None, 'valid_loss': None}])
         expected = f'error: {log}: no epoch records with a train or valid figure'
-    elif problem == 'not JSON':
-        with open(log, 'a') as f:
-            f.write('{"epoch": 6, "train_lo\n')
-        expected = f'error: {log}, line 7: not JSON'
+    elif problem == 'not JSON':  # no line of it a JSON record (a cut-off line among records is skipped)
+        with open(log, 'w') as f:
+            f.write('epoch 1: train 6.5\n{"epoch": 6, "train_lo\n')
+        expected = f'error: {log}, line 1: not JSON'
     elif problem == 'wrong suffix':
         argv = [log, '-o', str(tmp_path / 'c.pdf')]
         expected = f'error: --output {tmp_path / "c.pdf"}: the figure is written as PNG; give a .png name'

@@ -791,3 +791,215 @@ def test_resuming_a_run_whose_model_was_fine_tuned_in_place_stops_before_any_wor
                               '--save', elsewhere]) == 0
     assert checkpoint.read_checkpoint(checkpoint.state_path(elsewhere))['epoch'] == 2
     assert open(save, 'rb').read() == tuned
+
+# Third round (issue 19)
+
+def write_records(path, records):
+    with open(path, 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in records)
+    return str(path)
+
+
+def epoch_record(run, epoch, lr, valid_loss):
+    return dict(run=run, epoch=epoch, lr=lr, optimizer='sgd', train_loss=valid_loss + 0.5,
+                **cli.loss_record('valid', valid_loss))
+
+
+def test_plot_draws_each_run_of_a_shared_log_as_its_own_curve(tmp_path):
+    import plot
+    # A run of 4 epochs, then a restart from its checkpoint with --lr 5 (a new run id) for 2 more.
+    first = [epoch_record('aaaa1111bbbb2222', e, 30, 6 - 0.2 * e) for e in (1, 2, 3, 4)]
+    second = [epoch_record('cccc3333dddd4444', e, 5, 5 - 0.1 * e) for e in (1, 2)]
+    log = write_records(tmp_path / 'm.pt.jsonl', first + [dict(run=first[0]['run'], final=True)] + second)
+    runs = plot.log_curves(log, 'm')
+    assert [label for label, _ in runs] == ['m run 1/2 (aaaa1111)', 'm run 2/2 (cccc3333)']
+    assert [points[0] for _, points in runs] == [[1, 2, 3, 4], [1, 2]]
+    assert runs[1][1][2] == pytest.approx([training.perplexity(4.9), training.perplexity(4.8)])
+    # One run (continued exactly from its state: the same id) stays one curve with the log's label.
+    assert [label for label, _ in plot.log_curves(write_records(tmp_path / 'one.jsonl', first), 'one')] == ['one']
+
+
+@pytest.mark.parametrize('nhid', ['12', '16'], ids=['same architecture', 'other architecture'])
+def test_finetune_never_reports_a_model_that_replaced_its_output(trained, tmp_path, monkeypatch, nhid):
+    corpus, save, _ = trained
+    other = str(tmp_path / 'other.pt')
+    assert train(corpus, other, extra=['--nhid', nhid]) == 0
+    out = str(tmp_path / 'tuned.pt')
+    real = checkpoint.atomic_torch_save
+
+    def replaced_after_the_last_epoch(obj, path):  # another run writes over the output at the end
+        real(obj, path)
+        if path.endswith('.finetune.state'):
+            shutil.copy(other, out)
+    monkeypatch.setattr(checkpoint, 'atomic_torch_save', replaced_after_the_last_epoch)
+    with pytest.raises(errors.UserError, match='tuned.pt: replaced by another run'):
+        finetune.main(['--data', corpus, '--save', save, '--out', out, '--epochs', '1', *TINY])
+    assert open(out, 'rb').read() == open(other, 'rb').read()  # left as it is
+
+
+def test_finetune_in_place_without_improvement_reports_the_loaded_model(trained, tmp_path, monkeypatch, capsys):
+    corpus, _, _ = trained
+    save = copy_checkpoint(trained, tmp_path)
+    before = open(save, 'rb').read()
+    monkeypatch.setattr(training, 'evaluate', lambda *args: 5.0)  # valid never improves: nothing saved
+    assert finetune.main(['--data', corpus, '--save', save, '--epochs', '2', *TINY]) == 0
+    assert open(save, 'rb').read() == before
+    assert 'End of training' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('flags', [['--sgd', '--lr', '3e38'], ['--sgd', '--lr', '1e30'], ['--lr', '1e30']],
+                         ids=lambda f: ' '.join(f))
+def test_dynamiceval_refuses_to_report_a_diverged_result(trained, capsys, flags):
+    corpus, save, _ = trained
+    with pytest.raises(errors.UserError, match='not a usable result: the updates diverged with --lr'):
+        dynamiceval.main(['--data', corpus, '--save', save, '--cpu', '--max-batches', '5', *flags])
+    assert 'End of dynamic evaluation' not in capsys.readouterr().out
+
+
+def evaluation_argv(script, corpus, model, tmp_path):
+    """argv of pointer.py, generate.py or dynamiceval.py evaluating `model`."""
+    if script is generate:
+        return ['--data', corpus, '--checkpoint', model, '--outf', str(tmp_path / 'g.txt'), '--words', '5', '--cpu']
+    if script is pointer:
+        return ['--data', corpus, '--save', model, '--window', '5', '--bptt', '20', '--cpu',
+                '--log', str(tmp_path / 'p.jsonl')]
+    return ['--data', corpus, '--save', model, '--cpu', '--max-batches', '2']
+
+
+@pytest.mark.parametrize('which', ['main', 'finetune', 'renamed'])
+@pytest.mark.parametrize('script', [pointer, generate, dynamiceval], ids=lambda s: s.__name__)
+def test_evaluation_scripts_refuse_a_resume_state_and_name_the_checkpoint(trained, tmp_path, monkeypatch,
+                                                                          script, which):
+    corpus, save, tuned_state = trained
+    state, best = {'main': (checkpoint.state_path(save), save),
+                   'finetune': (tuned_state, tuned_state[:-len('.finetune.state')])}.get(which, (None, save))
+    if which == 'renamed':  # a state copied under another name: its run's --save is named
+        state = str(tmp_path / 'weights.pt')
+        shutil.copy(checkpoint.state_path(save), state)
+    monkeypatch.setattr(cli, 'load_data', must_not_run)
+    with pytest.raises(errors.UserError, match='a resume state of ') as refused:
+        script.main(evaluation_argv(script, corpus, state, tmp_path))
+    assert str(refused.value).startswith(f'{state}: ') and str(refused.value).endswith(f'use the checkpoint {best}')
+
+
+def test_the_corpus_cache_is_named_after_the_text_that_was_read(small_corpus, monkeypatch):
+    train_file = os.path.join(small_corpus, 'train.txt')
+    old_text = open(train_file).read()
+    real_key = data._content_key
+
+    def split_changes_once_hashed(path):  # another process rewrites train.txt in between
+        key = real_key(path)
+        with open(train_file, 'a') as f:
+            f.write(' a brand new line . \n')
+        return key
+    monkeypatch.setattr(data, '_content_key', split_changes_once_hashed)
+    data.load_corpus(small_corpus, log=lambda *a: None)
+    monkeypatch.setattr(data, '_content_key', real_key)
+    cache, = [name for name in os.listdir(small_corpus) if name.startswith('corpus.')]
+    assert cache == f'corpus.{real_key(small_corpus)}.pt'  # the new text's name
+    with open(train_file, 'w') as f:  # back to the old text: its corpus, not the new one's
+        f.write(old_text)
+    loaded = data.load_corpus(small_corpus, log=lambda *a: None)
+    assert 'brand' not in loaded.dictionary.idx2word
+    assert loaded.dictionary.idx2word == data.Corpus(small_corpus).dictionary.idx2word
+
+
+def test_a_utf8_byte_order_mark_is_not_a_word(tmp_path, small_corpus):
+    marked = str(tmp_path / 'marked')
+    shutil.copytree(small_corpus, marked)
+    for split in data.SPLITS:
+        name = os.path.join(marked, split + '.txt')
+        text = open(name, 'rb').read()
+        with open(name, 'wb') as f:
+            f.write(b'\xef\xbb\xbf' + text)
+    plain, with_mark = data.Corpus(small_corpus), data.Corpus(marked)
+    assert with_mark.dictionary.idx2word == plain.dictionary.idx2word
+    assert all(torch.equal(getattr(with_mark, s), getattr(plain, s)) for s in data.SPLITS)
+    # An old cache of the marked text (the mark a word) is not taken for the new reading.
+    assert data._content_key(marked) != data._content_key(small_corpus)
+    assert data.load_corpus(marked, log=lambda *a: None).dictionary.idx2word == plain.dictionary.idx2word
+
+
+@pytest.mark.parametrize('offset', [5, 8191, 8192, 10000, (1 << 20) + 3])
+def test_the_utf8_error_names_the_offset_from_the_start_of_the_file(tmp_path, offset):
+    folder = corpus_of(str(tmp_path / 'c'), 3)
+    name = os.path.join(folder, 'valid.txt')
+    text = ('a b \u00e9t\u00e9 c \n' * (offset // 12 + 1)).encode()[:offset]
+    text = text[:len(text.decode('utf-8', 'ignore').encode())]  # no character cut at the end
+    text += b'x' * (offset - len(text)) + b'\xff more words \n'
+    with open(name, 'wb') as f:
+        f.write(text)
+    with pytest.raises(data.DataError, match=rf'valid.txt: not UTF-8 text \(invalid start byte at byte {offset}\)'):
+        data.Corpus(folder)
+
+
+@pytest.mark.parametrize('cut', ['partial record', 'whole record without its newline'])
+def test_appending_to_a_log_whose_last_line_was_cut_off(tmp_path, capsys, cut):
+    path = str(tmp_path / 'm.pt.jsonl')
+    records = [epoch_record('r', e, 30, 6 - 0.1 * e) for e in (1, 2)]
+    text = ''.join(json.dumps(r) + '\n' for r in records)
+    last = json.dumps(epoch_record('r', 3, 30, 5.5))
+    with open(path, 'w') as f:  # the disk filled up (or kill -9 struck) in the middle of epoch 3's record
+        f.write(text + (last[:25] if cut == 'partial record' else last))
+    cli.JsonLog(path, 'r').write(epoch=4, valid_loss=5.4)
+    lines = open(path).read().splitlines()
+    kept = records + ([] if cut == 'partial record' else [json.loads(last)])
+    assert [json.loads(line) for line in lines] == kept + [{'run': 'r', 'epoch': 4, 'valid_loss': 5.4}]
+    assert ('dropped its last line' in capsys.readouterr().out) == (cut == 'partial record')
+
+
+def test_plot_skips_lines_cut_off_by_an_interrupted_write(tmp_path, capsys):
+    import plot
+    records = [epoch_record('r', e, 30, 6 - 0.1 * e) for e in (1, 2, 3, 4)]
+    lines = [json.dumps(r) for r in records]
+    # Written before logs were repaired: epoch 2's record cut off, epoch 3's appended to it; the last cut off.
+    damaged = [lines[0], lines[1][:30] + lines[2], lines[3][:20]]
+    log = str(tmp_path / 'm.pt.jsonl')
+    with open(log, 'w') as f:
+        f.write('\n'.join(damaged))
+    (label, points), = plot.log_curves(log, 'm')
+    assert points[0] == [1, 3]
+    assert 'skipped 1 line(s) cut off by an interrupted write (line 3)' in capsys.readouterr().err
+
+
+def test_pointer_refuses_lambdasm_1_naming_the_real_cause(trained, monkeypatch):
+    corpus, save, _ = trained
+    monkeypatch.setattr(cli, 'load_data', must_not_run)
+    with pytest.raises(errors.UserError) as refused:
+        pointer.main(['--data', corpus, '--save', save, '--window', '5', '--bptt', '20', '--cpu',
+                      '--lambdasm', '1', '--log', os.devnull])
+    message = str(refused.value)
+    assert message.startswith('--lambdasm must be in [0, 1), got 1.0') and 'probability 0' in message
+    assert '--theta' not in message
+
+
+@pytest.mark.parametrize('script', ['main', 'finetune'])
+def test_the_resume_note_names_only_flags_given_on_the_command_line(trained, tmp_path, capsys, script):
+    corpus, save, _ = trained
+    out = str(tmp_path / 'm.pt')
+    # The run's own settings differ from the defaults: --lr 5 (default 30), --nonmono 3 (default 5).
+    if script == 'main':
+        first = lambda *extra: train(corpus, out, epochs=1, extra=['--lr', '5', '--nonmono', '3', *extra])
+        resume = lambda *extra: train_script.main([*TINY, '--data', corpus, '--epochs', '2', '--resume', out, *extra])
+    else:
+        first = lambda: finetune.main(['--data', corpus, '--save', save, '--out', out, '--epochs', '1',
+                                       '--lr', '5', '--nonmono', '3', *TINY])
+        resume = lambda *extra: finetune.main(['--data', corpus, '--out', out, '--resume', '--epochs', '2', *TINY,
+                                               *extra])
+    assert first() == 0
+    capsys.readouterr()
+    assert resume() == 0
+    assert 'ignored flags' not in capsys.readouterr().out  # nothing given but what may change
+    state = checkpoint.state_path(out) if script == 'main' else finetune.finetune_state_path(out)
+    # Given, and different from the run's: noted (an abbreviation counts); given with the run's value: not.
+    assert resume('--lr', '7', '--nonmon', '4', '--clip', '0.25', '--resume', state, '--epochs', '3') == 0
+    assert 'ignored flags: lr, nonmono\n' in capsys.readouterr().out
+
+
+def test_benchmark_data_naming_a_missing_folder_is_an_error(tmp_path, monkeypatch, capsys):
+    import benchmark
+    missing = str(tmp_path / 'no-such-corpus')
+    monkeypatch.setattr(benchmark, 'load_streams', must_not_run)
+    with pytest.raises(errors.UserError, match=f'--data {missing}: folder not found .*--synthetic'):
+        benchmark.main(['--data', missing, '--small', '--cpu', '--batches', '1', '--warmup', '0'])
+    assert 'recipe=' not in capsys.readouterr().out
