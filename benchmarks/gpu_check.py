@@ -35,15 +35,15 @@ def correctness(cpu):
     size = dict(ntok=200, emsize=16, nhid=24, batch=4, tokens=1000) if cpu else \
         dict(ntok=10000, emsize=400, nhid=1150, batch=20, tokens=20 * 700)
 
-    def run(device, step, dropouts, rnn_type='LSTM'):
+    def run(device, step, dropouts, rnn_type='LSTM', tokens=size['tokens']):
         torch.manual_seed(0)
         model = RNNModel(rnn_type, size['ntok'], size['emsize'], size['nhid'], 3, *dropouts,
                          tie_weights=True).to(device)
         criterion = SplitCrossEntropyLoss(size['emsize'], splits=[]).to(device)
         params = list(model.parameters()) + list(criterion.parameters())
         optimizer = training.make_optimizer('sgd', params, 30., 1.2e-6)
-        tokens = torch.randint(size['ntok'], (size['tokens'],), generator=torch.Generator().manual_seed(1))
-        data = batchify(tokens, size['batch'], device=device)
+        stream = torch.randint(size['ntok'], (tokens,), generator=torch.Generator().manual_seed(1))
+        data = batchify(stream, size['batch'], device=device)
         args = argparse.Namespace(bptt=70 if not cpu else 10, alpha=2., beta=1., clip=0.25, log_interval=10 ** 6)
         losses = []
 
@@ -79,11 +79,14 @@ def correctness(cpu):
         ok &= compare('CPU eager vs CUDA eager, no dropout', gpu_eager, cpu_eager, 1e-4)
         ok &= compare('CPU eager vs CUDA graphs, no dropout', run(gpu, cuda_graphs.GraphedTrainStep(), no_dropout),
                       cpu_eager, 1e-4)
-    dropouts = (0.4, 0.25, 0.4, 0.1, 0.5)
+    # Long enough (about 100 steps on a GPU) for most steps to be replays of a captured graph.
+    dropouts, long = (0.4, 0.25, 0.4, 0.1, 0.5), size['tokens'] * (1 if cpu else 10)
     for rnn_type in ('LSTM', 'QRNN'):
+        graphed = cuda_graphs.GraphedTrainStep()
         ok &= compare(f'{rnn_type} {gpu} eager vs {gpu} graphs, dropouts on',
-                      run(gpu, cuda_graphs.GraphedTrainStep(), dropouts, rnn_type),
-                      run(gpu, training.train_step, dropouts, rnn_type), 1e-4 if not cpu else 0)
+                      run(gpu, graphed, dropouts, rnn_type, long),
+                      run(gpu, training.train_step, dropouts, rnn_type, long), 1e-4 if not cpu else 0)
+        print(f'   graphs: {graphed.captures} captured, {graphed.replays} replays, {graphed.eager_steps} eager steps')
     print('ALL PASS' if ok else 'SOME FAIL', flush=True)
     return 0 if ok else 1
 

