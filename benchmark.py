@@ -42,6 +42,15 @@ Options (--options, compared side by side in one process; each starts from the s
              possibly different rounding
   compile    torch.compile of the model (dynamic shapes, since the BPTT length varies); compile time
              falls in the warm-up, so give it a few warm-up steps; skipped with a note if it fails
+  graphs     main.py --cuda-graphs: the step replayed as CUDA graphs (cuda_graphs.py), one per sequence
+             length, captured the first time a length comes (so warm-up and the first timed batches
+             include captures: give it --warmup 100 or more for the steady state). On a CPU the same
+             static-buffer step runs without capture (a dry-run of the code path, not a speed figure)
+  graphs-bf16  graphs with main.py --bf16's autocast
+
+--profile also prints the sum of GPU kernel time per step (the profiler's self CUDA time, over
+--profile-steps steps) beside the wall time per step of the timed batches (no profiler): their gap is
+the time the GPU waits for the CPU to launch work, which CUDA graphs remove.
 """
 import argparse
 import contextlib
@@ -60,6 +69,7 @@ import torch
 
 import batching
 import cli
+import cuda_graphs
 import distributed
 import errors
 import training
@@ -99,7 +109,7 @@ RECIPES = {
                      note='character-level PTB, 2018 code'),
 }
 
-OPTIONS = ('eager', 'fp32', 'tf32', 'amp-bf16', 'fused-opt', 'compile')
+OPTIONS = ('eager', 'fp32', 'tf32', 'amp-bf16', 'fused-opt', 'compile', 'graphs', 'graphs-bf16')
 SMALL = dict(emsize=32, nhid=64)
 EVAL_BATCH_SIZE = 10
 
@@ -219,10 +229,10 @@ class Stepper:
     """Walks the training stream like training.train_epoch, one training.train_step per call."""
 
     def __init__(self, model, criterion, optimizer, params, train, cfg, rng, autocast, clip_foreach, device,
-                 forward=None):
+                 forward=None, train_step=training.train_step):
         self.__dict__.update(model=model, criterion=criterion, optimizer=optimizer, params=params, train=train,
                              cfg=cfg, rng=rng, autocast=autocast, clip_foreach=clip_foreach, device=device,
-                             forward=forward)
+                             forward=forward, train_step=train_step)
         self.restart()
 
     def restart(self):
@@ -237,7 +247,7 @@ class Stepper:
             self.restart()
         seq_len = training.sample_seq_len(self.rng, self.cfg.bptt)
         data, targets = batching.get_batch(self.train, self.i, seq_len=seq_len)
-        loss, self.hidden = training.train_step(self.model, self.criterion, self.optimizer, self.params, data, targets,
+        loss, self.hidden = self.train_step(self.model, self.criterion, self.optimizer, self.params, data, targets,
                                                 self.hidden, self.cfg, seq_len, autocast=self.autocast,
                                                 clip_foreach=self.clip_foreach, forward=self.forward)
         self.i += seq_len
@@ -279,16 +289,26 @@ def run_config(name, option, opts, device, streams, dist=distributed.Distributed
     if note:
         notes.append(note)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if option == 'amp-bf16' else None
+    if option == 'graphs-bf16':  # as main.py --bf16: no autocast cache across a captured step
+        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)  # noqa: E731
     eval_context = autocast or contextlib.nullcontext
     if option == 'compile':
         model.compile(dynamic=True)
+    step = training.train_step
+    if option.startswith('graphs'):
+        if dist.world_size > 1:
+            raise Skip('--cuda-graphs does not work with several processes')
+        step = cuda_graphs.GraphedTrainStep(log=lambda line: notes.append(line))
+        if device.type != 'cuda':
+            notes.append('no CUDA: the static-buffer step ran without capture (code path only)')
     stepper = Stepper(model, criterion, optimizer, params, train, cfg, rng, autocast,
-                      True if option == 'fused-opt' else None, device, forward=dist.wrap(model, criterion))
+                      True if option == 'fused-opt' else None, device, forward=dist.wrap(model, criterion),
+                      train_step=step)
 
     with precision_flags(option, device):
         try:
             (train_time, rows, train_loss, valid_time, valid_loss, chunks, total_chunks,
-             profile_table) = measure(stepper, valid, cfg, opts, device, eval_context)
+             profile) = measure(stepper, valid, cfg, opts, device, eval_context)
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as e:
@@ -310,6 +330,20 @@ def run_config(name, option, opts, device, streams, dist=distributed.Distributed
         valid_extrapolated=chunks < total_chunks,
         peak_mem_mb=mem, peak_mem_kind=mem_kind, train_loss=train_loss, valid_loss=valid_loss,
         small=opts.small, config=vars(cfg), data=streams[3], notes=notes)
+    if isinstance(step, cuda_graphs.GraphedTrainStep):
+        record.update(graphs_captured=step.captures, graph_replays=step.replays, eager_steps=step.eager_steps)
+    profile_table = None
+    if profile is not None:
+        profile_table, kernel_ms = profile
+        record.update(profile_kernel_ms_per_step=kernel_ms, profile_steps=opts.profile_steps)
+        if kernel_ms is not None:
+            wall_ms = record['ms_per_batch']
+            profile_table += (f'\nkernel time vs wall time: GPU kernels {kernel_ms:.2f} ms per step (profiler, '
+                              f'{opts.profile_steps} steps); wall {wall_ms:.2f} ms per step (the {opts.batches} timed '
+                              f'batches, no profiler); launch gap {wall_ms - kernel_ms:.2f} ms '
+                              f'({100 * (wall_ms - kernel_ms) / wall_ms:.0f}% of the step)')
+        else:
+            profile_table += '\nkernel time vs wall time: needs CUDA (no GPU kernels on the CPU)'
     return record, profile_table
 
 
@@ -344,8 +378,8 @@ def measure(stepper, valid, cfg, opts, device, eval_context):
     sync(device)
     valid_time = time.perf_counter() - start
 
-    profile_table = profile_steps(stepper, opts.profile_steps, device) if opts.profile else None
-    return train_time, rows, train_loss, valid_time, valid_loss, chunks, total_chunks, profile_table
+    profile = profile_steps(stepper, opts.profile_steps, device) if opts.profile else None
+    return train_time, rows, train_loss, valid_time, valid_loss, chunks, total_chunks, profile
 
 
 def profile_steps(stepper, n, device):
@@ -357,8 +391,14 @@ def profile_steps(stepper, n, device):
             stepper.step()
         sync(device)
     sort_by = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
-    return f'profile of {n} training steps (sorted by {sort_by}):\n' + \
-        prof.key_averages().table(sort_by=sort_by, row_limit=20)
+    averages = prof.key_averages()
+    table = f'profile of {n} training steps (sorted by {sort_by}):\n' + averages.table(sort_by=sort_by, row_limit=20)
+    kernel_ms = None
+    if device.type == 'cuda':  # the table's "Self CUDA time total": every kernel once (microseconds)
+        kernel_us = sum(getattr(e, 'self_device_time_total', None) or getattr(e, 'self_cuda_time_total', 0)
+                        for e in averages)
+        kernel_ms = kernel_us / 1000 / n
+    return table, kernel_ms
 
 
 def format_line(r):

@@ -123,6 +123,45 @@ def add_training_args(parser, lr=30, epochs=8000):
     return g
 
 
+def add_speed_args(parser):
+    """--cuda-graphs and --bf16 (issue 20): GPU-only ways to run the same training step faster."""
+    g = parser.add_argument_group('GPU speed (experimental; CUDA only)')
+    g.add_argument('--cuda-graphs', action=argparse.BooleanOptionalAction, default=False,
+                   help='replay the training step as CUDA graphs (cuda_graphs.py): the same kernels with one '
+                        'launch per step; off by default until a GPU run has shown it gives the eager numbers')
+    g.add_argument('--bf16', action='store_true',
+                   help='bfloat16 autocast around the forward pass and loss of each training step (evaluation '
+                        'stays fp32). Changes the numerics: perplexities are not those of fp32 runs; kept '
+                        'experimental until a learning curve on a GPU shows it stays within fp32\'s spread')
+    return g
+
+
+def check_speed_args(args):
+    """--cuda-graphs and --bf16 need a CUDA GPU (and not --cpu)."""
+    for flag, on in (('--cuda-graphs', getattr(args, 'cuda_graphs', False)), ('--bf16', getattr(args, 'bf16', False))):
+        if on and (getattr(args, 'cpu', False) or not torch.cuda.is_available()):
+            raise UserError(f'{flag} needs a CUDA GPU')
+
+
+def train_step_for(args, dist=None):
+    """The training step the speed flags ask for: training.train_step (the default), with bf16
+    autocast, or its CUDA-graph replay (cuda_graphs.GraphedTrainStep)."""
+    import functools
+    import cuda_graphs
+    import training
+    autocast = None
+    if getattr(args, 'bf16', False):
+        # cache_enabled=False: autocast's cache of cast weights must not outlive a captured step.
+        autocast = functools.partial(torch.autocast, 'cuda', dtype=torch.bfloat16, cache_enabled=False)
+    if getattr(args, 'cuda_graphs', False):
+        if dist is not None and dist.world_size > 1:
+            raise UserError('--cuda-graphs does not work with several processes (torchrun) yet')
+        return cuda_graphs.GraphedTrainStep(autocast=autocast)
+    if autocast is not None:
+        return functools.partial(training.train_step, autocast=autocast)
+    return training.train_step
+
+
 def add_data_args(parser, default_save=None):
     g = parser.add_argument_group('data, checkpoint and device')
     g.add_argument('--data', type=str, default='data/penn/',
@@ -596,7 +635,7 @@ def evaluate_best_on_test(path, model, criterion, test_data, bptt, run=None, rep
 
 
 # Flags that may differ when continuing a run from its resume state; every other setting is the run's own.
-RESUME_MAY_CHANGE = ('epochs', 'resume', 'save', 'cuda', 'cpu', 'log_interval', 'data')
+RESUME_MAY_CHANGE = ('epochs', 'resume', 'save', 'cuda', 'cpu', 'log_interval', 'data', 'cuda_graphs', 'bf16')
 
 
 def given_flags(parser, argv=None):

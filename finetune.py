@@ -60,6 +60,7 @@ def build_parser():
                      'is noted and ignored')
     parser.set_defaults(**dict.fromkeys(DROPOUT_FLAGS))
     cli.add_training_args(parser)
+    cli.add_speed_args(parser)
     g = parser.add_argument_group('fine-tuning')
     g.add_argument('--tied', action='store_true',
                    help='accepted for compatibility and ignored: weights are always tied (in the original, '
@@ -77,6 +78,7 @@ def parse_args(argv=None):
     args = build_parser().parse_args(argv)
     # The model and dropout flags are None unless given; check_args only looks at the flags present.
     cli.check_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if v is not None}))
+    cli.check_speed_args(args)
     if args.out is not None and args.out.strip() == '':
         raise errors.UserError('--out must not be empty')
     args.out = args.out or args.save
@@ -155,6 +157,7 @@ def finetune(args, dist, given):
     # ASGD with t0=0, lambd=0: every step from the first one enters the average (section 3).
     optimizer = training.make_optimizer('asgd', params, args.lr, args.wdecay)
     forward = dist.wrap(model, criterion)  # [distributed] DDP averages the gradients; None for one process
+    step = cli.train_step_for(args, dist)  # --cuda-graphs / --bf16; training.train_step by default
 
     # An exact resume continues its run; anything else is a new run (see checkpoint.new_run_id).
     run = ckpt.get('run') if state_file else checkpoint.new_run_id()
@@ -207,7 +210,8 @@ def finetune(args, dist, given):
                 # Sequence lengths capped at bptt + 10, as in the original fine-tuning.
                 train_loss = training.train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
                                                   seq_len_cap=args.bptt + 10,
-                                                  log=bar.write, progress=bar, forward=forward)  # [distributed]
+                                                  log=bar.write, progress=bar, forward=forward,
+                                                  step=step)  # [distributed]
             train_loss = dist.mean(train_loss)  # [distributed] over all columns
             # Under ASGD the model is the running average of the iterates (section 3).
             with training.averaged_weights(optimizer, params):

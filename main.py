@@ -27,6 +27,7 @@ def build_parser():
     cli.add_model_args(parser)
     cli.add_dropout_args(parser)
     cli.add_training_args(parser)
+    cli.add_speed_args(parser)
     g = parser.add_argument_group('optimisation schedule')
     g.add_argument('--optimizer', type=str, default='sgd', help='sgd (then ASGD, NT-ASGD) or adam')
     g.add_argument('--when', nargs='+', type=int, default=[-1],
@@ -47,6 +48,7 @@ def parse_args(argv=None):
     if args.save is None and args.resume:  # --resume X alone continues the run X, in its own files
         args.save = checkpoint.save_of_state(args.resume)
     cli.check_args(args)
+    cli.check_speed_args(args)
     if args.max_seq_len is not None and args.max_seq_len < 5:
         raise errors.UserError(f'--max-seq-len must be at least 5 (the shortest sampled length), '
                                f'got {args.max_seq_len}')
@@ -148,6 +150,7 @@ def train(args, dist, given):
         print(f'Restarting from the weights of {args.resume} (no resume state beside it): '
               f'fresh {optimizer_kind} optimizer, lr {args.lr} and dropouts from the flags')
     forward = dist.wrap(model, criterion)  # [distributed] DDP averages the gradients; None for one process
+    step = cli.train_step_for(args, dist)  # --cuda-graphs / --bf16; training.train_step by default
 
     def save_model(path):
         checkpoint.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word, run=run)
@@ -169,7 +172,7 @@ def train(args, dist, given):
             with cli.progress_bar(len(train_data) // args.bptt, f'epoch {epoch}') as bar:
                 train_loss = training.train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
                                                   seq_len_cap=args.max_seq_len, log=bar.write, progress=bar,
-                                                  forward=forward)  # [distributed]
+                                                  forward=forward, step=step)  # [distributed]
             train_loss = dist.mean(train_loss)  # [distributed] over all columns
             # The epoch's record names what it trained with, not the switch or lr cut that follows it.
             trained_with = dict(lr=optimizer.param_groups[0]['lr'], optimizer=training.optimizer_name(optimizer))

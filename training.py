@@ -59,13 +59,14 @@ def train_step(model, criterion, optimizer, params, data, targets, hidden, args,
 
 
 def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
-                seq_len_cap=None, log=print, progress=None, forward=None):
+                seq_len_cap=None, log=print, progress=None, forward=None, step=train_step):
     """One pass over the training stream with truncated BPTT; returns the mean raw training loss.
 
     Each step: a sampled sequence length, the learning rate scaled by seq_len / bptt (so short
     sequences do not get the weight of long ones, section 4.1), cross-entropy plus AR and TAR
     (section 4.6), gradient clipping, an optimizer step. Losses stay on the device between log
-    lines, so the loop never waits for the GPU except to print.
+    lines, so the loop never waits for the GPU except to print. `step` takes train_step's arguments
+    and returns what it returns: cuda_graphs.GraphedTrainStep, or train_step with bf16 autocast.
     """
     model.train()
     model.reset()
@@ -88,8 +89,8 @@ def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rn
         seq_len = sample_seq_len(rng, args.bptt, seq_len_cap)
         base_lr = optimizer.param_groups[0]['lr']
         data, targets = get_batch(train_data, i, seq_len=seq_len)
-        raw_loss, hidden = train_step(model, criterion, optimizer, params, data, targets, hidden, args, seq_len,
-                                      forward=forward)  # [distributed]
+        raw_loss, hidden = step(model, criterion, optimizer, params, data, targets, hidden, args, seq_len,
+                                forward=forward)  # [distributed]
         first_bad_batch = torch.where((first_bad_batch < 0) & ~torch.isfinite(raw_loss),
                                       batch + 1, first_bad_batch)
         interval_loss += raw_loss

@@ -86,3 +86,14 @@ def test_nproc_reports_tokens_per_rank_and_in_all(capsys, tmp_path):
     assert two['config']['batch_size'] == 4  # the global batch, 2 columns per rank
     out = capsys.readouterr().out
     assert 'scaling recipe=ptb-2018 option=eager: nproc=1 tokens_per_s=' in out and '| nproc=2 tokens_per_s=' in out
+
+
+def test_graphs_option_runs_the_static_step_and_matches_eager_on_the_cpu(capsys):
+    rc = benchmark.main(FAST + ['--recipe', 'ptb-2018', '--options', 'eager', 'graphs', '--profile',
+                                '--profile-steps', '1'])
+    assert rc == 0
+    out = capsys.readouterr().out
+    eager, graphs = [fields(l) for l in out.splitlines() if l.startswith('recipe=ptb-2018')]
+    assert graphs['option'] == 'graphs' and graphs['train_loss'] == eager['train_loss']
+    assert 'no CUDA: the static-buffer step ran without capture' in out
+    assert 'kernel time vs wall time: needs CUDA' in out

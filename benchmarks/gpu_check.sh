@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# gpu_check.sh: the GPU checks of issue 20 (CUDA graphs), in one go, most important first.
+#
+#   benchmarks/gpu_check.sh OUTDIR          # on one GPU: at most 8 minutes (each step under its own timeout)
+#   benchmarks/gpu_check.sh --cpu OUTDIR    # the same steps, tiny sizes, on the CPU (tests/test_gpu_check.py)
+#
+# Run from anywhere; it works in the repository root. Every step writes its log into OUTDIR as it
+# goes (NN_name.log), so a run cut short still leaves what it did; the last lines print a short table
+# (benchmarks/gpu_check.py summary). Steps:
+#   00 env; 01 the CUDA tests (pytest); 02 correctness: CPU vs CUDA and eager vs graphs;
+#   03/04 a real main.py epoch of the 2018 PTB recipe, eager, then --cuda-graphs (2 epochs: the first
+#   includes the captures); 05 the original 2018 code's epoch on the same card (for the ratio);
+#   06 benchmark.py ptb-2018, wt2, ptb-qrnn x eager, graphs, amp-bf16; 07 benchmark.py --profile
+#   (GPU kernel time per step vs wall time per step).
+# Environment:
+#   AWD_DATA_MIRROR     folder with penn/ and wikitext-2/ (default ../shared/data beside the repository);
+#                       laid out into data/ with getdata.sh --mirror when data/ lacks them
+#   AWD_LSTM_ORIGINAL   the original awd-lstm-lm code (default ../shared/original/awd-lstm-lm); copied to
+#                       a temporary folder and patched as tests/test_parity.py does (its ORIGINAL_FIXES)
+#   PYTHON              the interpreter (default python3)
+set -uo pipefail
+
+CPU=0
+if [ "${1:-}" = "--cpu" ]; then CPU=1; shift; fi
+if [ $# -ne 1 ] || [ "${1#-}" != "$1" ]; then
+    echo "usage: $0 [--cpu] OUTDIR" >&2
+    exit 2
+fi
+OUT=$1
+mkdir -p "$OUT" || exit 2
+OUT=$(cd "$OUT" && pwd)
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO" || exit 2
+PY=${PYTHON:-python3}
+MIRROR=${AWD_DATA_MIRROR:-$REPO/../shared/data}
+export AWD_LSTM_ORIGINAL=${AWD_LSTM_ORIGINAL:-$REPO/../shared/original/awd-lstm-lm}
+SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+trap 'rm -rf "$SCRATCH"' EXIT
+BUDGET=470  # seconds for all steps (8 minutes less the summary); a step gets min(its limit, what is left)
+
+step() {  # step NAME LIMIT_S COMMAND...: run COMMAND in the repository root, logging to OUT/NAME.log
+    local name=$1 limit=$2; shift 2
+    local left=$((BUDGET - SECONDS))
+    if [ "$left" -lt 10 ]; then
+        echo "skipped: the time budget of ${BUDGET}s is spent" > "$OUT/$name.log"
+        echo "--- $name: skipped (budget spent)"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    echo "--- $name (limit ${limit}s) [$(date -u +%H:%M:%S)]"
+    {
+        echo "=== $name [$(date -u +%H:%M:%S)]: $*"
+        local t0=$SECONDS
+        timeout -k 5 "$limit" "$@"
+        local rc=$?
+        echo "--- rc=$rc wall=$((SECONDS - t0))s$([ $rc -eq 124 ] && echo ' (timed out)')"
+    } > "$OUT/$name.log" 2>&1
+    tail -n 3 "$OUT/$name.log" | sed 's/^/    /'
+}
+
+if [ $CPU -eq 1 ]; then
+    echo "gpu_check --cpu: tiny sizes on the CPU; steps that need CUDA say so in their logs"
+    export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+    DEVICE=(--cpu)
+    # A small slice of PTB (or a synthetic corpus when the mirror is absent) keeps each epoch in seconds.
+    DATA=$SCRATCH/ptb-slice
+    mkdir -p "$DATA"
+    if [ -f "$MIRROR/penn/train.txt" ]; then
+        head -n 300 "$MIRROR/penn/train.txt" > "$DATA/train.txt"
+        head -n 60 "$MIRROR/penn/valid.txt" > "$DATA/valid.txt"
+        head -n 60 "$MIRROR/penn/test.txt" > "$DATA/test.txt"
+    else
+        for split in train valid test; do
+            for i in $(seq 1 $([ $split = train ] && echo 300 || echo 60)); do
+                echo " the cat sees a dog $((i % 7)) and the bird eats $((i % 5)) fish ."
+            done > "$DATA/$split.txt"
+        done
+    fi
+    SIZE=(--emsize 16 --nhid 24 --bptt 10 --batch_size 4 --log-interval 20)
+    BENCH=(--small --cpu --synthetic --batch-size 4 --batches 2 --warmup 1 --val-batches 1 --threads 1)
+    BF16=()  # bf16 autocast of the CPU's (oneDNN) LSTM is not what --bf16 runs, and fails on some CPUs
+    echo "note: amp-bf16 is left out of the benchmark on the CPU (main.py --bf16 is CUDA only)"
+    PROFILE=(--profile-steps 1)
+else
+    DEVICE=()
+    DATA=$REPO/data/penn
+    SIZE=()
+    BENCH=(--batches 100 --warmup 150 --val-batches 20)
+    BF16=(amp-bf16)
+    PROFILE=(--profile-steps 5)
+fi
+
+step 00_env 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 \
+    || echo 'nvidia-smi: not available'; $PY -c 'import torch, sys; print(\"python\", sys.version.split()[0], \"torch\", \
+torch.__version__, \"cuda\", torch.version.cuda, \"cudnn\", torch.backends.cudnn.version(), \"gpu\", \
+torch.cuda.get_device_name() if torch.cuda.is_available() else None)'; nproc"
+
+# Data: lay out PTB and WikiText-2 from the mirror when data/ lacks them (the GPU machine gets the
+# working tree only).
+if [ $CPU -eq 0 ]; then
+    for name in penn wikitext-2; do
+        if [ ! -f "data/$name/train.txt" ]; then
+            step "00_data_$name" 60 ./getdata.sh --mirror "$MIRROR" "$name"
+        fi
+    done
+fi
+
+# 01: the CUDA-only tests (graphs vs eager over ~200 steps with dropout; Triton forget-mult; split softmax).
+step 01_cuda_tests 100 "$PY" -m pytest -q -s -rs tests/test_cuda_graphs.py::test_graphs_match_eager_on_cuda \
+    tests/test_qrnn.py::test_triton_kernel_cuda tests/test_splitcross.py::test_cuda_matches_cpu
+
+# 02: CPU vs CUDA, eager vs graphs, at the PTB size (tiny with --cpu).
+step 02_correctness 60 "$PY" benchmarks/gpu_check.py correctness $([ $CPU -eq 1 ] && echo --cpu)
+
+# 03/04: main.py, the 2018 PTB recipe (README), one epoch eager; two with --cuda-graphs.
+RECIPE=(--batch_size 20 --data "$DATA" --dropouti 0.4 --dropouth 0.25 --seed 141)
+step 03_main_eager 60 "$PY" main.py "${RECIPE[@]}" "${SIZE[@]}" "${DEVICE[@]}" --epochs 1 --log-interval 50 --save "$SCRATCH/eager.pt"
+if [ $CPU -eq 1 ]; then
+    # --cuda-graphs is refused on the CPU (one line, status 2): that is what this step shows here.
+    step 04_main_graphs 30 "$PY" main.py "${RECIPE[@]}" "${SIZE[@]}" "${DEVICE[@]}" --epochs 2 --log-interval 50 --save "$SCRATCH/graphs.pt" --cuda-graphs
+else
+    step 04_main_graphs 80 "$PY" main.py "${RECIPE[@]}" --epochs 2 --log-interval 50 --save "$SCRATCH/graphs.pt" --cuda-graphs
+fi
+
+# 05: the original 2018 code, patched as tests/test_parity.py patches it, one epoch of the same recipe.
+# Its --cuda flag turns CUDA *off* (store_false), so it is passed on the CPU only.
+ORIG=$SCRATCH/original
+step 05_original 60 bash -c "$PY benchmarks/gpu_check.py original '$ORIG' && cd '$ORIG' && $PY main.py \
+    ${RECIPE[*]} $([ $CPU -eq 1 ] && echo "${SIZE[*]} --cuda") --epochs 1 --save '$SCRATCH/orig.pt'"
+
+# 06: benchmark.py, three recipes x eager / graphs / bf16 (warm-up long enough for most lengths' graphs).
+step 06_bench 110 "$PY" benchmark.py --recipe ptb-2018 wt2 ptb-qrnn --options eager graphs "${BF16[@]}" "${BENCH[@]}" \
+    --json "$OUT/06_bench.jsonl"
+
+# 07: where the step's time goes: GPU kernel time per step against wall time per step.
+step 07_profile 45 "$PY" benchmark.py --recipe ptb-2018 --options eager graphs "${BENCH[@]}" --profile "${PROFILE[@]}"
+
+"$PY" benchmarks/gpu_check.py summary "$OUT" | tee "$OUT/summary.txt"
