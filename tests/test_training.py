@@ -207,12 +207,11 @@ def test_averaged_weights_swap_and_restore():
 
 
 def logged_interval_lines(monkeypatch, losses, log_interval, release=2018):
-    """train_epoch's log lines when the steps return `losses` in turn (the step itself replaced)."""
+    """train_epoch's log lines when the steps return `losses` in turn (the step itself stubbed)."""
     steps = iter(losses)
 
     def fake_step(model, criterion, optimizer, params, data, targets, hidden, args, seq_len, forward=None):
         return torch.tensor(next(steps)), hidden
-    monkeypatch.setattr(training, 'train_step', fake_step)
     monkeypatch.setattr(training, 'sample_seq_len', lambda rng, bptt, cap=None: 5)
     torch.manual_seed(0)
     model = RNNModel('LSTM', NTOKENS, EMSIZE, NHID, 2, tie_weights=True, release=release)
@@ -222,7 +221,7 @@ def logged_interval_lines(monkeypatch, losses, log_interval, release=2018):
     args = argparse.Namespace(bptt=5, log_interval=log_interval)
     lines = []
     training.train_epoch(model, criterion, torch.optim.SGD(params, lr=2.5), params, train_data, args, 1,
-                         np.random.RandomState(0), log=lines.append)
+                         np.random.RandomState(0), log=lines.append, step=fake_step)
     return lines
 
 
