@@ -27,7 +27,7 @@ from batching import batchify
 from checkpoint import (atomic_write_text, check_replaceable, load_weights, read_checkpoint,
                         remove_stale_temporaries, temporary_name)
 from errors import UserError
-from training import evaluate, perplexity
+from training import evaluate, loss_figures, perplexity
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def train_step_for(args, dist=None):
     autocast, or its CUDA-graph replay (cuda_graphs.GraphedTrainStep)."""
     import functools
     import cuda_graphs
-    import training
+    import training  # looked up when called: tests replace training.train_step
     autocast = None
     if getattr(args, 'bf16', False):
         # cache_enabled=False: autocast's cache of cast weights must not outlive a captured step.
@@ -303,8 +303,7 @@ def load_data(args, batch_sizes, device, log=print):
 def report_line(kind, loss, release=2018):
     """`<kind> loss x | <kind> ppl y | <kind> bpc z`, the figures every log line ends with (the 2017
     release of the original printed no bpc)."""
-    line = f'{kind} loss {loss:5.2f} | {kind} ppl {perplexity(loss):8.2f}'
-    return line if release == 2017 else f'{line} | {kind} bpc {loss / math.log(2):8.3f}'
+    return loss_figures(loss, release, kind)
 
 
 def loss_record(kind, loss):

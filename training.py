@@ -116,12 +116,17 @@ def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rn
 
 def interval_line(release, epoch, batch, num_batches, lr, ms_per_batch, loss):
     """A training log line as each release of the original printed it (2017: lr to 2 places, no bpc)."""
-    if release == 2017:
-        return (f'| epoch {epoch:3d} | {batch:5d}/{num_batches:5d} batches | lr {lr:02.2f} '
-                f'| ms/batch {ms_per_batch:5.2f} | loss {loss:5.2f} | ppl {perplexity(loss):8.2f}')
-    return (f'| epoch {epoch:3d} | {batch:5d}/{num_batches:5d} batches | lr {lr:05.5f} '
-            f'| ms/batch {ms_per_batch:5.2f} | loss {loss:5.2f} | ppl {perplexity(loss):8.2f} '
-            f'| bpc {loss / math.log(2):8.3f}')
+    lr_text = f'{lr:02.2f}' if release == 2017 else f'{lr:05.5f}'
+    return (f'| epoch {epoch:3d} | {batch:5d}/{num_batches:5d} batches | lr {lr_text} '
+            f'| ms/batch {ms_per_batch:5.2f} | {loss_figures(loss, release)}')
+
+
+def loss_figures(loss, release=2018, kind=None):
+    """`loss x | ppl y | bpc z` (each word after `kind` when given, e.g. `valid loss`), as the original
+    printed them; its first release printed no bpc."""
+    prefix = f'{kind} ' if kind else ''
+    line = f'{prefix}loss {loss:5.2f} | {prefix}ppl {perplexity(loss):8.2f}'
+    return line if release == 2017 else f'{line} | {prefix}bpc {loss / math.log(2):8.3f}'
 
 
 def evaluate(model, criterion, data_source, batch_size, bptt):
