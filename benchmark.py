@@ -69,6 +69,7 @@ import torch
 
 import batching
 import cli
+import flags
 import cuda_graphs
 import distributed
 import errors
@@ -148,7 +149,7 @@ def parse_args(argv=None):
     parser.add_argument('--nproc', nargs='+', type=int, default=None, metavar='N',
                         help='data-parallel scaling: run once per process count N (N > 1 through torchrun, one GPU '
                              'per process; gloo on the CPU) and report tokens/s per rank and in all')
-    cli.add_device_args(parser)
+    flags.add_device_args(parser)
     args = parser.parse_args(argv)
     if args.batches < 1:
         raise errors.UserError(f'--batches must be positive, got {args.batches}')

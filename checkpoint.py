@@ -1,28 +1,24 @@
-"""What a checkpoint holds and how it is written and read: the format (a plain dict of tensors,
-numbers and strings, loadable with torch.load(weights_only=True)) and its content digest, atomic
-writes, save/read/load with the checks of each field, the vocabulary and weight checks, and the
-resume state (`<save>.state`: a checkpoint plus epoch, history, optimizer and random states).
-
-A user loading a model from a notebook reads this file:
+"""Checkpoints and resume states: what a run saves, and loading it back.
 
     import checkpoint
-    ckpt = checkpoint.load_checkpoint('PTB.pt', map_location='cpu')
+    ckpt = checkpoint.load_checkpoint('PTB.pt', map_location='cpu')   # ckpt['model'], ckpt['criterion']
 
-It must not grow training logic, argument parsing or printing; data.py uses its atomic writes and
-digests for the corpus cache, so it must never import data.py or cli.py.
+A checkpoint is a plain dict of tensors, numbers and strings (torch.load(weights_only=True) reads it;
+no pickled code) carrying a digest of its contents (atomic_io.content_digest), written atomically.
+A resume state (`<save>.state` of main.py, `<out>.finetune.state` of finetune.py) is a checkpoint plus
+what continuing exactly needs: epoch, history, optimizer (with ASGD's averages) and random states.
+Files of earlier versions of this code are brought up to date in one place, `upgrade`.
+
+No training logic, argument parsing or printing here; data.py must not import it.
 """
 import argparse
-import contextlib
-import hashlib
 import os
-import re
-import stat
-import tempfile
 import uuid
 
 import numpy as np
 import torch
 
+from atomic_io import atomic_torch_save, digest_matches, with_digest
 from errors import UserError, first_line
 from model import RNNModel
 from splitcross import SplitCrossEntropyLoss
@@ -31,170 +27,14 @@ from training import optimizer_name
 
 # Format 2 adds the digest; format 1 files (written before it) still load, unverified.
 CHECKPOINT_FORMAT = 'awd-lstm-checkpoint-2'
+
+
 LEGACY_CHECKPOINT_FORMAT = 'awd-lstm-checkpoint-1'
 
 
-def plain_args(args):
-    """argparse.Namespace -> dict of plain values, storable in a weights_only checkpoint."""
-    return dict(vars(args))
-
-
-def new_run_id():
-    """The id of a run: kept in its checkpoints, resume state and log records, and carried over by
-    an exact resume, so that a run only ever reports or offers files it wrote itself."""
-    return uuid.uuid4().hex[:16]
-
-
 # ---------------------------------------------------------------------------------------------
-# Atomic writes: a file is either the old one or the new one, never half of one
+# Save, load
 
-def atomic_write(path, write):
-    """Write a file through a temporary file in the same folder: write(f), flush, fsync, rename.
-
-    A crash at any point leaves either the old file or the new one, never a half-written one. A
-    symlinked `path` is written through to its target (not replaced by a file). The new file keeps
-    the mode of the one it replaces, or else gets the umask's default, as open() would give it. A
-    failure (a full disk: torch raises RuntimeError, Python OSError) is a UserError naming the file,
-    and the temporary file is removed.
-    """
-    target = os.path.realpath(path)
-    check_replaceable(target, path)
-    folder = os.path.dirname(target)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(target) + '.', suffix='.tmp', dir=folder)
-    except OSError as e:
-        raise UserError(f'{path}: could not be written ({e.strerror})') from None
-    try:
-        os.fchmod(fd, file_mode(target))
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, (OSError, RuntimeError)):
-            raise UserError(f'{path}: could not be written ({first_line(e)})') from None
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def temporary_name(name):
-    """The longest name atomic_write gives the temporary file of `name` (mkstemp adds 8 random characters
-    between its prefix and suffix): checked against the file system's limit before any work."""
-    return '.' + name + '.' + 'x' * 8 + '.tmp'
-
-
-def check_replaceable(target, name):
-    """A UserError unless `target` (a resolved path, `name` in the message) is absent or a regular file:
-    atomic_write replaces the file at `target`, and a device node, FIFO or socket there (`/dev/null`,
-    as root) must never be replaced by a regular file."""
-    try:
-        mode = os.stat(target).st_mode
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise UserError(f'{name}: cannot be examined ({e.strerror})') from None
-    if not stat.S_ISREG(mode):
-        kind = ('a device' if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 'a FIFO' if stat.S_ISFIFO(mode)
-                else 'a socket' if stat.S_ISSOCK(mode) else 'a folder' if stat.S_ISDIR(mode) else 'a special file')
-        raise UserError(f'{name}: is {kind}, not a regular file; it would be replaced by this file, so write '
-                        'elsewhere')
-
-
-def file_mode(path):
-    """The permission bits for a new version of `path`: those of the file it replaces, or the
-    umask's default (mkstemp alone would give 0600 whatever the umask)."""
-    try:
-        return stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def atomic_torch_save(obj, path):
-    """torch.save through atomic_write."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(text, path):
-    atomic_write(path, lambda f: f.write(text.encode('utf-8')))
-
-
-def remove_stale_temporaries(paths):
-    """Remove the temporary files of atomic_write (`.<name>.<random>.tmp`) left beside these files by
-    a run that was killed while writing them. Only the holder of the run's lock may call this."""
-    for path in paths:
-        folder, name = os.path.split(os.path.realpath(path))
-        pattern = re.compile(re.escape('.' + name + '.') + r'[^.]+\.tmp')
-        for entry in os.listdir(folder):
-            if pattern.fullmatch(entry):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(folder, entry))
-
-
-# ---------------------------------------------------------------------------------------------
-# The content digest: a flipped bit never loads as other weights
-
-def content_digest(obj):
-    """sha256 over the contents of a checkpoint (or corpus cache) dict, as 'sha256:<hex>'.
-
-    Walked in a fixed order (dict keys sorted), each value tagged with its type and length; a tensor
-    contributes its dtype, shape and bytes. A flipped bit in a stored tensor loads without any error
-    from torch, so read_checkpoint compares this with the digest stored at save time.
-    """
-    digest = hashlib.sha256()
-    _digest_into(digest, obj)
-    return 'sha256:' + digest.hexdigest()
-
-
-def _digest_into(digest, obj):
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
-        digest.update(f'tensor {t.dtype} {tuple(t.shape)}\0'.encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy())
-    elif isinstance(obj, dict):
-        digest.update(f'dict {len(obj)}\0'.encode())
-        for key in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
-            _digest_into(digest, key)
-            _digest_into(digest, obj[key])
-    elif isinstance(obj, (list, tuple)):
-        digest.update(f'{"tuple" if isinstance(obj, tuple) else "list"} {len(obj)}\0'.encode())
-        for item in obj:
-            _digest_into(digest, item)
-    elif isinstance(obj, str):
-        data = obj.encode('utf-8', 'surrogatepass')
-        digest.update(f'str {len(data)}\0'.encode() + data)
-    elif obj is None or isinstance(obj, (bool, int, float)):
-        digest.update(f'{type(obj).__name__} {obj!r}\0'.encode())
-    else:
-        raise TypeError(f'a {type(obj).__name__} has no place in a checkpoint')
-
-
-def with_digest(obj):
-    """The dict `obj` with its content digest added under 'digest'."""
-    return {**obj, 'digest': content_digest(obj)}
-
-
-def digest_matches(obj):
-    """Whether the dict `obj` holds a digest of the rest of its contents (with_digest's)."""
-    if not isinstance(obj, dict) or not isinstance(obj.get('digest'), str):
-        return False
-    try:
-        return obj['digest'] == content_digest({k: v for k, v in obj.items() if k != 'digest'})
-    except TypeError:  # something no checkpoint holds
-        return False
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints: save, read (with every field checked), load as a model
 
 def save_checkpoint(path, model, criterion, optimizer, args, idx2word, **extra):
     """A plain dict of tensors, numbers and strings: loadable with torch.load(weights_only=True).
@@ -213,10 +53,34 @@ def save_checkpoint(path, model, criterion, optimizer, args, idx2word, **extra):
     }), path)
 
 
-# The fields every checkpoint holds, and the types they must have.
-CHECKPOINT_FIELDS = {'model_config': dict, 'model': dict, 'criterion_config': dict, 'criterion': dict,
-                     'args': dict, 'idx2word': list, 'optimizer': (dict, type(None)),
-                     'optimizer_name': (str, type(None))}
+def load_checkpoint(path, map_location=None, resume_state_ok=True):
+    """Load a checkpoint of main.py / finetune.py (or, unless `resume_state_ok` is False, a resume state:
+    the scripts that use a trained model refuse one, see refuse_resume_state).
+
+    Returns the checkpoint dict with `model` an RNNModel holding the saved weights, `criterion` the
+    SplitCrossEntropyLoss (both moved to `map_location`, a device, when given), `args` the training
+    arguments (a dict), `idx2word` the vocabulary, and `model_state` / `criterion_state` /
+    `optimizer` the raw state dicts (on the CPU).
+    """
+    ckpt = read_checkpoint(path)
+    if not resume_state_ok:
+        refuse_resume_state(ckpt, path)
+    try:
+        model = RNNModel(**ckpt['model_config'])
+        criterion = SplitCrossEntropyLoss(**ckpt['criterion_config'])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f'{path}: the model configuration stored in it cannot be built ({first_line(e)})') from None
+    try:
+        model.load_state_dict(ckpt['model'])
+        criterion.load_state_dict(ckpt['criterion'])
+    except RuntimeError as e:
+        raise UserError(f'{path}: weights do not fit the stored model configuration ({str(e).splitlines()[0]})') from None
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        model.to(map_location)
+        criterion.to(map_location)
+    ckpt['model_state'], ckpt['criterion_state'] = ckpt['model'], ckpt['criterion']
+    ckpt['model'], ckpt['criterion'] = model, criterion
+    return ckpt
 
 
 def read_checkpoint(path):
@@ -246,7 +110,105 @@ def read_checkpoint(path):
             raise UserError(f'{path}: damaged checkpoint: {key!r} must map names to tensors')
     if not all(isinstance(word, str) for word in ckpt['idx2word']):
         raise UserError(f"{path}: damaged checkpoint: 'idx2word' must be a list of words")
-    return ckpt
+    return upgrade(ckpt)
+
+
+def load_weights(model, criterion, ckpt, path):
+    """Load saved weights into a model built from the flags; a mismatch is the user's to fix."""
+    try:
+        model.load_state_dict(ckpt['model'])
+        criterion.load_state_dict(ckpt['criterion'])
+    except RuntimeError as e:
+        saved = ckpt.get('model_config', {})
+        raise UserError(f'{path}: checkpoint does not fit the model the flags describe '
+                        f'(it was saved with {saved}): {str(e).splitlines()[0]}') from None
+
+
+def check_vocabulary(ckpt_idx2word, corpus, path, data):
+    """A checkpoint only makes sense with the corpus it was trained on: same words, same ids."""
+    idx2word = corpus.dictionary.idx2word
+    if list(ckpt_idx2word) != idx2word:
+        raise UserError(f'{path}: checkpoint vocabulary ({len(ckpt_idx2word)} words) does not match '
+                        f'{data} ({len(idx2word)} words); was it trained on another corpus?')
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume state: everything needed to continue a run exactly
+
+
+def state_path(save):
+    return save + '.state'
+
+
+def save_of_state(path):
+    """The checkpoint a resume state belongs to: `--resume X.state` continues the run saving to X."""
+    return path[:-len('.state')] if path.endswith('.state') else path
+
+
+def find_resume_state(resume):
+    """The resume-state file that --resume names (directly, or beside the checkpoint), else None."""
+    if resume.endswith('.state') and os.path.isfile(resume):
+        return resume
+    return state_path(resume) if os.path.isfile(state_path(resume)) else None
+
+
+def read_state(path, script):
+    """The raw dict of a resume state of `script`, checked as read_checkpoint and check_state do."""
+    state = read_checkpoint(path)
+    check_state(state, path, script)
+    return state
+
+
+def restore_training_state(optimizer, rng, device, state, path):
+    """Put the optimizer (with ASGD's averages) and every random state back as `state` saved them."""
+    try:
+        optimizer.load_state_dict(state['optimizer'])
+        restore_rng_state(state['rng'], rng, device)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        raise UserError(f'{path}: damaged resume state: its optimizer or random state cannot be restored '
+                        f'({first_line(e)})') from None
+
+
+def rng_state(rng, device):
+    """Every random state a run depends on, as tensors and numbers (weights_only-loadable)."""
+    name, keys, pos, has_gauss, cached = rng.get_state()
+    state = {'torch': torch.get_rng_state(),
+             'numpy': {'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
+                       'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)}}
+    if device.type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state, rng, device):
+    torch.set_rng_state(state['torch'])
+    n = state['numpy']
+    rng.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached_gaussian']))
+    if device.type == 'cuda' and 'cuda' in state:
+        torch.cuda.set_rng_state(state['cuda'], device)
+
+
+def new_run_id():
+    """The id of a run: kept in its checkpoints, resume state and log records, and carried over by
+    an exact resume, so that a run only ever reports or offers files it wrote itself."""
+    return uuid.uuid4().hex[:16]
+
+
+def same_file(a, b):
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# What each field must hold
+
+# The fields every checkpoint holds, and the types they must have.
+CHECKPOINT_FIELDS = {'model_config': dict, 'model': dict, 'criterion_config': dict, 'criterion': dict,
+                     'args': dict, 'idx2word': list, 'optimizer': (dict, type(None)),
+                     'optimizer_name': (str, type(None))}
+
+# The fields of a resume state beyond a checkpoint's, and the types they must have.
+STATE_FIELDS = {'epoch': int, 'history': list, 'best_val_loss': (int, float), 'optimizer': dict,
+                'optimizer_name': str, 'rng': dict}
 
 
 def check_fields(ckpt, path, fields, what):
@@ -261,103 +223,26 @@ def check_fields(ckpt, path, fields, what):
             raise UserError(f'{path}: damaged {what}: its {key!r} field holds a {type(value).__name__}')
 
 
-def load_checkpoint(path, map_location=None, resume_state_ok=True):
-    """Load a checkpoint of main.py / finetune.py (or, unless `resume_state_ok` is False, a resume state:
-    the scripts that use a trained model refuse one, see refuse_resume_state).
-
-    Returns the checkpoint dict with `model` an RNNModel holding the saved weights, `criterion` the
-    SplitCrossEntropyLoss (both moved to `map_location`, a device, when given), `args` the training
-    arguments (a dict), `idx2word` the vocabulary, and `model_state` / `criterion_state` /
-    `optimizer` the raw state dicts (on the CPU).
-    """
-    ckpt = read_checkpoint(path)
-    if not resume_state_ok:
-        refuse_resume_state(ckpt, path)
-    try:
-        model = RNNModel(**ckpt['model_config'])
-        criterion = SplitCrossEntropyLoss(**ckpt['criterion_config'])
-        ckpt['model_config'] = dict(model.config)  # with what a checkpoint from before a field defaults to
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise UserError(f'{path}: the model configuration stored in it cannot be built ({first_line(e)})') from None
-    try:
-        model.load_state_dict(ckpt['model'])
-        criterion.load_state_dict(ckpt['criterion'])
-    except RuntimeError as e:
-        raise UserError(f'{path}: weights do not fit the stored model configuration ({str(e).splitlines()[0]})') from None
-    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
-        model.to(map_location)
-        criterion.to(map_location)
-    ckpt['model_state'], ckpt['criterion_state'] = ckpt['model'], ckpt['criterion']
-    ckpt['model'], ckpt['criterion'] = model, criterion
-    return ckpt
-
-
-def check_vocabulary(ckpt_idx2word, corpus, path, data):
-    """A checkpoint only makes sense with the corpus it was trained on: same words, same ids."""
-    idx2word = corpus.dictionary.idx2word
-    if list(ckpt_idx2word) != idx2word:
-        raise UserError(f'{path}: checkpoint vocabulary ({len(ckpt_idx2word)} words) does not match '
-                        f'{data} ({len(idx2word)} words); was it trained on another corpus?')
-
-
-def load_weights(model, criterion, ckpt, path):
-    """Load saved weights into a model built from the flags; a mismatch is the user's to fix."""
-    try:
-        model.load_state_dict(ckpt['model'])
-        criterion.load_state_dict(ckpt['criterion'])
-    except RuntimeError as e:
-        saved = ckpt.get('model_config', {})
-        raise UserError(f'{path}: checkpoint does not fit the model the flags describe '
-                        f'(it was saved with {saved}): {str(e).splitlines()[0]}') from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Resume state: everything needed to continue a run exactly
-
-def state_path(save):
-    return save + '.state'
-
-
-def save_of_state(path):
-    """The checkpoint a resume state belongs to: `--resume X.state` continues the run saving to X."""
-    return path[:-len('.state')] if path.endswith('.state') else path
-
-
-def same_file(a, b):
-    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
-
-
-def find_resume_state(resume):
-    """The resume-state file that --resume names (directly, or beside the checkpoint), else None."""
-    if resume.endswith('.state') and os.path.isfile(resume):
-        return resume
-    return state_path(resume) if os.path.isfile(state_path(resume)) else None
-
-
-def rng_state(rng, device):
-    """Every random state a run depends on, as tensors and numbers (weights_only-loadable)."""
-    name, keys, pos, has_gauss, cached = rng.get_state()
-    state = {'torch': torch.get_rng_state(),
-             'numpy': {'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
-                       'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)}}
-    if device.type == 'cuda':
-        state['cuda'] = torch.cuda.get_rng_state(device)
-    return state
-
-
-# The fields of a resume state beyond a checkpoint's, and the types they must have.
-STATE_FIELDS = {'epoch': int, 'history': list, 'best_val_loss': (int, float), 'optimizer': dict,
-                'optimizer_name': str, 'rng': dict}
+def check_state(state, path, script):
+    """A resume state of `script` ('main' or 'finetune') with the fields it needs. States written
+    before they named their script are told apart by finetune.py's `done`."""
+    kind = state_script(state)
+    if kind != script:
+        raise UserError(f'{path}: a resume state of {kind}.py, not of {script}.py: continue it with '
+                        f'{kind}.py --resume')
+    check_fields(state, path, {**STATE_FIELDS, **({'done': bool} if script == 'finetune' else {})}, 'resume state')
+    if not all(isinstance(v, (int, float)) for v in state['history']):
+        raise UserError(f"{path}: damaged resume state: its 'history' must hold validation losses")
 
 
 def is_resume_state(ckpt):
-    """Whether a checkpoint dict is a resume state (states from before `script` have epoch and history)."""
-    return 'script' in ckpt or 'epoch' in ckpt and 'history' in ckpt
+    """Whether a checkpoint dict (as read_checkpoint returns it) is a resume state."""
+    return 'script' in ckpt
 
 
 def state_script(state):
-    """'main' or 'finetune': the script that wrote a resume state (older ones are told by finetune's `done`)."""
-    return state.get('script', 'finetune' if 'done' in state else 'main')
+    """'main' or 'finetune': the script that wrote a resume state."""
+    return state['script']
 
 
 def checkpoint_of_state(path, state):
@@ -380,38 +265,25 @@ def refuse_resume_state(ckpt, path):
                         + (f'use the checkpoint {best}' if best else 'use the checkpoint of that run'))
 
 
-def check_state(state, path, script):
-    """A resume state of `script` ('main' or 'finetune') with the fields it needs. States written
-    before they named their script are told apart by finetune.py's `done`."""
-    kind = state_script(state)
-    if kind != script:
-        raise UserError(f'{path}: a resume state of {kind}.py, not of {script}.py: continue it with '
-                        f'{kind}.py --resume')
-    check_fields(state, path, {**STATE_FIELDS, **({'done': bool} if script == 'finetune' else {})}, 'resume state')
-    if not all(isinstance(v, (int, float)) for v in state['history']):
-        raise UserError(f"{path}: damaged resume state: its 'history' must hold validation losses")
+def upgrade(ckpt):
+    """A checkpoint or resume state written by an earlier version of this code, brought up to date in
+    place (after its digest was checked; the file itself is left as it is). What each version lacked:
+    - format 1: no digest (read_checkpoint loads it unverified);
+    - before --release: every model computed as the 2018 release, so its config and flags say 2018;
+    - resume states before `script` named their writer: finetune.py's are those with `done`;
+    - before run ids: no `run` (None: whose files they are goes unchecked); fine-tuning states before
+      `start_runs`: none (the output's owner goes unchecked).
+    """
+    ckpt['model_config'].setdefault('release', 2018)
+    ckpt['args'].setdefault('release', 2018)
+    if 'script' not in ckpt and 'epoch' in ckpt and 'history' in ckpt:
+        ckpt['script'] = 'finetune' if 'done' in ckpt else 'main'
+    ckpt.setdefault('run', None)
+    if ckpt.get('script') == 'finetune':
+        ckpt.setdefault('start_runs', None)
+    return ckpt
 
 
-def read_state(path, script):
-    """The raw dict of a resume state of `script`, checked as read_checkpoint and check_state do."""
-    state = read_checkpoint(path)
-    check_state(state, path, script)
-    return state
-
-
-def restore_training_state(optimizer, rng, device, state, path):
-    """Put the optimizer (with ASGD's averages) and every random state back as `state` saved them."""
-    try:
-        optimizer.load_state_dict(state['optimizer'])
-        restore_rng_state(state['rng'], rng, device)
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
-        raise UserError(f'{path}: damaged resume state: its optimizer or random state cannot be restored '
-                        f'({first_line(e)})') from None
-
-
-def restore_rng_state(state, rng, device):
-    torch.set_rng_state(state['torch'])
-    n = state['numpy']
-    rng.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached_gaussian']))
-    if device.type == 'cuda' and 'cuda' in state:
-        torch.cuda.set_rng_state(state['cuda'], device)
+def plain_args(args):
+    """argparse.Namespace -> dict of plain values, storable in a weights_only checkpoint."""
+    return dict(vars(args))

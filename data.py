@@ -12,7 +12,7 @@ from collections import Counter
 
 import torch
 
-import checkpoint
+import atomic_io
 from errors import UserError, first_line
 
 SPLITS = ('train', 'valid', 'test')
@@ -168,7 +168,7 @@ def load_corpus(path, use_cache=True, log=print):
         try:
             contents = {'idx2word': corpus.dictionary.idx2word, 'counts': counts,
                         **{split: getattr(corpus, split) for split in SPLITS}}
-            checkpoint.atomic_torch_save(checkpoint.with_digest(contents), cache)
+            atomic_io.atomic_torch_save(atomic_io.with_digest(contents), cache)
         except (UserError, OSError) as e:
             log(f'note: corpus cache not written: {e}')
     return corpus
@@ -178,7 +178,7 @@ def _read_cache(cache, log):
     """The corpus a cache file holds, or None (with a note) when it is not one written intact."""
     try:
         saved = torch.load(cache, weights_only=True)
-        if not checkpoint.digest_matches(saved):
+        if not atomic_io.digest_matches(saved):
             raise ValueError('no digest, or one that does not match')
         corpus = Corpus()
         dictionary = corpus.dictionary
@@ -197,5 +197,5 @@ def _read_cache(cache, log):
 def corpus_digest(corpus):
     """The content digest of a loaded corpus (vocabulary and the three streams): ranks of one run
     compare it at start-up, since the same --data path may hold other text on another machine."""
-    return checkpoint.content_digest({'idx2word': corpus.dictionary.idx2word,
+    return atomic_io.content_digest({'idx2word': corpus.dictionary.idx2word,
                                       **{split: getattr(corpus, split) for split in SPLITS}})

@@ -186,8 +186,8 @@ class Distributed:
         return holder[0]
 
     def check_same_start(self, flags, corpus, lock):
-        """At start-up, before the first step: every rank must run the same flags (`cli.run_flags`) on the
-        same data and see rank 0's files (`lock`: its `<save>.lock`, see cli.hold_lock). Ranks that differ
+        """At start-up, before the first step: every rank must run the same flags (`flags.run_flags`) on the
+        same data and see rank 0's files (`lock`: its `<save>.lock`, see run_files.hold_lock). Ranks that differ
         would fall out of step (other sequence lengths, batches or epochs) and wait for the collective
         timeout; a rank that does not see rank 0's files fails at the end, reading the best model. Every
         rank gathers what all the others have, so all stop together with the same one-line error."""
@@ -267,7 +267,7 @@ class _Ignore:
 
 
 def read_token(path):
-    """The token in a run's lock file (cli.hold_lock), or None where this rank cannot read one."""
+    """The token in a run's lock file (run_files.hold_lock), or None where this rank cannot read one."""
     try:
         with open(path) as f:
             return f.read()

@@ -66,6 +66,8 @@ import torch.nn as nn
 import batching
 import checkpoint
 import cli
+import flags
+import run_log
 import errors
 import training
 
@@ -93,7 +95,7 @@ def parse_args(argv=None):
                    help='accepted for compatibility: LSTM/QRNN/GRU is ignored (the checkpoint knows its '
                         'type, as in pointer.py); any other value is taken as the checkpoint path when '
                         '--save is not given (the flag of the authors\' dynamiceval.py)')
-    cli.add_device_args(g)
+    flags.add_device_args(g)
     g.add_argument('--seed', type=int, default=1111, help='random seed (the evaluation itself is deterministic)')
     g.add_argument('--split', choices=('both', 'valid', 'test'), default='both',
                    help='which splits to evaluate (tune hyper-parameters on valid only)')
@@ -134,8 +136,8 @@ def check_args(args):
             raise errors.UserError(message)
     require(args.save is not None and args.save.strip() != '', 'no checkpoint given: use --save PATH.pt')
     # A larger lr (1e39) is finite as a Python float but fails as the float32 step size of the update.
-    require(0 <= args.lr <= cli.FLOAT32_MAX, f'--lr must be >= 0 and finite in float32 (at most '
-                                             f'{cli.FLOAT32_MAX:.4g}), got {args.lr}')
+    require(0 <= args.lr <= flags.FLOAT32_MAX, f'--lr must be >= 0 and finite in float32 (at most '
+                                             f'{flags.FLOAT32_MAX:.4g}), got {args.lr}')
     require(math.isfinite(args.lamb) and args.lamb >= 0, f'--lamb must be >= 0, got {args.lamb}')
     require(math.isfinite(args.epsilon) and args.epsilon > 0, f'--epsilon must be > 0, got {args.epsilon}')
     require(args.bptt >= 1, f'--bptt must be >= 1, got {args.bptt}')
@@ -144,7 +146,7 @@ def check_args(args):
     require(args.max_batches == -1 or args.max_batches >= 1,
             f'--max-batches must be -1 (all) or >= 1, got {args.max_batches}')
     require(not (args.sgd and args.paper_scale), '--paper-scale applies to the RMS rule, not to --sgd')
-    cli.check_args(argparse.Namespace(seed=args.seed))
+    flags.check_args(argparse.Namespace(seed=args.seed))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,7 +321,7 @@ def evaluate_checkpoint(args, log=print):
             total = (train_data.size(0) - 1 + args.bptt - 1) // args.bptt
             if args.max_batches > 0:
                 total = min(total, args.max_batches)
-            with cli.progress_bar(total, 'gradient statistics') as bar:
+            with run_log.progress_bar(total, 'gradient statistics') as bar:
                 ms, nbatches = gradient_statistics(model, criterion, params, train_data, args.bptt,
                                                    args.max_batches, progress=bar)
             log(f'| gradient statistics | {nbatches} segments of {args.bptt} x {args.batch_size} tokens '
@@ -336,11 +338,11 @@ def evaluate_checkpoint(args, log=print):
                 continue
             start = time.time()
             nseg = (data_source.size(0) - 1 + args.bptt - 1) // args.bptt
-            with cli.progress_bar(nseg, f'dynamic evaluation ({name})') as bar:
+            with run_log.progress_bar(nseg, f'dynamic evaluation ({name})') as bar:
                 # Each split starts from the trained weights (the evaluator restores them).
                 results[name] = evaluator.evaluate(data_source, args.bptt, progress=bar)
             check_result(name, results[name], lr)
-            log(f'| {name} | {time.time() - start:.1f}s | {cli.report_line(name, results[name])}')
+            log(f'| {name} | {time.time() - start:.1f}s | {run_log.report_line(name, results[name])}')
     except torch.cuda.OutOfMemoryError:
         raise errors.UserError('GPU out of memory: try a smaller --batch_size or --max-batches') from None
     return results, {'lr': lr, 'lamb': lamb, 'epsilon': epsilon}
@@ -351,7 +353,7 @@ def main(argv=None):
     print('Args:', args)
     results, _ = evaluate_checkpoint(args)
     print('=' * 89)
-    print('| End of dynamic evaluation | ' + ' | '.join(cli.report_line(k, v) for k, v in results.items()))
+    print('| End of dynamic evaluation | ' + ' | '.join(run_log.report_line(k, v) for k, v in results.items()))
     print('=' * 89)
     return 0
 

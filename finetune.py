@@ -25,6 +25,10 @@ import time
 
 import checkpoint
 import cli
+import flags
+import interrupts
+import run_files
+import run_log
 import distributed
 import errors
 import training
@@ -51,16 +55,16 @@ def build_parser():
     parser = argparse.ArgumentParser(
         description='Fine-tune a saved AWD-LSTM with ASGD from the first step. Fine-tuning modifies the '
                     'saved model (--save is overwritten unless --out is given); copy it to keep the original.')
-    cli.add_data_args(parser)
-    g = cli.add_model_args(parser)
+    flags.add_data_args(parser)
+    g = flags.add_model_args(parser)
     g.description = 'taken from the checkpoint; a value that disagrees with it is noted and ignored'
     parser.set_defaults(**dict.fromkeys(MODEL_FLAGS))
-    g = cli.add_dropout_args(parser)
+    g = flags.add_dropout_args(parser)
     g.description = ('the dropouts are taken from the checkpoint, as the original did; a value that disagrees '
                      'is noted and ignored')
     parser.set_defaults(**dict.fromkeys(DROPOUT_FLAGS))
-    cli.add_training_args(parser)
-    cli.add_speed_args(parser)
+    flags.add_training_args(parser)
+    flags.add_speed_args(parser)
     g = parser.add_argument_group('fine-tuning')
     g.add_argument('--tied', action='store_true',
                    help='accepted for compatibility and ignored: weights are always tied (in the original, '
@@ -77,8 +81,8 @@ def build_parser():
 def parse_args(argv=None):
     args = build_parser().parse_args(argv)
     # The model and dropout flags are None unless given; check_args only looks at the flags present.
-    cli.check_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if v is not None}))
-    cli.check_speed_args(args)
+    flags.check_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if v is not None}))
+    flags.check_speed_args(args)
     if args.out is not None and args.out.strip() == '':
         raise errors.UserError('--out must not be empty')
     args.out = args.out or args.save
@@ -114,13 +118,13 @@ def find_state(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    given = cli.given_flags(build_parser(), argv)
+    given = flags.given_flags(build_parser(), argv)
     dist = distributed.setup(args)  # [distributed] torchrun's ranks (README); one process: changes nothing
     if not dist.is_main:  # [distributed] rank 0 alone claims and writes the run's files
         return finetune(args, dist, given)
     flag = '--out' if args.out != args.save else '--save'
     outputs = [(path, flag) for path in (args.out, finetune_state_path(args.out), finetune_log_path(args.out))]
-    with cli.run_files(args.out, outputs, inputs=cli.data_files(args.data)):
+    with run_files.run_files(args.out, outputs, inputs=run_files.data_files(args.data)):
         return finetune(args, dist, given)
 
 
@@ -135,18 +139,18 @@ def finetune(args, dist, given):
     if state_file:
         checkpoint.check_state(ckpt, state_file, 'finetune')
         # The output is where the state is (the files claimed), even if they were moved since.
-        ignored = cli.adopt_run_args(args, ckpt['args'], cli.RESUME_MAY_CHANGE + ('out',), given)
-        cli.check_resumed_args(args, state_file)
+        ignored = flags.adopt_run_args(args, ckpt['args'], flags.RESUME_MAY_CHANGE + ('out',), given)
+        flags.check_resumed_args(args, state_file)
         if ignored:
             print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')
     given_sizes = {flag: getattr(args, flag) for flag in ORIGINAL_MODEL_DEFAULTS}  # before the checkpoint's replace them
-    cli.note_model_flags(args, ckpt['model_config'], MODEL_FLAGS + DROPOUT_FLAGS)
+    flags.note_model_flags(args, ckpt['model_config'], MODEL_FLAGS + DROPOUT_FLAGS)
     print('Args:', args)
 
     rng = cli.set_seed(args.seed, numpy_seed=NUMPY_SEED)
     corpus, train_data, val_data, test_data = cli.load_data(
         args, (args.batch_size, EVAL_BATCH_SIZE, TEST_BATCH_SIZE), device)
-    dist.check_same_start(cli.run_flags(args), corpus, cli.lock_path(args.out))  # [distributed] all alike
+    dist.check_same_start(flags.run_flags(args), corpus, run_files.lock_path(args.out))  # [distributed] all alike
     train_data = dist.shard(train_data)  # [distributed] this rank's columns of the batch
     checkpoint.check_vocabulary(ckpt['idx2word'], corpus, source, args.data)
     model, criterion = ckpt['model'], ckpt['criterion']
@@ -181,7 +185,7 @@ def finetune(args, dist, given):
                                    script='finetune', run=run, start_runs=start_runs)
     save_model, save_state = dist.writer(save_model), dist.writer(save_state)  # [distributed] rank 0 writes
 
-    log = dist.if_main(cli.JsonLog, finetune_log_path(args.out), run,  # [distributed] rank 0 logs
+    log = dist.if_main(run_log.JsonLog, finetune_log_path(args.out), run,  # [distributed] rank 0 logs
                        resumed_after=ckpt['epoch'] if state_file else None)
     if state_file:
         checkpoint.restore_training_state(optimizer, rng, device, ckpt, state_file)
@@ -192,13 +196,13 @@ def finetune(args, dist, given):
         # The bar to beat is the loaded model itself: the output only ever holds the best model seen.
         best_val_loss = training.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
         best_val_loss = dist.shared(best_val_loss)  # [distributed] rank 0's result, on every rank
-        print(f'| before fine-tuning | {cli.report_line("valid", best_val_loss, model.release)}')
-        log.write(epoch=0, **cli.loss_record('valid', best_val_loss))
+        print(f'| before fine-tuning | {run_log.report_line("valid", best_val_loss, model.release)}')
+        log.write(epoch=0, **run_log.loss_record('valid', best_val_loss))
         if args.out != args.save:
             save_model(args.out)
         epoch_start, history, done = 1, [], False
 
-    with cli.interruptible_training() as interrupted:
+    with interrupts.interruptible_training() as interrupted:
         if done:
             print('The saved fine-tuning had already stopped (non-monotone condition); evaluating on test')
         for epoch in range(epoch_start, args.epochs + 1):
@@ -206,7 +210,7 @@ def finetune(args, dist, given):
                 break
             epoch_start_time = time.time()
             dist.seed_ranks(args.seed, epoch)  # [distributed] each rank its own dropout masks
-            with cli.progress_bar(len(train_data) // args.bptt, f'epoch {epoch}') as bar:
+            with run_log.progress_bar(len(train_data) // args.bptt, f'epoch {epoch}') as bar:
                 # Sequence lengths capped at bptt + 10, as in the original fine-tuning.
                 train_loss = training.train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
                                                   seq_len_cap=args.bptt + 10,
@@ -217,7 +221,7 @@ def finetune(args, dist, given):
             with training.averaged_weights(optimizer, params):
                 val_loss = training.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
                 val_loss = dist.shared(val_loss)  # [distributed] rank 0's result, on every rank
-                cli.report_epoch(epoch, epoch_start_time, val_loss, model.release)
+                run_log.report_epoch(epoch, epoch_start_time, val_loss, model.release)
                 if val_loss < best_val_loss:
                     save_model(args.out)
                     print('Saving Averaged!')
@@ -227,21 +231,21 @@ def finetune(args, dist, given):
             done = training.nonmono_triggered(history, val_loss, args.nonmono)
             history.append(val_loss)
             log.write(epoch=epoch, seconds=time.time() - epoch_start_time, lr=optimizer.param_groups[0]['lr'],
-                      optimizer='asgd', train_loss=train_loss, **cli.loss_record('valid', val_loss),
+                      optimizer='asgd', train_loss=train_loss, **run_log.loss_record('valid', val_loss),
                       **dist.check_in_sync(params))  # [distributed]
-            with cli.sigterm_held():
+            with interrupts.sigterm_held():
                 save_state(epoch, done)
                 state_is_ours = True
             if done:
                 print(f'Done! (valid loss has not improved on the best from more than {args.nonmono} epochs ago)')
     if interrupted.preempted:
         state = finetune_state_path(args.out)
-        return cli.report_interrupted(state, f'--resume {state} --data {args.data}', state_is_ours)
+        return interrupts.report_interrupted(state, f'--resume {state} --data {args.data}', state_is_ours)
 
     # Load the best model (the output holds it from the start) and run it on test data.
     test_loss = cli.evaluate_best_on_test(args.out, model, criterion, test_data, args.bptt,
                                           replaced_unless=None if start_runs is None else {run, *start_runs})
-    log.write(final=True, **cli.loss_record('valid', best_val_loss), **cli.loss_record('test', test_loss))
+    log.write(final=True, **run_log.loss_record('valid', best_val_loss), **run_log.loss_record('test', test_loss))
     return 0
 
 

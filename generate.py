@@ -13,6 +13,8 @@ import torch
 
 import checkpoint
 import cli
+import flags
+import run_files
 import errors
 
 
@@ -29,9 +31,9 @@ def parse_args(argv=None):
     parser.add_argument('--temperature', type=float, default=1.0,
                         help='temperature: higher gives more diversity (at least 1e-3)')
     parser.add_argument('--log-interval', type=int, default=100, help='reporting interval in words')
-    cli.add_device_args(parser)
+    flags.add_device_args(parser)
     args = parser.parse_args(argv)
-    cli.check_args(argparse.Namespace(log_interval=args.log_interval, seed=args.seed))
+    flags.check_args(argparse.Namespace(log_interval=args.log_interval, seed=args.seed))
     if args.words < 1:
         raise errors.UserError(f'--words must be positive, got {args.words}')
     if not args.temperature >= 1e-3:
@@ -42,7 +44,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     # Before any work: the output must be writable and must not be the checkpoint or the corpus.
-    cli.check_output(args.outf, '--outf', inputs=[args.checkpoint, *cli.data_files(args.data)])
+    run_files.check_output(args.outf, '--outf', inputs=[args.checkpoint, *run_files.data_files(args.data)])
     device = cli.choose_device(args)
     cli.set_seed(args.seed)
     ckpt = checkpoint.load_checkpoint(args.checkpoint, map_location=device, resume_state_ok=False)

@@ -56,6 +56,9 @@ import torch.nn.functional as F
 import batching
 import checkpoint
 import cli
+import flags
+import run_files
+import run_log
 import errors
 
 # Elements per intermediate tensor of a block (32 MiB in float32); a few live at once.
@@ -65,7 +68,7 @@ BLOCK_BUDGET = 2 ** 23
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Evaluate a saved AWD-LSTM with the continuous cache pointer '
                                                  '(Grave et al. 2016) on valid and test')
-    g = cli.add_data_args(parser)
+    g = flags.add_data_args(parser)
     g.add_argument('--model', type=str, default=None,
                    help='accepted for compatibility; the checkpoint knows its own model type')
     g = parser.add_argument_group('cache pointer (Grave et al. 2016)')
@@ -83,7 +86,7 @@ def parse_args(argv=None):
     g.add_argument('--log', type=str, default=None, metavar='PATH',
                    help='JSON-lines file the results are appended to (default: <save>.pointer.jsonl)')
     args = parser.parse_args(argv)
-    cli.check_args(argparse.Namespace(bptt=args.bptt, save=args.save))
+    flags.check_args(argparse.Namespace(bptt=args.bptt, save=args.save))
     if args.window < 1:
         raise errors.UserError(f'--window must be at least 1, got {args.window}')
     if not 0 <= args.lambdasm < 1:
@@ -209,7 +212,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.save:  # a read-only folder is found now, not after the whole evaluation
         try:
-            cli.check_output(args.log, '--log', inputs=[args.save, *cli.data_files(args.data)])
+            run_files.check_output(args.log, '--log', inputs=[args.save, *run_files.data_files(args.data)])
         except errors.UserError as e:
             raise errors.UserError(f'{e}: give --log PATH to write the results elsewhere') from None
     device = cli.choose_device(args)
@@ -224,21 +227,21 @@ def main(argv=None):
     results = {}
     for split, data in (('valid', val_data), ('test', test_data)):
         data = data.to(device)
-        with cli.progress_bar(len(data) - 1, f'pointer {split}') as bar:
+        with run_log.progress_bar(len(data) - 1, f'pointer {split}') as bar:
             try:
                 loss, vocab_loss = pointer_loss(model, criterion, data, args.bptt, args.window, args.theta,
                                                 args.lambdasm, args.cache_from_start, progress=bar)
             except torch.cuda.OutOfMemoryError:
                 raise errors.UserError('GPU out of memory: try a smaller --bptt') from None
         check_finite(split, loss, vocab_loss, args.theta)
-        print(f'| {split} without the cache | {cli.report_line(split, vocab_loss)}')
-        results.update(cli.loss_record(split, loss), **{f'{split}_nocache_loss': vocab_loss})
+        print(f'| {split} without the cache | {run_log.report_line(split, vocab_loss)}')
+        results.update(run_log.loss_record(split, loss), **{f'{split}_nocache_loss': vocab_loss})
 
     print('=' * 89)
     for split in ('valid', 'test'):
-        print(f'| End of pointer | {cli.report_line(split, results[split + "_loss"])}')
+        print(f'| End of pointer | {run_log.report_line(split, results[split + "_loss"])}')
     print('=' * 89)
-    cli.JsonLog(args.log).write(
+    run_log.JsonLog(args.log).write(
         checkpoint=args.save, data=args.data, bptt=args.bptt, window=args.window, theta=args.theta,
         lambdasm=args.lambdasm, cache_from_start=args.cache_from_start, **results)
     print(f'results appended to {args.log}')

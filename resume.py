@@ -1,0 +1,73 @@
+"""What --resume continues from: a run's resume state, exactly where it stopped (weights, optimizer
+with ASGD's averages, random states, epoch, history), or a checkpoint alone, whose weights a new run
+starts from with the flags' lr and dropouts (what the original's --resume did).
+
+An exact resume continues the saved run with its own settings: every flag but those of
+flags.RESUME_MAY_CHANGE is taken from the state, and a flag given on the command line that this
+overrides is noted.
+"""
+import os
+
+import checkpoint
+import flags
+from errors import UserError
+
+
+class Resume:
+    """What a run starts from. A new run: nothing (epoch 0, no history). An exact resume: `state` read
+    from `state_file`. A restart from weights: `weights_file`, read when the model is built."""
+
+    def __init__(self, state_file=None, state=None, weights_file=None):
+        self.state_file, self.state, self.weights_file = state_file, state, weights_file
+        exact = state is not None
+        self.epoch = state['epoch'] if exact else 0  # the last completed epoch
+        self.history = list(state['history']) if exact else []  # the valid losses NT-ASGD compares
+        self.best_val_loss = state['best_val_loss'] if exact else float('inf')
+        self.optimizer_kind = state['optimizer_name'] if exact else None
+
+    def load_weights(self, model, criterion, corpus, args):
+        """The saved weights into a model built from the flags (after its flags were adopted)."""
+        if self.state is not None:
+            checkpoint.check_vocabulary(self.state['idx2word'], corpus, self.state_file, args.data)
+            checkpoint.load_weights(model, criterion, self.state, self.state_file)
+        elif self.weights_file:
+            print('Resuming model ...')
+            ckpt = checkpoint.read_checkpoint(self.weights_file)
+            checkpoint.check_vocabulary(ckpt['idx2word'], corpus, self.weights_file, args.data)
+            checkpoint.load_weights(model, criterion, ckpt, self.weights_file)
+            model.set_dropouts(args.dropout, args.dropouth, args.dropouti, args.dropoute, args.wdrop)
+
+    def restore(self, optimizer, rng, device, args):
+        """The optimizer's and the random generators' saved states, for an exact resume; says which resume it is."""
+        kind = self.optimizer_kind or args.optimizer
+        if self.state is not None:
+            checkpoint.restore_training_state(optimizer, rng, device, self.state, self.state_file)
+            print(f'Resuming exactly from {self.state_file} after epoch {self.epoch} '
+                  f'({kind}, lr {optimizer.param_groups[0]["lr"]})')
+        elif self.weights_file:
+            print(f'Restarting from the weights of {self.weights_file} (no resume state beside it): '
+                  f'fresh {kind} optimizer, lr {args.lr} and dropouts from the flags')
+
+
+def of_main_run(args, given):
+    """What main.py's --resume names: its resume state (the file itself, or <path>.state beside the
+    checkpoint), else the checkpoint alone; for an exact resume the saved run's flags are adopted."""
+    if not args.resume:
+        return Resume()
+    state_file = checkpoint.find_resume_state(args.resume)
+    if state_file is None:
+        if not os.path.isfile(args.resume):
+            raise UserError(f'{args.resume}: checkpoint not found (--resume)')
+        return Resume(weights_file=args.resume)
+    state = checkpoint.read_state(state_file, 'main')
+    adopt_saved_flags(args, state, state_file, given, flags.RESUME_MAY_CHANGE)
+    return Resume(state_file, state)
+
+
+def adopt_saved_flags(args, state, state_file, given, may_change):
+    """Continue the run of `state` with its own settings (all but `may_change`), checked as the command
+    line's are; the flags `given` whose values this overrides are noted."""
+    ignored = flags.adopt_run_args(args, state['args'], may_change, given)
+    flags.check_resumed_args(args, state_file)
+    if ignored:
+        print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')

@@ -1,0 +1,127 @@
+"""What a run prints and logs: the report lines (loss, perplexity, bpc as the original printed them),
+the JSON-lines log (<save>.jsonl, appended to, one record per epoch), and the progress bar.
+"""
+import json
+import math
+import os
+import sys
+import time
+
+from atomic_io import atomic_write_text
+from errors import UserError
+from training import loss_figures, perplexity
+
+
+def report_line(kind, loss, release=2018):
+    """`<kind> loss x | <kind> ppl y | <kind> bpc z`, the figures every log line ends with (the 2017
+    release of the original printed no bpc)."""
+    return loss_figures(loss, release, kind)
+
+
+def loss_record(kind, loss):
+    return {f'{kind}_loss': loss, f'{kind}_ppl': perplexity(loss), f'{kind}_bpc': loss / math.log(2)}
+
+
+def report_epoch(epoch, epoch_start_time, val_loss, release=2018):
+    """The end-of-epoch block main.py prints: time and valid loss / ppl / bpc between rules."""
+    print('-' * 89)
+    print(f'| end of epoch {epoch:3d} | time: {time.time() - epoch_start_time:5.2f}s | '
+          f'{report_line("valid", val_loss, release)}')
+    print('-' * 89)
+
+
+class JsonLog:
+    """A JSON-lines log, appended to and never truncated: one record per call, flushed at once so a
+    crash loses nothing written.
+
+    Runs that share a log (a new run on an old --save, a restart from a checkpoint) are told apart by
+    `run`, the id each record carries. Numbers that are not finite are written as null, so that
+    strict JSON parsers read every line. A resumed run passes `resumed_after` (the epoch of its
+    resume state): its own records of later epochs, and its final record, are dropped, since it is
+    about to redo those epochs (kill -9 can strike between an epoch's record and its state).
+    """
+
+    def __init__(self, path, run=None, resumed_after=None):
+        self.path, self.run = path, run
+        self._end_a_cut_off_line()
+        if resumed_after is not None:
+            self._forget_records_after(resumed_after)
+        try:
+            self.file = open(path, 'a')
+        except OSError as e:
+            raise UserError(f'{path}: cannot write the log ({e.strerror})') from None
+
+    def write(self, **record):
+        if self.run is not None:
+            record = {'run': self.run, **record}
+        try:
+            self.file.write(json.dumps(finite_or_null(record), allow_nan=False) + '\n')
+            self.file.flush()
+        except OSError as e:
+            raise UserError(f'{self.path}: could not write the log ({e.strerror or e})') from None
+
+    def _end_a_cut_off_line(self):
+        """A last line without its newline was cut off by an interrupted write (a full disk, kill -9):
+        the next record appended to it would spoil both. A whole record that only lacks the newline
+        gets it; a partial one, which nothing can read, is dropped, with a note."""
+        try:
+            with open(self.path, 'rb+') as f:
+                content = f.read()
+                if not content or content.endswith(b'\n'):
+                    return
+                keep = content.rfind(b'\n') + 1
+                tail = content[keep:]
+                try:
+                    whole = isinstance(json.loads(tail), dict)
+                except ValueError:
+                    whole = False
+                if whole:
+                    f.write(b'\n')
+                else:
+                    f.truncate(keep)
+                    print(f'note: {self.path}: dropped its last line, a record cut off by an interrupted write '
+                          f'({len(tail)} bytes)')
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise UserError(f'{self.path}: cannot write the log ({e.strerror})') from None
+
+    def _forget_records_after(self, epoch):
+        if not os.path.isfile(self.path):
+            return
+        with open(self.path) as f:
+            lines = f.readlines()
+        kept = [line for line in lines if not self._redone(line, epoch)]
+        if len(kept) < len(lines):
+            atomic_write_text(''.join(kept), self.path)
+
+    def _redone(self, line, epoch):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return False  # not ours to judge
+        return (isinstance(record, dict) and record.get('run') == self.run
+                and (record.get('final', False) or (record.get('epoch') or 0) > epoch))
+
+
+def finite_or_null(value):
+    """`value` with every float that is inf or NaN replaced by None (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def json_log_path(save):
+    """The log of the run saving to `save`: the whole name plus .jsonl, so that two --save names
+    never share a log (stripping an extension made runs/lr0.5 and runs/lr0.1 both runs/lr0.jsonl)."""
+    return save + '.jsonl'
+
+
+def progress_bar(total, desc):
+    """tqdm over the batches of an epoch, silent when stdout is not a terminal (logs, CI)."""
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, leave=False, disable=not sys.stdout.isatty(), dynamic_ncols=True)
