@@ -85,3 +85,29 @@ def read_jsonl(path):
     import json
     with open(path) as f:
         return [json.loads(line) for line in f]
+
+
+# The fixtures of the fault-injection tests (their helpers are in reliability_helpers.py).
+
+@pytest.fixture
+def small_corpus(tmp_path):
+    return write_corpus(str(tmp_path / 'small'), (150, 40, 40))
+
+
+@pytest.fixture(scope='session')
+def trained(tmp_path_factory):
+    """A corpus, a one-epoch checkpoint with its resume state, and a one-epoch fine-tuning state.
+
+    Built once for the whole session: the tests that use it only read these files (a test that damages,
+    resumes or fine-tunes a checkpoint in place works on a copy: reliability_helpers.copy_checkpoint).
+    test_finetune.py, test_pointer.py, test_generate.py, test_dynamiceval.py and test_bad_input.py each
+    define a `trained` of their own, which takes the place of this one in their tests."""
+    import finetune
+    from reliability_helpers import train
+    folder = tmp_path_factory.mktemp('reliability')
+    corpus = write_corpus(str(folder / 'corpus'), (150, 40, 40))
+    save = str(folder / 'model.pt')
+    assert train(corpus, save) == 0
+    tuned = str(folder / 'tuned.pt')
+    assert finetune.main(['--data', corpus, '--save', save, '--out', tuned, '--epochs', '1', *TINY]) == 0
+    return corpus, save, finetune.finetune_state_path(tuned)

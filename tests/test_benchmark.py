@@ -6,6 +6,7 @@ import pytest
 
 import benchmark
 import errors
+from reliability_helpers import must_not_run
 
 FAST = ['--small', '--batches', '3', '--warmup', '1', '--cpu', '--val-batches', '2', '--synthetic']
 
@@ -97,3 +98,12 @@ def test_graphs_option_runs_the_static_step_and_matches_eager_on_the_cpu(capsys)
     assert graphs['option'] == 'graphs' and graphs['train_loss'] == eager['train_loss']
     assert 'no CUDA: the static-buffer step ran without capture' in out
     assert 'kernel time vs wall time: needs CUDA' in out
+
+
+def test_benchmark_data_naming_a_missing_folder_is_an_error(tmp_path, monkeypatch, capsys):
+    import benchmark
+    missing = str(tmp_path / 'no-such-corpus')
+    monkeypatch.setattr(benchmark, 'load_streams', must_not_run)
+    with pytest.raises(errors.UserError, match=f'--data {missing}: folder not found .*--synthetic'):
+        benchmark.main(['--data', missing, '--small', '--cpu', '--batches', '1', '--warmup', '0'])
+    assert 'recipe=' not in capsys.readouterr().out

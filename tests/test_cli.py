@@ -1,5 +1,5 @@
 """cli.py: the flag checks (the rest of the plumbing, signals, locks and logs, is exercised through
-the scripts in test_reliability.py and test_main.py)."""
+the scripts in test_run_files.py, test_run_log.py, test_interrupts.py and test_main.py)."""
 import pytest
 
 import errors

@@ -137,7 +137,7 @@ def test_refuses_the_split_softmax():
 
 
 # ---------------------------------------------------------------------------------------------
-# On a GPU (issue 20, item 3): graphs against eager, 200 steps, every dropout on.
+# On a GPU: graphs against eager, 200 steps, every dropout on.
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 

@@ -320,7 +320,7 @@ def test_download_path_checks_the_unpacked_enwik8(tmp_path):
     assert not out.exists()
 
 
-# ---------------------------------------------------------------- issue 19
+# ---------------------------------------------------------------- runs at once, killed runs, offline machines
 
 def slowed(tmp_path, command, seconds):
     """An environment whose PATH runs `command` `seconds` late: a window for another run to act in."""

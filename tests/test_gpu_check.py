@@ -1,5 +1,5 @@
 """benchmarks/gpu_check.sh --cpu: the GPU check script's steps with tiny sizes on the CPU, so that the
-script cannot rot between GPU runs (issue 20)."""
+script cannot rot between GPU runs."""
 import os
 import subprocess
 

@@ -12,8 +12,10 @@ import checkpoint
 import cli
 import errors
 import main
+import main as train_script
 import training
-from conftest import PUBLISHED_MAIN, REPO, read_jsonl, tiny_run, write_corpus
+from conftest import PUBLISHED_MAIN, REPO, TINY, read_jsonl, tiny_run, write_corpus
+from reliability_helpers import epochs_of, train
 
 
 def run_main(argv):
@@ -178,3 +180,20 @@ def test_sigterm_leaves_a_resume_state_and_exits_non_zero(tmp_path, tiny_corpus)
     assert state['epoch'] >= 1
     # ... and the run continues from it.
     assert run_main(tiny_run(tiny_corpus, save, epochs=state['epoch'] + 1, extra=['--resume', save])) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# --resume without --save
+
+@pytest.mark.parametrize('with_state', [True, False])
+def test_resume_alone_continues_the_run_it_names(tmp_path, small_corpus, monkeypatch, with_state):
+    monkeypatch.chdir(tmp_path)
+    save = str(tmp_path / 'part.pt')
+    assert train(small_corpus, save) == 0
+    if not with_state:
+        os.remove(checkpoint.state_path(save))
+    files = set(os.listdir(tmp_path))
+    assert train_script.main([*TINY, '--data', small_corpus, '--epochs', '2', '--resume', save]) == 0
+    assert set(os.listdir(tmp_path)) - files <= {'part.pt.state'}  # no timestamp-named run beside it
+    assert checkpoint.read_checkpoint(checkpoint.state_path(save))['epoch'] == 2
+    assert epochs_of(save) == ([1, 2] if with_state else [1, 1, 2])

@@ -9,7 +9,9 @@ import pytest
 import cli
 import main
 import plot
+import training
 from conftest import REPO, tiny_run, write_corpus
+from reliability_helpers import epoch_record
 
 
 def have_matplotlib():
@@ -181,3 +183,40 @@ def test_missing_matplotlib_is_a_clear_error(tmp_path):
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2
     assert r.stderr.splitlines() == ['error: plot.py needs matplotlib, which is not installed: pip install matplotlib']
+
+
+# ---------------------------------------------------------------------------------------------
+# Logs shared by several runs, and lines cut off by an interrupted write
+
+def write_records(path, records):
+    with open(path, 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in records)
+    return str(path)
+
+
+def test_plot_draws_each_run_of_a_shared_log_as_its_own_curve(tmp_path):
+    import plot
+    # A run of 4 epochs, then a restart from its checkpoint with --lr 5 (a new run id) for 2 more.
+    first = [epoch_record('aaaa1111bbbb2222', e, 30, 6 - 0.2 * e) for e in (1, 2, 3, 4)]
+    second = [epoch_record('cccc3333dddd4444', e, 5, 5 - 0.1 * e) for e in (1, 2)]
+    log = write_records(tmp_path / 'm.pt.jsonl', first + [dict(run=first[0]['run'], final=True)] + second)
+    runs = plot.log_curves(log, 'm')
+    assert [label for label, _ in runs] == ['m run 1/2 (aaaa1111)', 'm run 2/2 (cccc3333)']
+    assert [points[0] for _, points in runs] == [[1, 2, 3, 4], [1, 2]]
+    assert runs[1][1][2] == pytest.approx([training.perplexity(4.9), training.perplexity(4.8)])
+    # One run (continued exactly from its state: the same id) stays one curve with the log's label.
+    assert [label for label, _ in plot.log_curves(write_records(tmp_path / 'one.jsonl', first), 'one')] == ['one']
+
+
+def test_plot_skips_lines_cut_off_by_an_interrupted_write(tmp_path, capsys):
+    import plot
+    records = [epoch_record('r', e, 30, 6 - 0.1 * e) for e in (1, 2, 3, 4)]
+    lines = [json.dumps(r) for r in records]
+    # Written before logs were repaired: epoch 2's record cut off, epoch 3's appended to it; the last cut off.
+    damaged = [lines[0], lines[1][:30] + lines[2], lines[3][:20]]
+    log = str(tmp_path / 'm.pt.jsonl')
+    with open(log, 'w') as f:
+        f.write('\n'.join(damaged))
+    (label, points), = plot.log_curves(log, 'm')
+    assert points[0] == [1, 3]
+    assert 'skipped 1 line(s) cut off by an interrupted write (line 3)' in capsys.readouterr().err

@@ -1,0 +1,126 @@
+"""The JSON-lines log of a run: names that never collide, records kept across runs, strict JSON, a full
+disk, lines cut off by an interrupted write, and one record per epoch after kill -9 and --resume."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import checkpoint
+import cli
+import errors
+from conftest import REPO, read_jsonl, tiny_run
+from reliability_helpers import epoch_record, epochs_of, temporaries, train
+
+
+# ---------------------------------------------------------------------------------------------
+# Log names, and logs kept across runs
+
+def test_log_names_of_different_saves_never_collide(tmp_path, small_corpus):
+    runs = tmp_path / 'runs'
+    runs.mkdir()
+    saves = {lr: str(runs / f'lr{lr}') for lr in ('0.5', '0.1')}
+    for lr, save in saves.items():
+        assert train(small_corpus, save, extra=['--lr', lr]) == 0
+    assert cli.json_log_path(saves['0.5']) != cli.json_log_path(saves['0.1'])
+    for lr, save in saves.items():
+        records = [r for r in read_jsonl(cli.json_log_path(save)) if 'epoch' in r]
+        assert [r['lr'] for r in records] == [float(lr)]
+
+
+def test_resume_from_a_checkpoint_alone_keeps_its_log(tmp_path, small_corpus):
+    save = str(tmp_path / 'm.pt')
+    assert train(small_corpus, save) == 0
+    os.remove(checkpoint.state_path(save))
+    log = cli.json_log_path(save)
+    before = read_jsonl(log)
+    with pytest.raises(errors.UserError, match='does not fit'):  # a resume that fails ...
+        train(small_corpus, save, extra=['--resume', save, '--nhid', '20'])
+    assert read_jsonl(log) == before  # ... leaves the log as it was
+    assert train(small_corpus, save, extra=['--resume', save]) == 0
+    after = read_jsonl(log)
+    assert after[:len(before)] == before and len(after) == 2 * len(before)
+    assert len({r['run'] for r in after}) == 2  # two runs, told apart
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict JSON; a full disk
+
+def test_log_records_are_strict_json(tmp_path):
+    path = str(tmp_path / 'l.jsonl')
+    cli.JsonLog(path).write(epoch=1, valid_loss=float('nan'), valid_ppl=float('inf'), lr=[float('-inf')])
+
+    def reject(constant):
+        raise ValueError(f'{constant} is not JSON')
+    with open(path) as f:
+        record = json.loads(f.readline(), parse_constant=reject)
+    assert record['valid_loss'] is None and record['valid_ppl'] is None and record['lr'] == [None]
+
+
+def test_a_full_disk_while_logging_is_a_one_line_error(tmp_path, monkeypatch):
+    log = cli.JsonLog(str(tmp_path / 'l.jsonl'))
+
+    class Full:
+        def write(self, text):
+            raise OSError(28, 'No space left on device')
+
+        def flush(self):
+            pass
+    log.file = Full()
+    with pytest.raises(errors.UserError, match='l.jsonl: .*No space left'):
+        log.write(epoch=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lines cut off, and records after kill -9
+
+@pytest.mark.parametrize('cut', ['partial record', 'whole record without its newline'])
+def test_appending_to_a_log_whose_last_line_was_cut_off(tmp_path, capsys, cut):
+    path = str(tmp_path / 'm.pt.jsonl')
+    records = [epoch_record('r', e, 30, 6 - 0.1 * e) for e in (1, 2)]
+    text = ''.join(json.dumps(r) + '\n' for r in records)
+    last = json.dumps(epoch_record('r', 3, 30, 5.5))
+    with open(path, 'w') as f:  # the disk filled up (or kill -9 struck) in the middle of epoch 3's record
+        f.write(text + (last[:25] if cut == 'partial record' else last))
+    cli.JsonLog(path, 'r').write(epoch=4, valid_loss=5.4)
+    lines = open(path).read().splitlines()
+    kept = records + ([] if cut == 'partial record' else [json.loads(last)])
+    assert [json.loads(line) for line in lines] == kept + [{'run': 'r', 'epoch': 4, 'valid_loss': 5.4}]
+    assert ('dropped its last line' in capsys.readouterr().out) == (cut == 'partial record')
+
+
+# Run main.py in a subprocess that dies as under kill -9 while writing the resume state of epoch 2:
+# after the epoch's log record, leaving a half-written hidden temporary file.
+DIES_WRITING_STATE_2 = '''
+import os, sys
+sys.path.insert(0, os.getcwd())
+import checkpoint, main
+real = checkpoint.atomic_torch_save
+
+def dies(obj, path):
+    if path.endswith('.state') and obj['epoch'] == 2:
+        folder, name = os.path.split(path)
+        with open(os.path.join(folder, '.' + name + '.k9k9k9k9.tmp'), 'wb') as f:
+            f.write(b'half a state file')
+        os._exit(137)
+    return real(obj, path)
+
+checkpoint.atomic_torch_save = dies
+main.main(sys.argv[1:])
+'''
+
+
+def test_resume_after_kill_9_leaves_one_record_per_epoch_and_no_temporaries(tmp_path, small_corpus):
+    save, straight = str(tmp_path / 'm.pt'), str(tmp_path / 'straight.pt')
+    killed = subprocess.run([sys.executable, '-c', DIES_WRITING_STATE_2, *tiny_run(small_corpus, save, epochs=3)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 137, killed.stderr
+    assert epochs_of(save) == [1, 2] and temporaries(tmp_path)  # the state is still that of epoch 1
+    assert train(small_corpus, save, epochs=3, extra=['--resume', save]) == 0
+    assert epochs_of(save) == [1, 2, 3]
+    assert not temporaries(tmp_path)
+    assert train(small_corpus, straight, epochs=3) == 0
+    strip = lambda path: [{k: v for k, v in r.items() if k not in ('seconds', 'run')}
+                          for r in read_jsonl(cli.json_log_path(path))]
+    assert strip(save) == strip(straight)
