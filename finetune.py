@@ -25,13 +25,16 @@ import time
 
 import checkpoint
 import cli
+import distributed
 import flags
 import interrupts
+import ownership
+import resume
 import run_files
 import run_log
-import distributed
-import errors
 import training
+from cli import EVAL_BATCH_SIZE, TEST_BATCH_SIZE
+from errors import UserError
 from model import RNNModel
 
 MODEL_FLAGS = ('model', 'emsize', 'nhid', 'nlayers', 'release')
@@ -40,7 +43,6 @@ ORIGINAL_MODEL_DEFAULTS = dict(model='LSTM', emsize=400, nhid=1150, nlayers=3)
 DROPOUT_FLAGS = ('dropout', 'dropouth', 'dropouti', 'dropoute', 'wdrop')
 # Every version of the original finetune.py seeded numpy (the sequence lengths) with 331, not --seed.
 NUMPY_SEED = 331
-EVAL_BATCH_SIZE, TEST_BATCH_SIZE = 10, 1
 
 
 def finetune_state_path(out):
@@ -84,13 +86,13 @@ def parse_args(argv=None):
     flags.check_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if v is not None}))
     flags.check_speed_args(args)
     if args.out is not None and args.out.strip() == '':
-        raise errors.UserError('--out must not be empty')
+        raise UserError('--out must not be empty')
     args.out = args.out or args.save
     if args.out is None:
         # Which run to continue: --resume STATE names it; a bare --resume needs the output path.
         if not (args.resume or '').endswith('.finetune.state'):
-            raise errors.UserError('--resume: give --save (or --out) of the fine-tuning to continue, '
-                                   'or its state file: --resume PATH.finetune.state')
+            raise UserError('--resume: give --save (or --out) of the fine-tuning to continue, '
+                            'or its state file: --resume PATH.finetune.state')
         args.out = args.resume[:-len('.finetune.state')]
     return args
 
@@ -112,14 +114,14 @@ def find_state(args):
     named = args.resume or args.out
     path = named if named.endswith('.state') else finetune_state_path(named)
     if not os.path.isfile(path):
-        raise errors.UserError(f'{path}: no fine-tuning resume state to continue from')
+        raise UserError(f'{path}: no fine-tuning resume state to continue from')
     return path
 
 
 def main(argv=None):
     args = parse_args(argv)
     given = flags.given_flags(build_parser(), argv)
-    dist = distributed.setup(args)  # [distributed] torchrun's ranks (README); one process: changes nothing
+    dist = distributed.setup(args)  # [distributed] torchrun's ranks (docs/DISTRIBUTED.md); one process: no change
     if not dist.is_main:  # [distributed] rank 0 alone claims and writes the run's files
         return finetune(args, dist, given)
     flag = '--out' if args.out != args.save else '--save'
@@ -128,21 +130,22 @@ def main(argv=None):
         return finetune(args, dist, given)
 
 
-def finetune(args, dist, given):
-    """The whole run, once its files are claimed; `given`: the flags given on the command line."""
-    device = cli.choose_device(args)
-
-    # The model: the checkpoint of main.py, or when resuming the state of this script's own run.
+def load_model(args, given, device):
+    """The model to fine-tune: main.py's checkpoint (--save), or when resuming the state of this script's
+    own run, whose flags are then adopted. Returns (the loaded checkpoint, the state file or None)."""
     state_file = find_state(args) if args.resume is not None else None
-    source = state_file or args.save
-    ckpt = checkpoint.load_checkpoint(source, map_location=device)
+    ckpt = checkpoint.load_checkpoint(state_file or args.save, map_location=device)
     if state_file:
         checkpoint.check_state(ckpt, state_file, 'finetune')
         # The output is where the state is (the files claimed), even if they were moved since.
-        ignored = flags.adopt_run_args(args, ckpt['args'], flags.RESUME_MAY_CHANGE + ('out',), given)
-        flags.check_resumed_args(args, state_file)
-        if ignored:
-            print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')
+        resume.adopt_saved_flags(args, ckpt, state_file, given, flags.RESUME_MAY_CHANGE + ('out',))
+    return ckpt, state_file
+
+
+def finetune(args, dist, given):
+    """The whole run, once its files are claimed; `given`: the flags given on the command line."""
+    device = cli.choose_device(args)
+    ckpt, state_file = load_model(args, given, device)
     given_sizes = {flag: getattr(args, flag) for flag in ORIGINAL_MODEL_DEFAULTS}  # before the checkpoint's replace them
     flags.note_model_flags(args, ckpt['model_config'], MODEL_FLAGS + DROPOUT_FLAGS)
     print('Args:', args)
@@ -152,7 +155,7 @@ def finetune(args, dist, given):
         args, (args.batch_size, EVAL_BATCH_SIZE, TEST_BATCH_SIZE), device)
     dist.check_same_start(flags.run_flags(args), corpus, run_files.lock_path(args.out))  # [distributed] all alike
     train_data = dist.shard(train_data)  # [distributed] this rank's columns of the batch
-    checkpoint.check_vocabulary(ckpt['idx2word'], corpus, source, args.data)
+    checkpoint.check_vocabulary(ckpt['idx2word'], corpus, state_file or args.save, args.data)
     model, criterion = ckpt['model'], ckpt['criterion']
     construction_draws(given_sizes, len(corpus.dictionary), model.release)
     params = list(model.parameters()) + list(criterion.parameters())
@@ -162,42 +165,27 @@ def finetune(args, dist, given):
     optimizer = training.make_optimizer('asgd', params, args.lr, args.wdecay)
     forward = dist.wrap(model, criterion)  # [distributed] DDP averages the gradients; None for one process
     step = cli.train_step_for(args, dist)  # --cuda-graphs / --bf16; training.train_step by default
-
-    # An exact resume continues its run; anything else is a new run (see checkpoint.new_run_id).
-    run = ckpt.get('run') if state_file else checkpoint.new_run_id()
-    run = dist.from_main(run)  # [distributed] one run id for all ranks
-    # The runs whose model the output may hold at the end: this one, and when fine-tuning in place the
-    # loaded checkpoint's (it stays there until the first improvement). Anything else means another run
-    # wrote over the output meanwhile. A state from before this check has no list: unchecked.
-    if state_file:
-        start_runs = ckpt.get('start_runs')
-    else:
-        start_runs = [ckpt.get('run')] if checkpoint.same_file(args.out, args.save) else []
-    state_is_ours = state_file is not None and checkpoint.same_file(state_file, finetune_state_path(args.out))
+    owner = ownership.of_finetuning(ckpt, state_file, args.out, args.save, finetune_state_path(args.out), dist)
 
     def save_model(path):
-        checkpoint.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word, run=run)
+        checkpoint.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word, run=owner.run)
 
     def save_state(epoch, done):
-        checkpoint.save_checkpoint(finetune_state_path(args.out), model, criterion, optimizer, args,
-                                   corpus.dictionary.idx2word, epoch=epoch, history=history,
-                                   best_val_loss=best_val_loss, done=done, rng=checkpoint.rng_state(rng, device),
-                                   script='finetune', run=run, start_runs=start_runs)
+        checkpoint.save_checkpoint(owner.state_file, model, criterion, optimizer, args, corpus.dictionary.idx2word,
+                                   epoch=epoch, history=history, best_val_loss=best_val_loss, done=done,
+                                   rng=checkpoint.rng_state(rng, device), script='finetune', run=owner.run,
+                                   start_runs=owner.start_runs)
     save_model, save_state = dist.writer(save_model), dist.writer(save_state)  # [distributed] rank 0 writes
-
-    log = dist.if_main(run_log.JsonLog, finetune_log_path(args.out), run,  # [distributed] rank 0 logs
+    log = dist.if_main(run_log.JsonLog, finetune_log_path(args.out), owner.run,  # [distributed] rank 0 logs
                        resumed_after=ckpt['epoch'] if state_file else None)
+
     if state_file:
         checkpoint.restore_training_state(optimizer, rng, device, ckpt, state_file)
         epoch_start, history, best_val_loss, done = ckpt['epoch'] + 1, list(ckpt['history']), \
             ckpt['best_val_loss'], ckpt['done']
         print(f'Resuming exactly from {state_file} after epoch {ckpt["epoch"]}')
     else:
-        # The bar to beat is the loaded model itself: the output only ever holds the best model seen.
-        best_val_loss = training.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
-        best_val_loss = dist.shared(best_val_loss)  # [distributed] rank 0's result, on every rank
-        print(f'| before fine-tuning | {run_log.report_line("valid", best_val_loss, model.release)}')
-        log.write(epoch=0, **run_log.loss_record('valid', best_val_loss))
+        best_val_loss = evaluate_loaded_model(model, criterion, val_data, args, dist, log)
         if args.out != args.save:
             save_model(args.out)
         epoch_start, history, done = 1, [], False
@@ -209,23 +197,12 @@ def finetune(args, dist, given):
             if done:
                 break
             epoch_start_time = time.time()
-            dist.seed_ranks(args.seed, epoch)  # [distributed] each rank its own dropout masks
-            with run_log.progress_bar(len(train_data) // args.bptt, f'epoch {epoch}') as bar:
-                # Sequence lengths capped at bptt + 10, as in the original fine-tuning.
-                train_loss = training.train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
-                                                  seq_len_cap=args.bptt + 10,
-                                                  log=bar.write, progress=bar, forward=forward,
-                                                  step=step)  # [distributed]
-            train_loss = dist.mean(train_loss)  # [distributed] over all columns
-            # Under ASGD the model is the running average of the iterates (section 3).
-            with training.averaged_weights(optimizer, params):
-                val_loss = training.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
-                val_loss = dist.shared(val_loss)  # [distributed] rank 0's result, on every rank
-                run_log.report_epoch(epoch, epoch_start_time, val_loss, model.release)
-                if val_loss < best_val_loss:
-                    save_model(args.out)
-                    print('Saving Averaged!')
-                    best_val_loss = val_loss
+            # Sequence lengths capped at bptt + 10, as in the original fine-tuning.
+            train_loss = cli.train_one_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
+                                             args.bptt + 10, forward, step, dist)
+            val_loss, best_val_loss = cli.validate(model, criterion, optimizer, params, val_data, args.bptt, epoch,
+                                                   epoch_start_time, best_val_loss, lambda: save_model(args.out),
+                                                   dist)
             # The original's stop: the averaged valid loss is worse than the best one seen more than
             # --nonmono epochs ago (the history holds the averaged losses of this run only).
             done = training.nonmono_triggered(history, val_loss, args.nonmono)
@@ -233,20 +210,27 @@ def finetune(args, dist, given):
             log.write(epoch=epoch, seconds=time.time() - epoch_start_time, lr=optimizer.param_groups[0]['lr'],
                       optimizer='asgd', train_loss=train_loss, **run_log.loss_record('valid', val_loss),
                       **dist.check_in_sync(params))  # [distributed]
-            with interrupts.sigterm_held():
+            with interrupts.sigterm_held():  # the state and the note that this run wrote it go together
                 save_state(epoch, done)
-                state_is_ours = True
+                owner.wrote_state()
             if done:
                 print(f'Done! (valid loss has not improved on the best from more than {args.nonmono} epochs ago)')
     if interrupted.preempted:
-        state = finetune_state_path(args.out)
-        return interrupts.report_interrupted(state, f'--resume {state} --data {args.data}', state_is_ours)
+        return owner.report_interrupted(f'--resume {owner.state_file} --data {args.data}')
 
     # Load the best model (the output holds it from the start) and run it on test data.
-    test_loss = cli.evaluate_best_on_test(args.out, model, criterion, test_data, args.bptt,
-                                          replaced_unless=None if start_runs is None else {run, *start_runs})
+    test_loss = cli.evaluate_best_on_test(owner, args.out, model, criterion, test_data, args.bptt)
     log.write(final=True, **run_log.loss_record('valid', best_val_loss), **run_log.loss_record('test', test_loss))
     return 0
+
+
+def evaluate_loaded_model(model, criterion, val_data, args, dist, log):
+    """The bar to beat is the loaded model itself: the output only ever holds the best model seen."""
+    best_val_loss = training.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
+    best_val_loss = dist.shared(best_val_loss)  # [distributed] rank 0's result, on every rank
+    print(f'| before fine-tuning | {run_log.report_line("valid", best_val_loss, model.release)}')
+    log.write(epoch=0, **run_log.loss_record('valid', best_val_loss))
+    return best_val_loss
 
 
 if __name__ == '__main__':

@@ -8,7 +8,7 @@ import torch
 
 import main as train_script
 import checkpoint
-import cli
+import run_log
 from conftest import read_jsonl, tiny_run
 
 
@@ -24,7 +24,7 @@ def must_not_run(*args, **kwargs):
 
 
 def epochs_of(save):
-    return [r['epoch'] for r in read_jsonl(cli.json_log_path(save)) if 'epoch' in r]
+    return [r['epoch'] for r in read_jsonl(run_log.json_log_path(save)) if 'epoch' in r]
 
 
 def temporaries(folder):
@@ -55,7 +55,7 @@ def copy_checkpoint(trained, tmp_path):
 
 def epoch_record(run, epoch, lr, valid_loss):
     return dict(run=run, epoch=epoch, lr=lr, optimizer='sgd', train_loss=valid_loss + 0.5,
-                **cli.loss_record('valid', valid_loss))
+                **run_log.loss_record('valid', valid_loss))
 
 
 DISK_FULL = RuntimeError('[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing '

@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-import cli
+import run_log
 import data
 import errors
 from conftest import read_jsonl
@@ -176,4 +176,4 @@ def test_a_train_split_needs_at_least_one_batch(tmp_path):
         train(corpus_of(str(tmp_path / 'two_rows'), 2), str(tmp_path / 'a.pt'))
     save = str(tmp_path / 'b.pt')
     assert train(corpus_of(str(tmp_path / 'three_rows'), 3), save) == 0
-    assert read_jsonl(cli.json_log_path(save))[0]['train_loss'] > 0
+    assert read_jsonl(run_log.json_log_path(save))[0]['train_loss'] > 0

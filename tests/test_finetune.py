@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import checkpoint
-import cli
+import interrupts
 import errors
 import finetune
 import training
@@ -105,7 +105,7 @@ def test_sigterm_keeps_last_completed_epoch(trained, tmp_path, monkeypatch):
 
     def preempted_at_epoch_2(*args, **kwargs):
         if args[6] == 2:  # the epoch argument
-            raise cli.Preempted()
+            raise interrupts.Preempted()
         return real_train_epoch(*args, **kwargs)
 
     monkeypatch.setattr(training, 'train_epoch', preempted_at_epoch_2)

@@ -13,6 +13,7 @@ import finetune
 import main as train_script
 import checkpoint
 import cli
+import interrupts
 import errors
 import training
 from conftest import REPO, TINY, tiny_run
@@ -38,7 +39,7 @@ def test_ctrl_c_before_the_first_save_never_reports_an_older_runs_checkpoint(tmp
 
 
 def preempt(*args, **kwargs):
-    raise cli.Preempted()
+    raise interrupts.Preempted()
 
 
 @pytest.mark.parametrize('script', ['main', 'finetune'])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import checkpoint
-import cli
+import run_log
 import errors
 import main
 import main as train_script
@@ -27,7 +27,7 @@ def test_published_command_lines_run_with_tiny_overrides(tmp_path, tiny_corpus, 
     save = str(tmp_path / 'model.pt')
     argv = shlex.split(command) + tiny_run(tiny_corpus, save)
     assert run_main(argv) == 0
-    records = read_jsonl(cli.json_log_path(save))
+    records = read_jsonl(run_log.json_log_path(save))
     assert records[0]['epoch'] == 1 and records[-1]['final']
     ckpt = checkpoint.load_checkpoint(save)
     expected_model = 'QRNN' if '--model QRNN' in command else 'LSTM'
@@ -50,14 +50,14 @@ def test_short_ptb_slice_lowers_valid_perplexity(tmp_path, ptb_mirror):
     argv = ['--data', str(sliced), '--epochs', '3', '--save', save, '--emsize', '32', '--nhid', '64',
             '--batch_size', '20', '--bptt', '35', '--log-interval', '50', '--cpu', '--seed', '141']
     assert run_main(argv) == 0
-    ppl = [r['valid_ppl'] for r in read_jsonl(cli.json_log_path(save)) if 'epoch' in r]
+    ppl = [r['valid_ppl'] for r in read_jsonl(run_log.json_log_path(save)) if 'epoch' in r]
     assert ppl[-1] < ppl[0] < 1500, ppl
 
 
 def test_nt_asgd_switches_by_the_rule_and_saves_averaged_weights(tmp_path, tiny_corpus):
     save = str(tmp_path / 'm.pt')
     assert run_main(tiny_run(tiny_corpus, save, epochs=8, extra=['--nonmono', '1', '--lr', '40'])) == 0
-    records = [r for r in read_jsonl(cli.json_log_path(save)) if 'epoch' in r]
+    records = [r for r in read_jsonl(run_log.json_log_path(save)) if 'epoch' in r]
     losses = [r['valid_loss'] for r in records]
     # Algorithm 1, written out: switch after the first epoch whose loss is worse than the best of the
     # epochs before the last `nonmono` (1) ones.
@@ -82,8 +82,8 @@ def test_exact_resume_across_the_asgd_switch(tmp_path, tiny_corpus):
     assert run_main(tiny_run(tiny_corpus, straight, epochs=6, extra=flags)) == 0
     assert run_main(tiny_run(tiny_corpus, split, epochs=3, extra=flags)) == 0
     assert run_main(tiny_run(tiny_corpus, split, epochs=6, extra=flags + ['--resume', split])) == 0
-    a = [r for r in read_jsonl(cli.json_log_path(straight)) if 'epoch' in r]
-    b = [r for r in read_jsonl(cli.json_log_path(split)) if 'epoch' in r]
+    a = [r for r in read_jsonl(run_log.json_log_path(straight)) if 'epoch' in r]
+    b = [r for r in read_jsonl(run_log.json_log_path(split)) if 'epoch' in r]
     assert checkpoint.read_checkpoint(straight + '.state')['optimizer_name'] == 'asgd'  # the switch happened
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ('seconds', 'run')} for r in rs]
     assert strip(a) == strip(b)

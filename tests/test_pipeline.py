@@ -8,6 +8,7 @@ import pytest
 
 import checkpoint
 import cli
+import run_log
 import finetune
 import generate
 import main as train_script
@@ -24,7 +25,7 @@ def test_pipeline_end_to_end(tmp_path, capsys, rnn_type):
     common = ['--data', corpus, '--save', save]
     assert train_script.main([*common, '--epochs', '2', '--model', rnn_type, *TINY]) == 0
     assert checkpoint.load_checkpoint(save)['model'].rnn_type == rnn_type
-    main_records = read_jsonl(cli.json_log_path(save))
+    main_records = read_jsonl(run_log.json_log_path(save))
     assert main_records[-1]['final']
 
     assert finetune.main([*common, '--epochs', '2', *TINY]) == 0

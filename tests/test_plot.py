@@ -7,6 +7,7 @@ import sys
 import pytest
 
 import cli
+import run_log
 import main
 import plot
 import training
@@ -31,7 +32,7 @@ PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 def record(epoch, lr, optimizer, train_loss, valid_loss):
     return dict(epoch=epoch, seconds=1.0, lr=lr, optimizer=optimizer, train_loss=train_loss,
-                **cli.loss_record('valid', valid_loss))
+                **run_log.loss_record('valid', valid_loss))
 
 
 # Five epochs of main.py as written (each record names what its epoch trained with): SGD, ASGD from
@@ -43,11 +44,11 @@ MAIN_LOG = [
     {**record(3, 30, 'asgd', 5.5, 5.3), 'train_loss': None},
     {**record(4, 3.0, 'asgd', 5.1, 5.2), 'valid_loss': math.nan, 'valid_ppl': math.nan, 'valid_bpc': math.nan},
     record(5, 3.0, 'asgd', 5.0, 5.1),
-    dict(final=True, **cli.loss_record('valid', 5.1), **cli.loss_record('test', 5.0)),
+    dict(final=True, **run_log.loss_record('valid', 5.1), **run_log.loss_record('test', 5.0)),
 ]
 # finetune.py: epoch 0 holds only the valid figures before fine-tuning; ASGD throughout.
 FINETUNE_LOG = [
-    dict(epoch=0, **cli.loss_record('valid', 5.1)),
+    dict(epoch=0, **run_log.loss_record('valid', 5.1)),
     record(1, 30, 'asgd', 5.0, 5.0),
     record(2, 30, 'asgd', 4.9, 4.95),
 ]
@@ -80,7 +81,7 @@ def test_curves_of_a_finetune_log():
 def test_records_without_figures_are_skipped_and_a_repeated_epoch_keeps_the_later():
     records = [record(1, 30, 'sgd', 6.0, 6.0), {'epoch': 2, 'train_loss': None, 'valid_loss': None},
                record(2, 30, 'sgd', 9.0, 9.0), record(2, 30, 'sgd', 5.0, 5.5),
-               dict(final=True, epoch=2, **cli.loss_record('valid', 3.0))]  # final: never a point
+               dict(final=True, epoch=2, **run_log.loss_record('valid', 3.0))]  # final: never a point
     epochs, train, valid, _, _ = plot.curves(records)
     assert epochs == [1, 2]
     assert train[1] == pytest.approx(math.exp(5.0)) and valid[1] == pytest.approx(math.exp(5.5))
@@ -112,7 +113,7 @@ def test_the_log_of_a_real_main_run(tmp_path):
     save = str(tmp_path / 'tiny.pt')
     # --when 1 divides the lr after epoch 1: epoch 2 is the first trained with the lower lr.
     assert main.main(tiny_run(corpus, save, epochs=2, extra=['--when', '1'])) == 0
-    log = cli.json_log_path(save)
+    log = run_log.json_log_path(save)
     epochs, train, valid, _, lr_drops = plot.curves(plot.read_log(log))
     assert epochs == [1, 2] and None not in train + valid
     assert lr_drops == [2]

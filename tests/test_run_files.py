@@ -14,6 +14,7 @@ import finetune
 import generate
 import checkpoint
 import cli
+import run_files
 import errors
 import pointer
 import training
@@ -210,7 +211,7 @@ def test_a_non_regular_file_is_never_replaced_by_a_checkpoint(trained, tmp_path,
         checkpoint.atomic_torch_save({'x': torch.ones(1)}, target)
     assert not stat.S_ISREG(os.stat(special).st_mode)
     # Only files that are replaced must be regular: a log or generated text may go to a device.
-    cli.check_output(os.devnull, '--log')
+    run_files.check_output(os.devnull, '--log')
 
 
 def test_dev_null_as_save_is_refused_without_writing_anything():
@@ -218,7 +219,7 @@ def test_dev_null_as_save_is_refused_without_writing_anything():
     with pytest.raises(errors.UserError, match='/dev/null: is a device, not a regular file'):
         checkpoint.check_replaceable(os.devnull, os.devnull)
     with pytest.raises(errors.UserError, match='is a device|read-only'):  # as root / as anyone else
-        cli.check_output(os.devnull, '--save', replaced=True)
+        run_files.check_output(os.devnull, '--save', replaced=True)
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
 
 

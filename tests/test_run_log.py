@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import checkpoint
-import cli
+import run_log
 import errors
 from conftest import REPO, read_jsonl, tiny_run
 from reliability_helpers import epoch_record, epochs_of, temporaries, train
@@ -23,9 +23,9 @@ def test_log_names_of_different_saves_never_collide(tmp_path, small_corpus):
     saves = {lr: str(runs / f'lr{lr}') for lr in ('0.5', '0.1')}
     for lr, save in saves.items():
         assert train(small_corpus, save, extra=['--lr', lr]) == 0
-    assert cli.json_log_path(saves['0.5']) != cli.json_log_path(saves['0.1'])
+    assert run_log.json_log_path(saves['0.5']) != run_log.json_log_path(saves['0.1'])
     for lr, save in saves.items():
-        records = [r for r in read_jsonl(cli.json_log_path(save)) if 'epoch' in r]
+        records = [r for r in read_jsonl(run_log.json_log_path(save)) if 'epoch' in r]
         assert [r['lr'] for r in records] == [float(lr)]
 
 
@@ -33,7 +33,7 @@ def test_resume_from_a_checkpoint_alone_keeps_its_log(tmp_path, small_corpus):
     save = str(tmp_path / 'm.pt')
     assert train(small_corpus, save) == 0
     os.remove(checkpoint.state_path(save))
-    log = cli.json_log_path(save)
+    log = run_log.json_log_path(save)
     before = read_jsonl(log)
     with pytest.raises(errors.UserError, match='does not fit'):  # a resume that fails ...
         train(small_corpus, save, extra=['--resume', save, '--nhid', '20'])
@@ -49,7 +49,7 @@ def test_resume_from_a_checkpoint_alone_keeps_its_log(tmp_path, small_corpus):
 
 def test_log_records_are_strict_json(tmp_path):
     path = str(tmp_path / 'l.jsonl')
-    cli.JsonLog(path).write(epoch=1, valid_loss=float('nan'), valid_ppl=float('inf'), lr=[float('-inf')])
+    run_log.JsonLog(path).write(epoch=1, valid_loss=float('nan'), valid_ppl=float('inf'), lr=[float('-inf')])
 
     def reject(constant):
         raise ValueError(f'{constant} is not JSON')
@@ -59,7 +59,7 @@ def test_log_records_are_strict_json(tmp_path):
 
 
 def test_a_full_disk_while_logging_is_a_one_line_error(tmp_path, monkeypatch):
-    log = cli.JsonLog(str(tmp_path / 'l.jsonl'))
+    log = run_log.JsonLog(str(tmp_path / 'l.jsonl'))
 
     class Full:
         def write(self, text):
@@ -83,7 +83,7 @@ def test_appending_to_a_log_whose_last_line_was_cut_off(tmp_path, capsys, cut):
     last = json.dumps(epoch_record('r', 3, 30, 5.5))
     with open(path, 'w') as f:  # the disk filled up (or kill -9 struck) in the middle of epoch 3's record
         f.write(text + (last[:25] if cut == 'partial record' else last))
-    cli.JsonLog(path, 'r').write(epoch=4, valid_loss=5.4)
+    run_log.JsonLog(path, 'r').write(epoch=4, valid_loss=5.4)
     lines = open(path).read().splitlines()
     kept = records + ([] if cut == 'partial record' else [json.loads(last)])
     assert [json.loads(line) for line in lines] == kept + [{'run': 'r', 'epoch': 4, 'valid_loss': 5.4}]
@@ -122,5 +122,5 @@ def test_resume_after_kill_9_leaves_one_record_per_epoch_and_no_temporaries(tmp_
     assert not temporaries(tmp_path)
     assert train(small_corpus, straight, epochs=3) == 0
     strip = lambda path: [{k: v for k, v in r.items() if k not in ('seconds', 'run')}
-                          for r in read_jsonl(cli.json_log_path(path))]
+                          for r in read_jsonl(run_log.json_log_path(path))]
     assert strip(save) == strip(straight)
