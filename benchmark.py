@@ -1,4 +1,4 @@
-"""Training and evaluation speed of the published recipes (issue 4: speed).
+"""Training and evaluation speed of the published recipes.
 
     python benchmark.py --recipe ptb-2018                     # real sizes, current device, eager
     python benchmark.py --recipe ptb-2018 wt2 --options eager tf32 amp-bf16 fused-opt compile
@@ -73,14 +73,11 @@ import flags
 import cuda_graphs
 import distributed
 import errors
+import main as training_script
+import recipes
 import training
 from model import RNNModel
 from splitcross import SplitCrossEntropyLoss, splits_for_vocab
-
-# main.py's defaults; each recipe below overrides them with the flags of its published command line.
-MAIN_DEFAULTS = dict(model='LSTM', emsize=400, nhid=1150, nlayers=3, lr=30., clip=0.25, batch_size=80, bptt=70,
-                     dropout=0.4, dropouth=0.3, dropouti=0.65, dropoute=0.1, wdrop=0.5, alpha=2., beta=1.,
-                     wdecay=1.2e-6, optimizer='sgd', seed=1111)
 
 # Sizes of the real corpora (tokens with <eos>; vocabulary), used for the synthetic stand-in.
 CORPORA = {
@@ -89,25 +86,15 @@ CORPORA = {
     'pennchar': dict(vocab=50, train=5017483, valid=393043),
 }
 
+# The recipes timed (name: the recipe of recipes.py, flags changed for the authors' speed table, note).
 RECIPES = {
-    'ptb-2018': dict(corpus='penn', flags=dict(batch_size=20, dropouti=0.4, dropouth=0.25, seed=141),
-                     note='PTB LSTM, 2018 code'),
-    'ptb-b40': dict(corpus='penn', flags=dict(batch_size=40, dropouti=0.4, dropouth=0.25, seed=141),
-                    note='ptb-2018 with batch 40 (the speed table)'),
-    'wt2': dict(corpus='wikitext-2', flags=dict(dropouth=0.2, seed=1882), note='WT2 LSTM, 2018 code, batch 80'),
-    'wt2-b20': dict(corpus='wikitext-2', flags=dict(dropouth=0.2, seed=1882, batch_size=20),
-                    note='wt2 with batch 20 (the speed table)'),
-    'ptb-qrnn': dict(corpus='penn', flags=dict(model='QRNN', batch_size=20, clip=0.2, wdrop=0.1, nhid=1550,
-                                               nlayers=4, emsize=400, dropouth=0.3, seed=9001, dropouti=0.4),
-                     note='PTB QRNN'),
-    'wt2-qrnn': dict(corpus='wikitext-2', flags=dict(model='QRNN', clip=0.25, dropouti=0.4, dropouth=0.2,
-                                                     nhid=1550, nlayers=4, seed=4002, wdrop=0.1, batch_size=40),
-                     note='WT2 QRNN (published command: batch 40)'),
-    'ptb-char': dict(corpus='pennchar', flags=dict(nlayers=3, emsize=200, nhid=1000, alpha=0., beta=0., dropoute=0.,
-                                                   dropouth=0.25, dropouti=0.1, dropout=0.1, wdrop=0.5,
-                                                   wdecay=1.2e-6, bptt=150, batch_size=128, optimizer='adam',
-                                                   lr=2e-3),
-                     note='character-level PTB, 2018 code'),
+    'ptb-2018': dict(recipe='ptb-2018', changed={}, note='PTB LSTM, 2018 code'),
+    'ptb-b40': dict(recipe='ptb-2018', changed=dict(batch_size=40), note='ptb-2018 with batch 40 (the speed table)'),
+    'wt2': dict(recipe='wt2-2018', changed={}, note='WT2 LSTM, 2018 code, batch 80'),
+    'wt2-b20': dict(recipe='wt2-2018', changed=dict(batch_size=20), note='wt2 with batch 20 (the speed table)'),
+    'ptb-qrnn': dict(recipe='ptb-qrnn', changed={}, note='PTB QRNN'),
+    'wt2-qrnn': dict(recipe='wt2-qrnn', changed={}, note='WT2 QRNN (published command: batch 40)'),
+    'ptb-char': dict(recipe='ptb-char', changed={}, note='character-level PTB, 2018 code'),
 }
 
 OPTIONS = ('eager', 'fp32', 'tf32', 'amp-bf16', 'fused-opt', 'compile', 'graphs', 'graphs-bf16')
@@ -172,7 +159,8 @@ def parse_args(argv=None):
 
 def recipe_config(name, opts):
     """The recipe's training flags as a namespace (what main.py would have in `args`)."""
-    cfg = dict(MAIN_DEFAULTS, **RECIPES[name]['flags'])
+    recipe = RECIPES[name]
+    cfg = dict(vars(training_script.build_parser().parse_args(recipes.argv(recipe['recipe']))), **recipe['changed'])
     if opts.small:
         cfg.update(SMALL)
     if opts.batch_size is not None:
@@ -182,7 +170,7 @@ def recipe_config(name, opts):
 
 def load_streams(name, cfg, opts, device):
     """(train, valid, vocabulary size, description): batchified as main.py does."""
-    corpus = RECIPES[name]['corpus']
+    corpus = recipes.RECIPES[RECIPES[name]['recipe']]['corpus']
     folder = opts.data or os.path.join('data', corpus)
     if not opts.synthetic and os.path.isdir(folder):
         ns = types.SimpleNamespace(data=folder)

@@ -1,6 +1,6 @@
 """CUDA graphs for the training step (main.py and finetune.py with --cuda-graphs).
 
-A PTB step on an H200 spends more time launching kernels than running them (issue 20): about 1,000
+A PTB step on an H200 spends more time launching kernels than running them (RESULTS.md): about 1,000
 small kernels (70 timesteps x 3 layers, forward and backward, plus the optimizer). A CUDA graph
 records one step's kernels once and replays them with one launch, the same kernels on the same
 memory, so the numbers do not change.

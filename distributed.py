@@ -309,17 +309,24 @@ def weights_digest(params):
     return h.hexdigest()[:16]
 
 
-LOST_CONTACT = ('Connection closed', 'Connection reset', 'closed by peer', 'Broken pipe', 'timed out',
-                'Timed out', 'NCCL', 'gloo', 'Gloo', 'ProcessGroup', 'TCPStore', 'recvBytes', 'sendBytes')
+# What a collective's failure says when the other side is gone: the connection closed or reset, a
+# timeout, NCCL's remote error. Anything else (an NCCL usage error, a wrong shape) is a fault of this
+# rank, reported with its traceback.
+LOST_CONTACT = ('Connection closed', 'Connection reset', 'closed by peer', 'Broken pipe', 'timed out', 'Timed out',
+                'timeout', 'remote process exited', 'ncclRemoteError', 'recvBytes', 'sendBytes')
+
+
+def lost_contact(error):
+    """Whether `error`, raised by a collective, says that another rank is gone."""
+    import torch.distributed as dist
+    network_errors = tuple(getattr(dist, name) for name in ('DistNetworkError', 'DistStoreError') if hasattr(dist, name))
+    return isinstance(error, network_errors) or (isinstance(error, RuntimeError)
+                                                 and any(s in str(error) for s in LOST_CONTACT))
 
 
 def _report_lost_ranks(context, previous_hook, kind, value, tb):
     """A collective that fails because another rank died: one clear line instead of a traceback."""
-    import torch.distributed as dist
-    dist_errors = tuple(getattr(dist, name) for name in ('DistError', 'DistBackendError', 'DistNetworkError')
-                        if hasattr(dist, name))
-    lost = isinstance(value, RuntimeError) and any(s in str(value) for s in LOST_CONTACT)
-    if isinstance(value, dist_errors) or lost:
+    if lost_contact(value):
         context.broken = True
         first = (str(value).strip().splitlines() or [kind.__name__])[0].split('. This is typically')[0]
         print(f'error: rank {context.rank} of {context.world_size} lost contact with the other ranks ({first[:300]}); '

@@ -39,7 +39,7 @@ def add_model_args(parser):
     g.add_argument('--release', type=int, choices=(2017, 2018), default=2018,
                    help="which release of the original code to compute as: 2018 (1d466ec, default) or 2017 "
                         "(acb04a5, the 2017 README's figures: its locked-dropout mask, numpy seeded with 331, "
-                        "the full softmax for any vocabulary; LSTM only). README: 'The two releases'")
+                        "the full softmax for any vocabulary; LSTM only). docs/PARITY.md: 'The two releases'")
     return g
 
 

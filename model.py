@@ -77,7 +77,7 @@ class RNNModel(nn.Module):
                 layer.linear = WeightDrop(layer.linear, ['weight'], dropout=wdrop)
             return layer
         # The first release passed dropout=dropouth here; torch applies that dropout between stacked
-        # layers only, so on a one-layer LSTM it does nothing (README: "The two releases").
+        # layers only, so on a one-layer LSTM it does nothing (docs/PARITY.md: "The two releases").
         layer = (nn.LSTM if rnn_type == 'LSTM' else nn.GRU)(input_size, hidden_size, 1, dropout=0)
         return WeightDrop(layer, ['weight_hh_l0'], dropout=wdrop) if wdrop else layer
 

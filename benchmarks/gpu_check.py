@@ -1,4 +1,4 @@
-"""Helpers of benchmarks/gpu_check.sh (issue 20); run from the repository root.
+"""Helpers of benchmarks/gpu_check.sh; run from the repository root.
 
     python benchmarks/gpu_check.py correctness [--cpu]   # CPU vs CUDA, eager vs graphs: a few training steps
     python benchmarks/gpu_check.py original DEST         # the original 2018 code, patched, copied to DEST
@@ -13,7 +13,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-# Targets of issue 20 (one H200): a real PTB 2018 epoch, a WT2 batch-80 epoch, peak memory vs eager.
+# Targets of the GPU check (one H200): a real PTB 2018 epoch, a WT2 batch-80 epoch, peak memory vs eager.
 PTB_TARGET_S, WT2_TARGET_S, MEMORY_FACTOR = 5.0, 7.0, 2.0
 
 

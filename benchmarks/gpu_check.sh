@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# gpu_check.sh: the GPU checks of issue 20 (CUDA graphs), in one go, most important first.
+# gpu_check.sh: the GPU checks (CUDA graphs), in one go, most important first.
 #
 #   benchmarks/gpu_check.sh OUTDIR          # on one GPU: at most 8 minutes (each step under its own timeout)
 #   benchmarks/gpu_check.sh --cpu OUTDIR    # the same steps, tiny sizes, on the CPU (tests/test_gpu_check.py)
@@ -112,7 +112,7 @@ step 01_cuda_tests 100 "$PY" -m pytest -q -s -rs tests/test_cuda_graphs.py::test
 # 02: CPU vs CUDA, eager vs graphs, at the PTB size (tiny with --cpu).
 step 02_correctness 60 "$PY" benchmarks/gpu_check.py correctness $([ $CPU -eq 1 ] && echo --cpu)
 
-# 03/04: main.py, the 2018 PTB recipe (README), one epoch eager; two with --cuda-graphs.
+# 03/04: main.py, the 2018 PTB recipe (recipes.py), one epoch eager; two with --cuda-graphs.
 RECIPE=(--batch_size 20 --data "$DATA" --dropouti 0.4 --dropouth 0.25 --seed 141)
 step 03_main_eager 60 "$PY" main.py "${RECIPE[@]}" "${SIZE[@]}" "${DEVICE[@]}" --epochs 1 --log-interval 50 --save "$SCRATCH/eager.pt"
 if [ $CPU -eq 1 ]; then

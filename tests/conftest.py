@@ -12,6 +12,7 @@ os.environ.setdefault('MKL_NUM_THREADS', '1')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+import recipes  # noqa: E402
 MIRROR = os.path.join(os.path.dirname(REPO), 'shared', 'data')
 
 # Flags that shrink any published command line to a model that trains in seconds on the CPU
@@ -53,27 +54,9 @@ def wt2_mirror():
     return path
 
 
-# The main.py command lines of REFERENCE.md (2017 and 2018 recipes, QRNN, character level, enwik8,
-# WikiText-103), as published. Tests append TINY and a --data/--epochs/--save of their own.
-PUBLISHED_MAIN = [
-    '--batch_size 20 --data data/penn --dropouti 0.4 --seed 28 --epoch 300 --save PTB.pt',
-    '--seed 20923 --epochs 750 --data data/wikitext-2 --save WT2.pt',
-    '--batch_size 20 --data data/penn --dropouti 0.4 --dropouth 0.25 --seed 141 --epoch 500 --save PTB.pt',
-    '--epochs 750 --data data/wikitext-2 --save WT2.pt --dropouth 0.2 --seed 1882',
-    '--model QRNN --batch_size 20 --clip 0.2 --wdrop 0.1 --nhid 1550 --nlayers 4 --emsize 400 --dropouth 0.3 '
-    '--seed 9001 --dropouti 0.4 --epochs 550 --save PTB.pt',
-    '--epochs 500 --clip 0.25 --dropouti 0.4 --dropouth 0.2 --nhid 1550 --nlayers 4 --seed 4002 --model QRNN '
-    '--wdrop 0.1 --batch_size 40 --save WT2.pt',
-    '--epochs 500 --nlayers 3 --emsize 200 --nhid 1000 --alpha 0 --beta 0 --dropoute 0 --dropouth 0.25 '
-    '--dropouti 0.1 --dropout 0.1 --wdrop 0.5 --wdecay 1.2e-6 --bptt 150 --batch_size 128 --optimizer adam '
-    '--lr 2e-3 --data data/pennchar --when 300 400',
-    '--epochs 50 --nlayers 3 --emsize 400 --nhid 1840 --alpha 0 --beta 0 --dropoute 0 --dropouth 0.1 '
-    '--dropouti 0.1 --dropout 0.4 --wdrop 0.2 --wdecay 1.2e-6 --bptt 200 --batch_size 128 --optimizer adam '
-    '--lr 1e-3 --data data/enwik8 --when 25 35',
-    '--epochs 14 --nlayers 4 --emsize 400 --nhid 2500 --alpha 0 --beta 0 --dropoute 0 --dropouth 0.1 '
-    '--dropouti 0.1 --dropout 0.1 --wdrop 0 --wdecay 0 --bptt 140 --batch_size 60 --optimizer adam --lr 1e-3 '
-    '--data data/wikitext-103 --when 12 --model QRNN',
-]
+# The main.py command lines of the published recipes (recipes.py: 2017 and 2018 recipes, QRNN, character
+# level, enwik8, WikiText-103). Tests append TINY and a --data/--epochs/--save of their own.
+PUBLISHED_MAIN = [recipe['main'] for recipe in recipes.RECIPES.values()]
 
 
 def tiny_run(data, save, epochs=1, extra=()):

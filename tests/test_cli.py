@@ -1,23 +1,44 @@
-"""cli.py: the flag checks (the rest of the plumbing, signals, locks and logs, is exercised through
-the scripts in test_run_files.py, test_run_log.py, test_interrupts.py and test_main.py)."""
+"""cli.run: bad input is one line on stderr (exit 2), a fault of the code keeps its traceback (exit 1)."""
 import pytest
 
+import cli
 import errors
 
 
-@pytest.mark.parametrize('flags,match', [
-    (['--dropout', '1.0'], '--dropout'), (['--dropouti', '-0.1'], '--dropouti'), (['--wdrop', '1'], '--wdrop'),
-    (['--nhid', '0'], '--nhid'), (['--emsize', '-3'], '--emsize'), (['--bptt', '0'], '--bptt'),
-    (['--batch_size', '0'], '--batch_size'), (['--nlayers', '0'], '--nlayers'), (['--lr', '0'], '--lr'),
-    (['--model', 'TRANSFORMER'], '--model'), (['--optimizer', 'rmsprop'], '--optimizer'),
-    (['--when', '0'], '--when'), (['--when', '5', '-2'], '--when'), (['--epochs', '0'], '--epochs'),
-])
-def test_impossible_flags(flags, match):
-    import main
-    with pytest.raises(errors.UserError, match=match):
-        main.parse_args(flags)
+def run_script(main, capsys):
+    """cli.run(main) as a script runs it: returns (exit status, stderr)."""
+    with pytest.raises(SystemExit) as stop:
+        cli.run(main)
+    return stop.value.code, capsys.readouterr().err
 
 
-def test_when_beyond_epochs_is_legal():
-    import main
-    assert main.parse_args(['--when', '300', '400', '--epochs', '1']).when == [300, 400]
+def raising(error):
+    def main():
+        raise error
+    return main
+
+
+def test_bad_input_is_one_line(capsys):
+    assert run_script(raising(errors.UserError('--lr must be positive')), capsys) == (2, 'error: --lr must be positive\n')
+    assert run_script(raising(FileNotFoundError(2, 'No such file or directory', 'x.pt')), capsys) == \
+        (2, 'error: x.pt: No such file or directory\n')
+
+
+def test_an_os_error_that_names_no_file_keeps_its_traceback(capsys):
+    status, err = run_script(raising(OSError(5, 'Input/output error')), capsys)
+    lines = err.splitlines()
+    assert status == 1 and lines[0] == ('error: internal error (OSError: [Errno 5] Input/output error); '
+                                        'its traceback follows')
+    assert lines[1] == 'Traceback (most recent call last):' and lines[-1] == 'OSError: [Errno 5] Input/output error'
+
+
+def test_a_fault_of_the_code_keeps_its_traceback(capsys):
+    status, err = run_script(raising(KeyError('model')), capsys)
+    assert status == 1 and err.startswith("error: internal error (KeyError: 'model'); its traceback follows\n")
+    assert 'Traceback (most recent call last):' in err and err.rstrip().endswith("KeyError: 'model'")
+
+
+def test_awd_traceback_shows_the_traceback_of_bad_input_too(capsys, monkeypatch):
+    monkeypatch.setenv('AWD_TRACEBACK', '1')
+    status, err = run_script(raising(errors.UserError('--lr must be positive')), capsys)
+    assert status == 2 and err.startswith('error: --lr must be positive\nTraceback (most recent call last):')

@@ -322,3 +322,16 @@ def test_without_save_every_rank_takes_rank_0s_default_name(tmp_path, tiny_corpu
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoints = [name for name in os.listdir(run_in) if name.endswith('.pt')]
     assert len(checkpoints) == 1 and '| End of training' in result.stdout, (os.listdir(run_in), result.stdout[-2000:])
+
+
+@pytest.mark.parametrize('error, lost', [
+    (RuntimeError('[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500'), True),
+    (RuntimeError('[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 1800000ms for recv operation'), True),
+    (RuntimeError('NCCL error: remote process exited or there was a network error, NCCL version 2.21.5'), True),
+    (RuntimeError('NCCL error in: ProcessGroupNCCL.cpp:1970, invalid usage, NCCL version 2.21.5 ncclInvalidUsage'),
+     False),
+    (RuntimeError('ProcessGroupGloo: tensors must be on the same device'), False),
+    (ValueError('Connection closed'), False),
+])
+def test_only_a_collective_that_lost_its_peers_is_reported_as_a_lost_rank(error, lost):
+    assert distributed.lost_contact(error) is lost

@@ -122,3 +122,21 @@ def test_the_resume_note_names_only_flags_given_on_the_command_line(trained, tmp
     # Given, and different from the run's: noted (an abbreviation counts); given with the run's value: not.
     assert resume('--lr', '7', '--nonmon', '4', '--clip', '0.25', '--resume', state, '--epochs', '3') == 0
     assert 'ignored flags: lr, nonmono\n' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('flags,match', [
+    (['--dropout', '1.0'], '--dropout'), (['--dropouti', '-0.1'], '--dropouti'), (['--wdrop', '1'], '--wdrop'),
+    (['--nhid', '0'], '--nhid'), (['--emsize', '-3'], '--emsize'), (['--bptt', '0'], '--bptt'),
+    (['--batch_size', '0'], '--batch_size'), (['--nlayers', '0'], '--nlayers'), (['--lr', '0'], '--lr'),
+    (['--model', 'TRANSFORMER'], '--model'), (['--optimizer', 'rmsprop'], '--optimizer'),
+    (['--when', '0'], '--when'), (['--when', '5', '-2'], '--when'), (['--epochs', '0'], '--epochs'),
+])
+def test_impossible_flags(flags, match):
+    import main
+    with pytest.raises(errors.UserError, match=match):
+        main.parse_args(flags)
+
+
+def test_when_beyond_epochs_is_legal():
+    import main
+    assert main.parse_args(['--when', '300', '400', '--epochs', '1']).when == [300, 400]

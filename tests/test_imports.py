@@ -61,3 +61,23 @@ def test_no_module_imports_one_that_imports_it_back():
 
 def test_no_project_module_imports_utils():
     assert [name for name in MODULES if 'utils' in project_imports(name)] == []
+
+
+# The leaves: imported from everywhere, they import (at most) errors.py, so that any module may use them.
+LEAVES = {'errors': set(), 'atomic_io': {'errors'}, 'batching': set(), 'recipes': set(), 'embed_regularize': set(),
+          'locked_dropout': set(), 'weight_drop': set()}
+# The scripts: what a user runs. No module below them imports one (benchmark.py reads main.py's parser).
+SCRIPTS = {'main', 'finetune', 'pointer', 'generate', 'dynamiceval', 'plot', 'benchmark'}
+
+
+def test_leaf_modules_import_nothing_above_them():
+    assert {name: project_imports(name) for name in LEAVES} == LEAVES
+
+
+def test_data_imports_no_model_or_training_code():
+    assert project_imports('data') & {'model', 'training', 'splitcross', 'qrnn', 'weight_drop', 'checkpoint'} == set()
+
+
+def test_no_module_imports_a_script():
+    importers = {name: project_imports(name) & SCRIPTS for name in MODULES if name not in SCRIPTS | {'utils'}}
+    assert {name: found for name, found in importers.items() if found} == {}

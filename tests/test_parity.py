@@ -8,7 +8,7 @@ $AWD_LSTM_ORIGINAL (2018) and $AWD_LSTM_ORIGINAL_2017, then in ../shared/origina
 a test is skipped when its oracle is absent. Each is copied to a temporary folder and given, in code, the
 smallest fixes that let it run on torch 2.x on the CPU (ORIGINAL_FIXES, FIRST_RELEASE_FIXES below).
 
-Where this code deliberately differs from the original (README, "Where this code differs"), the cases
+Where this code deliberately differs from the original (docs/PARITY.md, "Where this code differs"), the cases
 stay clear of it: the last vocabulary word never appears in the training input (the originals'
 padding_idx=-1 froze that word's input embedding), and the split-softmax case has no empty tail.
 """

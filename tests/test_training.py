@@ -1,5 +1,5 @@
 """training.py. The training step and the sequence-length stream against their definitions
-(REFERENCE.md, "One training step"), each computed here from plain torch and numpy calls, not from
+(the original main.py's step; docs/PARITY.md), each computed here from plain torch and numpy calls, not from
 training.train_step; then NT-ASGD's switch rule and averaged weights."""
 import argparse
 import copy
