@@ -140,7 +140,9 @@ def test_causal_segments_are_scored_before_the_update(trained, rule):
 def test_adapts_to_a_repeated_passage(trained):
     model, criterion, ms, _, _, test = load(trained)
     static = training.evaluate(model, criterion, test, 1, 5)
-    rms = dynamiceval.DynamicEvaluator(model, criterion, 1e-2, 0.002, 1e-3, ms).evaluate(test, 5)
+    # lr 2e-2: 0.28 nats on this machine's CPU (3.48 against 3.76); at 1e-2 the gain, 0.15 here, fell
+    # short of the bound on some CPUs' rounding of the tiny model's training.
+    rms = dynamiceval.DynamicEvaluator(model, criterion, 2e-2, 0.002, 1e-3, ms).evaluate(test, 5)
     sgd = dynamiceval.DynamicEvaluator(model, criterion, 1.0, 0.01, rule='sgd').evaluate(test, 5)
     assert rms < static - 0.2, (rms, static)
     # 0.48 nats on this machine's CPU (2.86 against 3.34); a bound of 0.5 failed on some CPUs' rounding.

@@ -12,6 +12,7 @@ import torch
 
 import finetune
 import generate
+import atomic_io
 import checkpoint
 import cli
 import run_files
@@ -217,7 +218,7 @@ def test_a_non_regular_file_is_never_replaced_by_a_checkpoint(trained, tmp_path,
 def test_dev_null_as_save_is_refused_without_writing_anything():
     # Checked without running a script: as root, a failure here would replace the system's /dev/null.
     with pytest.raises(errors.UserError, match='/dev/null: is a device, not a regular file'):
-        checkpoint.check_replaceable(os.devnull, os.devnull)
+        atomic_io.check_replaceable(os.devnull, os.devnull)
     with pytest.raises(errors.UserError, match='is a device|read-only'):  # as root / as anyone else
         run_files.check_output(os.devnull, '--save', replaced=True)
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
