@@ -65,7 +65,7 @@ class Corpus:
                 reader = _HashingReader(f, digest)
                 # utf-8-sig: a leading byte-order mark is dropped; lines are split as open() in text mode does.
                 for line in io.TextIOWrapper(io.BufferedReader(reader), encoding='utf-8-sig'):
-                    ids.extend(self.dictionary.add_word(w) for w in line.split() + ['<eos>'])
+                    ids.extend(self.dictionary.add_word(w) for w in line_words(line))
                 reader.finish()
         except UnicodeDecodeError:
             offset, reason = _first_bad_byte(path)
@@ -73,6 +73,39 @@ class Corpus:
         if not ids or os.path.getsize(path) == 0:
             raise DataError(f'{path}: file is empty')
         return torch.tensor(ids, dtype=torch.long)
+
+
+def line_words(line):
+    """The tokens of one line of text, as every corpus file is read: its whitespace-separated words, then <eos>."""
+    return line.split() + ['<eos>']
+
+
+def read_text(raw, name):
+    """The lines of a text given as bytes (a file's, or standard input's), each as line_words gives it.
+    Read as Corpus reads a split: a leading byte-order mark dropped, lines split as open() in text mode
+    splits them. A DataError naming `name` when the bytes are not UTF-8 (with the offset of the first
+    bad byte) or hold no word at all."""
+    try:
+        raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise DataError(f'{name}: not UTF-8 text ({e.reason} at byte {e.start})') from None
+    lines = [line_words(line) for line in io.TextIOWrapper(io.BytesIO(raw), encoding='utf-8-sig')]
+    if not any(len(words) > 1 for words in lines):
+        raise DataError(f'{name}: the text is empty (no words)')
+    return lines
+
+
+def encode(words, word2idx, unknown='<unk>'):
+    """(ids, unknown flags) of `words` in a vocabulary: a word it lacks becomes `unknown` (and is flagged);
+    a DataError naming the first such word when the vocabulary lacks `unknown` too."""
+    ids, flags = [], []
+    for word in words:
+        known = word in word2idx
+        if not known and unknown not in word2idx:
+            raise DataError(f'{word!r} is not in the vocabulary, which has no {unknown!r} to stand for it')
+        ids.append(word2idx[word] if known else word2idx[unknown])
+        flags.append(not known)
+    return ids, flags
 
 
 class _HashingReader(io.RawIOBase):

@@ -6,6 +6,9 @@ Starts from a random word and samples --words words, each from the model's distr
 (temperature < 1) or flattened (> 1) by --temperature, feeding every sampled word back in. The output
 is written as the corpus files are: words separated by spaces, a line break for each <eos>. The same
 --seed on the same device gives the same text.
+
+--prompt "TEXT" feeds TEXT's words in first (the output begins with them); --top-k K and --top-p P
+(nucleus sampling) cut the tempered distribution to its likeliest words before each draw.
 """
 import argparse
 
@@ -13,6 +16,7 @@ import torch
 
 import checkpoint
 import cli
+import data
 import flags
 import run_files
 import errors
@@ -31,6 +35,12 @@ def parse_args(argv=None):
     parser.add_argument('--temperature', type=float, default=1.0,
                         help='temperature: higher gives more diversity (at least 1e-3)')
     parser.add_argument('--log-interval', type=int, default=100, help='reporting interval in words')
+    parser.add_argument('--prompt', type=str, default=None,
+                        help='text to continue: its words are fed in first and begin the output (unknown ones as <unk>)')
+    parser.add_argument('--top-k', type=int, default=None, metavar='K',
+                        help='sample among the K likeliest words only (1: greedy, the same text for every seed)')
+    parser.add_argument('--top-p', type=float, default=None, metavar='P',
+                        help='nucleus sampling: among the smallest set of likeliest words whose probability reaches P')
     flags.add_device_args(parser)
     args = parser.parse_args(argv)
     flags.check_args(argparse.Namespace(log_interval=args.log_interval, seed=args.seed))
@@ -38,7 +48,52 @@ def parse_args(argv=None):
         raise errors.UserError(f'--words must be positive, got {args.words}')
     if not args.temperature >= 1e-3:
         raise errors.UserError(f'--temperature has to be greater or equal 1e-3, got {args.temperature}')
+    if args.top_k is not None and args.top_k < 1:
+        raise errors.UserError(f'--top-k must be at least 1, got {args.top_k}')
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise errors.UserError(f'--top-p must be in (0, 1], got {args.top_p}')
+    if args.prompt is not None and not args.prompt.split():
+        raise errors.UserError('--prompt has no words')
     return args
+
+
+def prompt_ids(prompt, word2idx):
+    """The word ids of --prompt, read as a line of the corpus without its <eos>; unknown words become
+    <unk> (with a note), or are an error when the vocabulary has none."""
+    try:
+        ids, unknown = data.encode(prompt.split(), word2idx)
+    except data.DataError as e:
+        raise errors.UserError(f'--prompt: {e}') from None
+    if any(unknown):
+        words = [w for w, u in zip(prompt.split(), unknown) if u]
+        print(f'note: --prompt words not in the vocabulary fed in as <unk>: {" ".join(words)}')
+    return ids
+
+
+def filtered_probs(logprob, temperature, top_k=None, top_p=None):
+    """The distribution to sample from: the model's, tempered, then cut to its top_k likeliest words
+    and to the nucleus of top_p (Holtzman et al. 2019: the smallest set of likeliest words whose
+    probability reaches top_p), renormalised."""
+    probs = torch.softmax(logprob / temperature, 0)
+    if top_k is not None and top_k < probs.numel():
+        kept = torch.zeros_like(probs)
+        values, indices = probs.topk(top_k)
+        probs = kept.scatter(0, indices, values)
+    if top_p is not None and top_p < 1:
+        values, indices = probs.sort(descending=True)
+        mass_before = values.cumsum(0) / values.sum() - values / values.sum()
+        probs = torch.zeros_like(probs).scatter(0, indices, values * (mass_before < top_p))
+    return probs / probs.sum()
+
+
+def feed_prompt(model, ids, hidden, device):
+    """Run the prompt through the model; returns (its last output, the hidden state after it)."""
+    output, hidden = model(torch.tensor(ids, dtype=torch.long, device=device).view(-1, 1), hidden)
+    return output[-1:], hidden
+
+
+def write_word(outf, text):
+    outf.write('\n' if text == '<eos>' else text + ' ')
 
 
 def main(argv=None):
@@ -55,18 +110,31 @@ def main(argv=None):
     checkpoint.check_vocabulary(ckpt['idx2word'], corpus, args.checkpoint, args.data)
     idx2word = corpus.dictionary.idx2word
 
+    prompt = prompt_ids(args.prompt, corpus.dictionary.word2idx) if args.prompt is not None else None
     model.eval()
     model.reset()
     hidden = model.init_hidden(1)
     word = torch.randint(len(idx2word), (1, 1), device=device)
+    shaped = args.top_k is not None or args.top_p is not None
     with open(args.outf, 'w') as outf, torch.no_grad():
+        output = None
+        if prompt is not None:
+            output, hidden = feed_prompt(model, prompt, hidden, device)
+            for text in args.prompt.split():
+                write_word(outf, text)
         for i in range(args.words):
-            output, hidden = model(word, hidden)
+            if output is None:
+                output, hidden = model(word, hidden)
             # The model returns its last hidden layer; the (split) softmax belongs to the criterion.
             logprob = criterion.logprob(model.decoder.weight, model.decoder.bias, output)[0]
-            word = torch.multinomial(torch.softmax(logprob / args.temperature, 0), 1).view(1, 1)
+            if shaped:
+                probs = filtered_probs(logprob, args.temperature, args.top_k, args.top_p)
+            else:
+                probs = torch.softmax(logprob / args.temperature, 0)
+            word = torch.multinomial(probs, 1).view(1, 1)
+            output = None
             text = idx2word[word.item()]
-            outf.write('\n' if text == '<eos>' else text + ' ')
+            write_word(outf, text)
             if i % args.log_interval == 0:
                 print(f'| Generated {i}/{args.words} words')
     print(f'| Generated {args.words} words to {args.outf}')

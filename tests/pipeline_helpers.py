@@ -21,3 +21,21 @@ def other_corpus(folder):
         with open(os.path.join(folder, name + '.txt'), 'w') as f:
             f.write(' colourless green ideas sleep furiously . \n' * 30)
     return folder
+
+
+def random_checkpoint(path, words, splits=(), rnn_type='LSTM', release=2018, seed=0):
+    """A checkpoint of an untrained tiny model (random weights, weight drop on, tombstones of a split
+    softmax not zero) over the vocabulary `words`: enough to test what reads a trained model."""
+    import torch
+    import checkpoint
+    from model import RNNModel
+    from splitcross import SplitCrossEntropyLoss
+    torch.manual_seed(seed)
+    model = RNNModel(rnn_type, len(words), 8, 12, 2, wdrop=0.3 if rnn_type != 'QRNN' else 0,
+                     tie_weights=True, release=release)
+    criterion = SplitCrossEntropyLoss(8, list(splits))
+    with torch.no_grad():
+        for parameter in criterion.parameters():
+            parameter.normal_()
+    checkpoint.save_checkpoint(path, model, criterion, None, {'bptt': 6}, words)
+    return path

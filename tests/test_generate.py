@@ -42,3 +42,34 @@ def test_bad_inputs(trained, tmp_path):
     with pytest.raises(errors.UserError, match='does not match'):
         generate.main(['--data', other_corpus(str(tmp_path / 'other')), '--checkpoint', save,
                        '--outf', str(tmp_path / 'g.txt')])
+
+
+def test_prompt_greedy_is_the_same_for_every_seed(trained, tmp_path):
+    corpus, save = trained
+    outs = [str(tmp_path / f'{seed}.txt') for seed in (1, 2)]
+    for out, seed in zip(outs, (1, 2)):
+        assert generate.main(['--data', corpus, '--checkpoint', save, '--outf', out, '--words', '20', '--cpu',
+                              '--seed', str(seed), '--prompt', 'the cat sees', '--top-k', '1']) == 0
+    tokens = sampled_tokens(outs[0])
+    assert tokens[:3] == ['the', 'cat', 'sees'] and len(tokens) == 23
+    assert open(outs[0]).read() == open(outs[1]).read()
+
+
+def test_top_k_and_top_p_keep_the_likeliest_words():
+    import torch
+    logprob = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    assert generate.filtered_probs(logprob, 1.0, top_k=2).tolist() == pytest.approx([0.625, 0.375, 0, 0])
+    # The nucleus of 0.8 is the two likeliest words (0.5 + 0.3 reaches it); of 0.81, three.
+    assert generate.filtered_probs(logprob, 1.0, top_p=0.8).tolist() == pytest.approx([0.625, 0.375, 0, 0])
+    assert (generate.filtered_probs(logprob, 1.0, top_p=0.81) > 0).tolist() == [True, True, True, False]
+    assert generate.filtered_probs(logprob, 1.0, top_p=1.0).tolist() == pytest.approx([0.5, 0.3, 0.15, 0.05])
+    tempered = generate.filtered_probs(logprob, 0.5, top_k=3)
+    assert tempered[0] > 0.5 / 0.95 and tempered[3] == 0
+
+
+def test_bad_sampling_flags(trained):
+    corpus, save = trained
+    for flags_, message in ((['--top-p', '0'], 'top-p'), (['--top-p', '1.5'], 'top-p'), (['--top-k', '0'], 'top-k'),
+                            (['--prompt', '  '], 'prompt'), (['--prompt', 'zebra'], "'zebra' is not in the vocabulary")):
+        with pytest.raises(errors.UserError, match=message):
+            generate.main(['--data', corpus, '--checkpoint', save, '--cpu', *flags_])

@@ -1,0 +1,115 @@
+import json
+import math
+
+import pytest
+import torch
+
+import checkpoint
+import errors
+import score
+from pipeline_helpers import random_checkpoint, train_tiny
+
+WORDS = ['<eos>', '<unk>', 'the', 'cat', 'a', 'dog', 'sees', 'likes', '.', 'fish', 'tree', 'bread']
+LINES = 'the cat sees a dog .\na dog likes the fish .\n\nthe zebra sees bread .\ncat\n'
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    return train_tiny(str(tmp_path_factory.mktemp('score')))
+
+
+def run(argv, capsys):
+    assert score.main(argv) == 0
+    return capsys.readouterr().out
+
+
+def tsv(text):
+    header, *rows = text.rstrip('\n').split('\n')
+    names = header.split('\t')
+    return [dict(zip(names, row.split('\t'))) for row in rows]
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_stream_gives_main_test_loss(trained, capsys):
+    corpus, save = trained
+    summary = json.loads(run(['--checkpoint', save, '--text', corpus + '/test.txt', '--json', '--cpu'], capsys))
+    with open(save + '.jsonl') as f:
+        final = [json.loads(line) for line in f][-1]
+    assert summary['loss'] == pytest.approx(final['test_loss'], rel=1e-6)
+    assert summary['ppl'] == pytest.approx(math.exp(summary['loss']))
+    assert summary['oov'] == 0 and summary['tokens'] == len(open(corpus + '/test.txt').read().split()) + 40
+    line = run(['--checkpoint', save, '--text', corpus + '/test.txt', '--cpu'], capsys)
+    assert 'tokens' in line and 'text ppl' in line
+
+
+@pytest.mark.parametrize('splits', [(), (5,)], ids=['full softmax', 'split softmax'])
+def test_sentences_batching_and_per_token(tmp_path, capsys, splits):
+    save = random_checkpoint(str(tmp_path / 'm.pt'), WORDS, splits)
+    text = write(tmp_path / 'lines.txt', LINES)
+    batched = tsv(run(['--checkpoint', save, '--text', text, '--sentences', '--cpu'], capsys))
+    alone = tsv(run(['--checkpoint', save, '--text', text, '--sentences', '--cpu', '--batch-size', '1'], capsys))
+    assert [r['text'] for r in batched] == ['the cat sees a dog .', 'a dog likes the fish .', '',
+                                            'the zebra sees bread .', 'cat']
+    assert [int(r['tokens']) for r in batched] == [7, 7, 1, 6, 2]
+    assert [int(r['oov']) for r in batched] == [0, 0, 0, 1, 0]
+    for a, b in zip(batched, alone):
+        assert float(a['logprob']) == pytest.approx(float(b['logprob']), rel=1e-5)
+    tokens = tsv(run(['--checkpoint', save, '--text', text, '--per-token', '--cpu'], capsys))
+    assert len(tokens) == sum(int(r['tokens']) for r in batched)
+    assert [t['word'] for t in tokens if t['line'] == '3'] == ['the', 'zebra', 'sees', 'bread', '.', '<eos>']
+    assert [t['oov'] for t in tokens if t['word'] == 'zebra'] == ['1']
+    for number, row in enumerate(batched):
+        bits = sum(float(t['surprisal_bits']) for t in tokens if t['line'] == str(number))
+        assert -bits * math.log(2) == pytest.approx(float(row['logprob']), rel=1e-5, abs=1e-5)
+    # The criterion's own loss (head and tails of a split softmax) on line 0, from <eos> and a zero state.
+    ckpt = checkpoint.load_checkpoint(save, resume_state_ok=False)
+    model, criterion = ckpt['model'].eval(), ckpt['criterion']
+    ids = torch.tensor([WORDS.index(w) for w in ['<eos>'] + 'the cat sees a dog . <eos>'.split()])
+    with torch.no_grad():
+        output, _ = model(ids[:-1].view(-1, 1), model.init_hidden(1))
+        loss = criterion(model.decoder.weight, model.decoder.bias, output, ids[1:])
+    assert float(batched[0]['logprob']) == pytest.approx(-7 * float(loss), rel=1e-5)
+
+
+def test_unknown_words(trained, tmp_path, capsys):
+    corpus, save = trained  # its vocabulary has no <unk>
+    text = write(tmp_path / 'unk.txt', 'the cat sees the zebra .\n')
+    with pytest.raises(errors.UserError, match="'zebra' is not in the vocabulary.*--unk"):
+        score.main(['--checkpoint', save, '--text', text, '--cpu'])
+    summary = json.loads(run(['--checkpoint', save, '--text', text, '--json', '--unk', 'fish', '--cpu'], capsys))
+    assert summary['oov'] == 1 and summary['tokens'] == 7
+    with pytest.raises(errors.UserError, match='--unk'):
+        score.main(['--checkpoint', save, '--text', text, '--unk', 'zebra', '--cpu'])
+
+
+def test_bad_input(trained, tmp_path):
+    corpus, save = trained
+    text = corpus + '/test.txt'
+    cases = [
+        (['--checkpoint', text, '--text', text], 'not a (readable|plain-data) checkpoint'),
+        (['--checkpoint', save + '.state', '--text', text], f'use the checkpoint {save}'),
+        (['--checkpoint', save, '--text', write(tmp_path / 'empty.txt', ' \n\n')], 'empty'),
+        (['--checkpoint', save, '--text', str(tmp_path / 'none.txt')], 'not found'),
+        (['--checkpoint', save, '--text', text, '--out', str(tmp_path / 'no' / 'x.tsv')], 'folder does not exist'),
+        (['--checkpoint', save, '--text', text, '--out', text], 'would overwrite'),
+        (['--checkpoint', save, '--text', text, '--batch-size', '0'], '--batch-size'),
+    ]
+    (tmp_path / 'latin1.txt').write_bytes(b'the cat\nsees a \xe9 .\n')
+    cases.append((['--checkpoint', save, '--text', str(tmp_path / 'latin1.txt')], 'not UTF-8.*at byte 15'))
+    for argv, message in cases:
+        with pytest.raises(errors.UserError, match=message):
+            score.main([*argv, '--cpu'])
+
+
+def test_output_file_and_stdin(trained, tmp_path, monkeypatch, capsys):
+    corpus, save = trained
+    out = tmp_path / 'scores.tsv'
+    raw = b'\xef\xbb\xbfthe cat sees a ball .\n'  # a byte-order mark is dropped, as in the corpus files
+    monkeypatch.setattr('sys.stdin', type('Stdin', (), {'buffer': __import__('io').BytesIO(raw)})())
+    assert score.main(['--checkpoint', save, '--sentences', '--out', str(out), '--cpu']) == 0
+    rows = tsv(out.read_text())
+    assert [r['text'] for r in rows] == ['the cat sees a ball .'] and rows[0]['oov'] == '0'
