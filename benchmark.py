@@ -287,7 +287,7 @@ def run_config(name, option, opts, device, streams, dist=distributed.Distributed
     if option.startswith('graphs'):
         if dist.world_size > 1:
             raise Skip('--cuda-graphs does not work with several processes')
-        step = cuda_graphs.GraphedTrainStep(log=lambda line: notes.append(line))
+        step = cuda_graphs.GraphedTrainStep()
         if device.type != 'cuda':
             notes.append('no CUDA: the static-buffer step ran without capture (code path only)')
     stepper = Stepper(model, criterion, optimizer, params, train, cfg, rng, autocast,
@@ -301,6 +301,8 @@ def run_config(name, option, opts, device, streams, dist=distributed.Distributed
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as e:
+            if option.startswith('graphs') and isinstance(e, errors.UserError):
+                raise Skip(str(e)) from None  # a failed capture: this option is out, the others still run
             if option == 'compile':
                 raise Skip(f'torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}') from None
             raise

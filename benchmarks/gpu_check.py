@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_check.py correctness [--cpu]   # CPU vs CUDA, eager vs graphs: a few training steps
     python benchmarks/gpu_check.py original DEST         # the original 2018 code, patched, copied to DEST
-    python benchmarks/gpu_check.py summary OUTDIR        # the closing table, from the logs in OUTDIR
+    python benchmarks/gpu_check.py summary LOGDIR        # the closing table, from gpu_check.sh's logs in LOGDIR
 """
 import argparse
 import json
@@ -122,26 +122,28 @@ def bench_records(path):
     return {(r['recipe'], r['option']): r for r in records}
 
 
-def summary(outdir):
+def summary(logdir):
     def log(name):
-        return os.path.join(outdir, name)
+        return os.path.join(logdir, name)
 
-    def grep(name, pattern):
+    def grep(name, pattern, which=-1):
+        """The last match of `pattern` in the log (or the one at index `which`)."""
         if not os.path.isfile(log(name)):
             return None
         with open(log(name), errors='replace') as f:
             found = re.findall(pattern, f.read())
-        return found[-1] if found else None
+        return found[which] if found else None
 
     def fmt(x, unit=' s'):
         return f'{x:.2f}{unit}' if isinstance(x, float) else 'n/a'
 
-    eager, graphs, orig = epoch_times(log('03_main_eager.log')), epoch_times(log('04_main_graphs.log')), \
-        epoch_times(log('05_original.log'))
-    bench = bench_records(log('06_bench.jsonl'))
-    rows = [('CUDA tests (pytest)', grep('01_cuda_tests.log', r'(\d+ passed[^\n]*|\d+ failed[^\n]*|no tests ran[^\n]*)')
-             or 'n/a'),
-            ('correctness (CPU/CUDA, eager/graphs)', grep('02_correctness.log', r'(ALL PASS|SOME FAIL)') or 'n/a'),
+    eager, graphs, orig = epoch_times(log('04_main_eager.log')), epoch_times(log('05_main_graphs.log')), \
+        epoch_times(log('06_original.log'))
+    bench = bench_records(log('07_bench.jsonl'))
+    pytest_result = r'(\d+ passed[^\n]*|\d+ failed[^\n]*|\d+ skipped[^\n]*|no tests ran[^\n]*)'
+    rows = [('CUDA kernel tests (pytest)', grep('01_kernel_tests.log', pytest_result) or 'n/a'),
+            ('CUDA graph tests (pytest)', grep('02_graph_tests.log', pytest_result) or 'n/a'),
+            ('correctness (CPU/CUDA, eager/graphs)', grep('03_correctness.log', r'(ALL PASS|SOME FAIL)') or 'n/a'),
             ('main.py PTB 2018 epoch 1, eager', fmt(eager[0] if eager else None)),
             ('main.py PTB 2018 epoch 1 / 2, --cuda-graphs', ' / '.join(fmt(t) for t in graphs) or 'n/a'),
             ('original 2018 code, epoch 1', fmt(orig[0] if orig else None))]
@@ -155,8 +157,8 @@ def summary(outdir):
             parts.append(f'{option} ' + (f'{r["train_s_per_epoch"]:.1f} s, {r["peak_mem_mb"]:.0f} MB' if r and
                                           'train_s_per_epoch' in r else (r or {}).get('skipped', 'n/a')[:40]))
         rows.append((f'benchmark {recipe} (s/epoch extrapolated, peak)', '; '.join(parts)))
-    kernel = grep('07_profile.log', r'kernel time vs wall time: ([^\n]*)')
-    rows.append(('profile ptb-2018 (first option)', kernel or 'n/a'))
+    kernel = grep('08_profile.log', r'kernel time vs wall time: ([^\n]*)', which=0)  # eager comes first
+    rows.append(('profile ptb-2018 (first option: eager)', kernel or 'n/a'))
 
     def target(name, value, limit, what):
         if value is None:
@@ -182,13 +184,13 @@ def main(argv=None):
     c = sub.add_parser('correctness')
     c.add_argument('--cpu', action='store_true')
     sub.add_parser('original').add_argument('dest')
-    sub.add_parser('summary').add_argument('outdir')
+    sub.add_parser('summary').add_argument('logdir')
     args = parser.parse_args(argv)
     if args.command == 'correctness':
         return correctness(args.cpu)
     if args.command == 'original':
         return original(args.dest)
-    return summary(args.outdir)
+    return summary(args.logdir)
 
 
 if __name__ == '__main__':

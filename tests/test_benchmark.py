@@ -100,6 +100,20 @@ def test_graphs_option_runs_the_static_step_and_matches_eager_on_the_cpu(capsys)
     assert 'kernel time vs wall time: needs CUDA' in out
 
 
+def test_a_failed_capture_skips_the_graphs_option_and_the_others_still_run(capsys, monkeypatch):
+    import cuda_graphs
+
+    def failing_capture(self, *a, **k):
+        raise errors.UserError('--cuda-graphs: capturing the training step failed: RuntimeError: not capturable; '
+                               'run without it (--no-cuda-graphs)')
+    monkeypatch.setattr(cuda_graphs.GraphedTrainStep, '__call__', failing_capture)
+    rc = benchmark.main(FAST + ['--recipe', 'ptb-2018', '--options', 'graphs', 'eager'])
+    assert rc == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith('recipe=ptb-2018')]
+    assert 'option=graphs' in lines[0] and 'skipped: --cuda-graphs: capturing the training step failed' in lines[0]
+    assert 'option=eager' in lines[1] and 'skipped' not in lines[1] and 'train_loss=' in lines[1]
+
+
 def test_benchmark_data_naming_a_missing_folder_is_an_error(tmp_path, monkeypatch, capsys):
     import benchmark
     missing = str(tmp_path / 'no-such-corpus')

@@ -3,6 +3,7 @@ training.train_step's losses and weights bit for bit, over epochs of variable-le
 dropout on, clipping, AR/TAR, an lr change and the switch to ASGD; the graphs are dropped when the lr
 or the optimizer changes. On a GPU (skipped without one): graphs against eager over 200 steps."""
 import argparse
+import contextlib
 import copy
 
 import numpy as np
@@ -137,9 +138,169 @@ def test_refuses_the_split_softmax():
 
 
 # ---------------------------------------------------------------------------------------------
-# On a GPU: graphs against eager, 200 steps, every dropout on.
+# The capture's control flow on the CPU, through a stand-in for the CUDA graph calls.
+#
+# What the stand-in cannot show: that the real allocator accepts the pools, that the real RNG and
+# streams give a replay the eager step's masks and order, that a real capture fails the way it is
+# simulated here. Its replay runs nothing, so no numbers are checked after one; during its "capture"
+# the body really runs (a second step), so only counts, pools and call order are checked. The CUDA
+# tests below (run by benchmarks/gpu_check.sh) check the same flow with the real calls.
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+
+CAPTURE_ERROR = 'CUDA error: operation not permitted when stream is capturing'
+AFTER_CAPTURE_ERROR = 'CUDA error: operation failed due to a previous error during capture'
+
+
+class StandInCalls(cuda_graphs.GraphCalls):
+    """Records every call in `log`; with `fail_in_body`, the step raises while a capture is under way
+    (as an operation that cannot be captured does) and capture_end then raises what CUDA raises after
+    such a failure."""
+
+    def __init__(self, fail_in_body=False):
+        self.log, self.fail_in_body, self.capturing, self.body_failed = [], fail_in_body, False, False
+
+    def captures_on(self, device):
+        return True
+
+    def new_pool(self):
+        pool = f'pool {sum(call[0] == "new_pool" for call in self.log) + 1}'
+        self.log.append(('new_pool', pool))
+        return pool
+
+    def new_graph(self):
+        return StandInGraph(self)
+
+    def new_stream(self, device):
+        return StandInStream(self)
+
+    def on_stream(self, stream):
+        return contextlib.nullcontext()
+
+    def current_stream(self):
+        return StandInStream(self)
+
+    def synchronize(self):
+        self.log.append(('synchronize',))
+
+
+class StandInStream:
+    def __init__(self, calls):
+        self.calls = calls
+
+    def wait_stream(self, other):
+        self.calls.log.append(('wait_stream',))
+
+
+class StandInGraph:
+    def __init__(self, calls):
+        self.calls = calls
+
+    def capture_begin(self, pool=None):
+        self.calls.log.append(('capture_begin', pool))
+        self.calls.capturing = True
+
+    def capture_end(self):
+        self.calls.log.append(('capture_end',))
+        self.calls.capturing = False
+        if self.calls.body_failed:
+            raise RuntimeError(AFTER_CAPTURE_ERROR)
+
+    def replay(self):
+        self.calls.log.append(('replay',))
+
+
+def steps_at(step, model, criterion, optimizer, params, data, rows, seq_len=10, hidden=None):
+    """One step per start row in `rows`, each on data[start:start + seq_len] (shorter at the end of data)."""
+    args = argparse.Namespace(bptt=10, alpha=2.0, beta=1.0, clip=0.25)
+    hidden = model.init_hidden(data.size(1)) if hidden is None else hidden
+    model.train()
+    for i in rows:
+        n = min(seq_len, data.size(0) - 1 - i)
+        _, hidden = step(model, criterion, optimizer, params, data[i:i + n], data[i + 1:i + 1 + n].reshape(-1),
+                         hidden, args, seq_len)
+    return hidden
+
+
+@pytest.mark.parametrize('where', ['stand-in', pytest.param('cuda', marks=cuda)])
+def test_capture_count_grows_after_an_lr_change_in_a_new_pool(where):
+    device = 'cuda' if where == 'cuda' else 'cpu'
+    calls = StandInCalls() if where == 'stand-in' else None
+    step = cuda_graphs.GraphedTrainStep(calls=calls)
+    model, criterion = build(device=device)
+    params = list(model.parameters()) + list(criterion.parameters())
+    optimizer = training.make_optimizer('sgd', params, 1.0, 0)
+    data = stream(480, 4, device)  # 120 rows: every step below is full length
+    hidden = steps_at(step, model, criterion, optimizer, params, data, range(0, 50, 10))
+    assert (step.captures, step.replays, step.eager_steps) == (1, 4, 1)
+    first_pool = step.pool
+    optimizer.param_groups[0]['lr'] /= 10  # --when: the graph baked in the old lr
+    steps_at(step, model, criterion, optimizer, params, data, range(50, 100, 10), hidden=hidden)
+    assert (step.captures, step.replays, step.eager_steps) == (2, 8, 2)
+    assert step.replays > step.eager_steps
+    assert step.pool is not first_pool  # a pool whose graphs were all dropped is not captured into again
+    if calls is not None:
+        begins = [call for call in calls.log if call[0] == 'capture_begin']
+        assert begins == [('capture_begin', 'pool 1'), ('capture_begin', 'pool 2')]
+        # Synchronized right before each capture begins and right after it ends, as torch.cuda.graph does.
+        for i, call in enumerate(calls.log):
+            if call[0] == 'capture_begin':
+                assert calls.log[i - 1] == ('synchronize',)
+            if call[0] == 'capture_end':
+                assert calls.log[i + 1] == ('synchronize',)
+
+
+@pytest.mark.parametrize('rnn_type', ['LSTM', 'QRNN'])
+def test_a_failed_capture_is_one_line_naming_the_body_error(rnn_type, monkeypatch):
+    calls = StandInCalls(fail_in_body=True)
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def clip_that_cannot_be_captured(*a, **k):  # mid-body: after the forward pass and the lr scaling
+        if calls.capturing and calls.fail_in_body:
+            calls.body_failed = True
+            raise RuntimeError(CAPTURE_ERROR + '\nCUDA kernel errors might be asynchronously reported ...')
+        return real_clip(*a, **k)
+    monkeypatch.setattr(torch.nn.utils, 'clip_grad_norm_', clip_that_cannot_be_captured)
+    step = cuda_graphs.GraphedTrainStep(calls=calls)
+    model, criterion = build(rnn_type)
+    params = list(model.parameters()) + list(criterion.parameters())
+    optimizer = training.make_optimizer('sgd', params, 1.0, 0)
+    from errors import UserError
+    with pytest.raises(UserError) as failed:
+        steps_at(step, model, criterion, optimizer, params, stream(400, 4), [0], seq_len=7)
+    message = str(failed.value)
+    assert '\n' not in message and CAPTURE_ERROR in message and '--no-cuda-graphs' in message
+    assert AFTER_CAPTURE_ERROR not in message
+    assert ('capture_end',) in calls.log  # still ended, though its own error is not the one reported
+    assert optimizer.param_groups[0]['lr'] == 1.0  # not left at 1.0 * 7 / 10
+    assert step.eager_steps == 1 and step.captures == 0 and step.graphs == {}
+    for layer in cuda_graphs._qrnn_layers_saving_input(model):
+        assert layer.prevX is step.prev_inputs[layer]
+    if rnn_type == 'QRNN':
+        assert cuda_graphs._qrnn_layers_saving_input(model)
+
+
+def test_a_short_last_batch_runs_eagerly_and_is_never_captured():
+    calls = StandInCalls()
+    step = cuda_graphs.GraphedTrainStep(calls=calls)
+    model, criterion = build()
+    params = list(model.parameters()) + list(criterion.parameters())
+    optimizer = training.make_optimizer('sgd', params, 1.0, 0)
+    data = stream(100, 4)  # 25 rows: steps at rows 0 and 10 are full, the one at row 20 has 4 rows
+    for epoch in range(3):
+        steps_at(step, model, criterion, optimizer, params, data, [0, 10, 20])
+    assert step.captures == 1 and step.replays == 5 and step.eager_steps == 4
+    assert list(step.graphs) == [((10, 4), 10)] and list(step.inputs) == [(10, 4)]
+    assert not any(call[0] == 'capture_begin' for call in calls.log[-3:])
+    # Through train_epoch, every graph kept is of a full-length batch.
+    args = argparse.Namespace(bptt=10, alpha=2.0, beta=1.0, clip=0.25, log_interval=1000)
+    training.train_epoch(model, criterion, optimizer, params, stream(1200, 4), args, 1, np.random.RandomState(7),
+                         log=lambda *a: None, step=step)
+    assert step.captures > 1 and all(shape[0] == seq_len for shape, seq_len in step.graphs)
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU: graphs against eager, 200 steps, every dropout on.
 
 
 def max_rel(a, b):
@@ -160,7 +321,7 @@ def test_graphs_match_eager_on_cuda(rnn_type, schedule):
         kw = dict(rnn_type=rnn_type, schedule=schedule, device='cuda', epochs_data=(32000 // len(schedule), 8),
                   bptt=20, size=(64, 128, 3))
         eager_losses, eager_weights, _ = train(training.train_step, **kw)
-        graphed = cuda_graphs.GraphedTrainStep(log=print)
+        graphed = cuda_graphs.GraphedTrainStep()
         losses, weights, _ = train(graphed, **kw)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
