@@ -432,12 +432,13 @@ def evaluate_checkpoint(args, log=print):
 
 
 def authors_result_lines(authors, grid):
-    """The result as the authors' dynamiceval.py printed it: after --grid valid and test, otherwise the
-    split it evaluated (numbers as numpy prints a float32)."""
+    """The result as the authors' dynamiceval.py printed it (numbers as numpy prints a float32): after
+    --grid valid and test, otherwise the split it evaluated: test, or valid with --val."""
     if grid:
         return [f'validation perplexity loss: {str(np.float32(authors["valid"]))}',
                 f'test perplexity loss: {str(np.float32(authors["test"]))}']
-    return [f'perplexity loss: {str(np.float32(authors[name]))}' for name in authors]
+    name = 'test' if 'test' in authors else 'valid'
+    return [f'perplexity loss: {str(np.float32(authors[name]))}']
 
 
 def main(argv=None):
