@@ -152,3 +152,40 @@ def test_dynamic_evaluation_grid_picks_the_authors_hyper_parameters(first_releas
     assert len(best) == 1 and [line for line in AUTHORS_RESULT.findall(ours_out) if line.startswith('best')] == best
     expected, got = authors_figures(authors_out), authors_figures(ours_out)
     assert len(expected) == 2 and got == pytest.approx(expected, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# pointer.py against the first release's pointer.py
+
+POINTER_FIXES = [
+    # Its checkpoint is a pickled model (torch >= 2.6 loads with weights_only=True by default).
+    ('model = torch.load(f, map_location=lambda storage, loc: storage)',
+     'model = torch.load(f, map_location=lambda storage, loc: storage, weights_only=False)', 'pickled model'),
+    # one_hot moved every row to CUDA whatever --cuda said (the call passes no cuda=); on the CPU it must not.
+    ('def one_hot(idx, size, cuda=True):', 'def one_hot(idx, size, cuda=False):', 'one-hot rows on the CPU'),
+    # Elements of a 1-dim tensor are 0-dim since PyTorch 0.4: they cannot be indexed; .item() reads the
+    # same number (the word id; the token's loss).
+    ('one_hot(t.data[0], ntokens) for t in targets]) if', 'one_hot(t.item(), ntokens) for t in targets]) if',
+     'word id of the first chunk'),
+    ('torch.cat([one_hot(t.data[0], ntokens) for t in targets])])',
+     'torch.cat([one_hot(t.item(), ntokens) for t in targets])])', 'word id of later chunks'),
+    ('loss += (-torch.log(target_loss)).data[0]', 'loss += (-torch.log(target_loss)).item()', "token's loss"),
+]
+POINTER_RESULT = re.compile(r'^\| printed loss (\S+)\n\| End of pointer \| (val|valid|test) loss', re.M)
+
+
+@pytest.mark.parametrize('window, theta, lambdasm', [(9, 1.0, 0.1), (50, 0.662, 0.1279)])
+def test_pointer_gives_the_original_losses(first_release_run, tmp_path, window, theta, lambdasm):
+    original, original_save, ours_save, corpus = first_release_run
+    folder = str(tmp_path / 'pointer')
+    shutil.copytree(original, folder)
+    patch(folder, 'pointer.py', POINTER_FIXES)
+    # --bptt 30: windows smaller and larger than a chunk, the cache rule's two regimes.
+    common = ['--data', corpus, '--bptt', '30', '--window', str(window), '--theta', str(theta),
+              '--lambdasm', str(lambdasm)]
+    # The original's --cuda was store_false: passing it is how it runs on the CPU.
+    original_out = traced_run(folder, 'pointer.py', [*common, '--save', original_save, '--cuda'], LOSS_PROBES[2017])
+    ours_out = traced_run(REPO, 'pointer.py', [*common, '--save', ours_save, '--cpu'], LOSS_PROBES['ours'])
+    expected = [float(value) for value, _ in POINTER_RESULT.findall(original_out)]
+    got = [float(value) for value, _ in POINTER_RESULT.findall(ours_out)]
+    assert len(expected) == 2 and got == pytest.approx(expected, rel=1e-6, abs=0)
