@@ -50,6 +50,11 @@ about 0.0014, epsilon about 2.3e-5, close to the defaults):
     python3 dynamiceval.py --data data/penn --save PTB.pt --paper-scale --lr 0.002 --lamb 0.02 --epsilon 0.001
     python3 dynamiceval.py --data data/wikitext-2 --save WT2.pt --paper-scale --lr 0.002 --lamb 0.02 --epsilon 0.001
 
+The authors' README command lines run unchanged (docs/PARITY.md): --model PATH, --val, --oldhyper
+(= --paper-scale), --max_batches, --grid / --gridfast, --gpu N (negative: the CPU), --QRNN. The result
+printed last is their figure (exp of the mean loss over the tokens their loop scores); this code's own
+convention is printed beside it, named:
+
 Reported loss: as training.evaluate (and main.py / the original), the sum over segments of
 (segment length x mean segment loss) divided by the number of rows of the batchified split (the
 first token of the stream is never predicted, so this is the mean over N-1 predictions times

@@ -229,3 +229,12 @@ def test_command_line_error_is_one_line_with_status_2(tmp_path):
                            str(tmp_path / 'missing.pt'), '--cpu'], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith('error: ') and proc.stderr.count('\n') == 1, proc.stderr
+
+
+def test_the_authors_flags_mean_what_they_mean_there():
+    args = dynamiceval.parse_args(['--model', 'PTB.pt', '--val', '--oldhyper', '--max_batches', '3', '--gpu', '-1',
+                                   '--QRNN', '--gridfast'])
+    assert (args.save, args.split, args.paper_scale, args.max_batches) == ('PTB.pt', 'valid', True, 3)
+    assert dynamiceval.choose_device(args).type == 'cpu' and args.QRNN and args.gridfast
+    with pytest.raises(errors.UserError, match='--gpu 0 and --cpu disagree'):
+        dynamiceval.parse_args(['--model', 'PTB.pt', '--gpu', '0', '--cpu'])
