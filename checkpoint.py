@@ -67,7 +67,7 @@ def load_checkpoint(path, map_location=None, resume_state_ok=True):
         refuse_resume_state(ckpt, path)
     try:
         model = RNNModel(**ckpt['model_config'])
-        criterion = SplitCrossEntropyLoss(**ckpt['criterion_config'])
+        criterion = SplitCrossEntropyLoss(**ckpt['criterion_config'], release=model.release)
     except (TypeError, ValueError, RuntimeError) as e:
         raise UserError(f'{path}: the model configuration stored in it cannot be built ({first_line(e)})') from None
     try:

@@ -50,6 +50,11 @@ about 0.0014, epsilon about 2.3e-5, close to the defaults):
     python3 dynamiceval.py --data data/penn --save PTB.pt --paper-scale --lr 0.002 --lamb 0.02 --epsilon 0.001
     python3 dynamiceval.py --data data/wikitext-2 --save WT2.pt --paper-scale --lr 0.002 --lamb 0.02 --epsilon 0.001
 
+The authors' README command lines run unchanged (docs/PARITY.md): --model PATH, --val, --oldhyper
+(= --paper-scale), --max_batches, --grid / --gridfast, --gpu N (negative: the CPU), --QRNN. The result
+printed last is their figure (exp of the mean loss over the tokens their loop scores); this code's own
+convention is printed beside it, named:
+
 Reported loss: as training.evaluate (and main.py / the original), the sum over segments of
 (segment length x mean segment loss) divided by the number of rows of the batchified split (the
 first token of the stream is never predicted, so this is the mean over N-1 predictions times
@@ -60,6 +65,7 @@ import argparse
 import math
 import time
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -96,9 +102,15 @@ def parse_args(argv=None):
                         'type, as in pointer.py); any other value is taken as the checkpoint path when '
                         '--save is not given (the flag of the authors\' dynamiceval.py)')
     flags.add_device_args(g)
+    g.add_argument('--gpu', type=int, default=None, metavar='N',
+                   help="the authors' flag: GPU N (cuda:N), or the CPU when N is negative")
+    g.add_argument('--QRNN', action='store_true',
+                   help="the authors' flag, accepted: the recurrent core comes from the checkpoint")
     g.add_argument('--seed', type=int, default=1111, help='random seed (the evaluation itself is deterministic)')
     g.add_argument('--split', choices=('both', 'valid', 'test'), default='both',
                    help='which splits to evaluate (tune hyper-parameters on valid only)')
+    g.add_argument('--val', action='store_true',
+                   help="the authors' flag: evaluate valid instead of test (--split valid)")
 
     h = parser.add_argument_group('dynamic evaluation (paper section 5; defaults from the authors\' code)')
     h.add_argument('--lr', type=float, default=5e-5, help='learning rate eta (0: static evaluation)')
@@ -114,16 +126,23 @@ def parse_args(argv=None):
     h.add_argument('--eval_batch_size', type=int, default=1, metavar='N',
                    help='batch size of the dynamic evaluation itself (1 as in the paper: one stream, one '
                         'model; with N > 1 all N columns share one model and its updates)')
-    h.add_argument('--max-batches', type=int, default=-1, metavar='N',
+    h.add_argument('--max-batches', '--max_batches', type=int, default=-1, metavar='N',
                    help='at most N training segments for the gradient statistics (-1: the whole training set)')
     h.add_argument('--sgd', action='store_true',
                    help='plain SGD rule theta <- theta - lr * grad + lamb * (theta_g - theta) instead of the '
                         'RMS rule; no gradient statistics; needs a much larger --lr')
-    h.add_argument('--paper-scale', action='store_true',
+    h.add_argument('--paper-scale', '--oldhyper', action='store_true',
                    help='--lr, --lamb, --epsilon are on the scale of the paper / first code release (e.g. '
                         '0.002, 0.02, 0.001): divide lamb by the number of parameter tensors, lr and epsilon '
-                        'by sqrt(number of gradient-statistics segments)')
+                        'by sqrt(number of gradient-statistics segments); --oldhyper is the authors\' name')
+    h.add_argument('--grid', action='store_true',
+                   help="the authors' grid search: every lr in GRID_LR and lamb in GRID_LAMB (both times "
+                        "bptt / 5) on valid, then valid and test with the best; --lr and --lamb are ignored")
+    h.add_argument('--gridfast', action='store_true',
+                   help='--grid, searching on the first 30,000 valid tokens only')
     args = parser.parse_args(argv)
+    if args.val:
+        args.split = 'valid'
     if args.model is not None and args.model not in RNN_TYPES and args.save is None:
         args.save = args.model
     check_args(args)
@@ -146,6 +165,10 @@ def check_args(args):
     require(args.max_batches == -1 or args.max_batches >= 1,
             f'--max-batches must be -1 (all) or >= 1, got {args.max_batches}')
     require(not (args.sgd and args.paper_scale), '--paper-scale applies to the RMS rule, not to --sgd')
+    require(not (args.sgd and (args.grid or args.gridfast)), '--grid searches the RMS rule, not --sgd')
+    require(not ((args.grid or args.gridfast) and args.eval_batch_size != 1),
+            '--grid evaluates at --eval_batch_size 1, as the authors\' code did')
+    require(not (args.gpu is not None and args.gpu >= 0 and args.cpu), f'--gpu {args.gpu} and --cpu disagree')
     flags.check_args(argparse.Namespace(seed=args.seed))
 
 
@@ -190,7 +213,8 @@ def gradient_statistics(model, criterion, params, train_data, bptt, max_batches=
     ms = [torch.zeros_like(p) for p in params]
     hidden = model.init_hidden(train_data.size(1))
     batches = 0
-    for i in range(0, train_data.size(0) - 1, bptt):
+    # As the authors' gradstat: segments start before the last two rows (a final one-row segment is left out).
+    for i in range(0, train_data.size(0) - 2, bptt):
         if 0 < max_batches <= batches:
             break
         data, targets = batching.get_batch(train_data, i, seq_len=bptt)
@@ -225,17 +249,20 @@ class DynamicEvaluator:
     so the model holds the trained weights outside an evaluation.
     """
 
-    def __init__(self, model, criterion, lr, lamb, epsilon=None, ms=None, rule='rms'):
+    def __init__(self, model, criterion, lr, lamb, epsilon=None, ms=None, rule='rms', clip_lamb=None):
         self.model, self.criterion = model, criterion
         self.params = adapted_parameters(model, criterion)
         self.lr, self.lamb, self.rule = lr, lamb, rule
         self.theta_g = [p.detach().clone() for p in self.params]
         if rule == 'rms':
             rms, decrate = decay_rates(ms)
-            # The gradient is divided by (sqrt(MS) + epsilon); the decay multiplier lamb * RMS is
-            # clipped at 1 so that one step never moves a weight past theta_g.
+            # The gradient is divided by (sqrt(MS) + epsilon); the decay rates are clipped at 1 / lamb, as
+            # the authors' code clipped them, so that one step never moves a weight past theta_g.
+            # `clip_lamb` (default lamb) is the lamb they are clipped for: the authors' --grid clipped them
+            # in place for each lamb of its grid, so its final runs used those clipped at the largest one.
+            clip_lamb = lamb if clip_lamb is None else clip_lamb
             self.denom = [r + epsilon for r in rms]
-            self.decay = [(lamb * d).clamp_(max=1.0) for d in decrate]
+            self.decay = [lamb * d.clamp(max=1 / clip_lamb) if clip_lamb > 0 else lamb * d for d in decrate]
         elif rule == 'sgd':
             self.denom = None
             self.decay = [min(lamb, 1.0)] * len(self.params)
@@ -259,7 +286,8 @@ class DynamicEvaluator:
             p.add_(pull)
 
     def segments(self, data_source, bptt):
-        """Yields (segment length, mean loss of the segment) for each segment, scored before the update."""
+        """Yields (first row, segment length, mean loss of the segment) for each segment, scored before the
+        update."""
         model, criterion = self.model, self.criterion
         self.reset()
         eval_mode_with_gradients(model)
@@ -273,18 +301,31 @@ class DynamicEvaluator:
                 score = loss.detach()  # the segment is scored with the weights before its update
                 grads = torch.autograd.grad(loss, self.params, allow_unused=True)
                 self._step(grads)
-                yield len(data), score
+                yield i, len(data), score
         finally:
             self.reset()
 
     def evaluate(self, data_source, bptt, progress=None):
         """Loss normalised as training.evaluate: sum(len(segment) * mean segment loss) / len(data_source)."""
+        return self.evaluate_both(data_source, bptt, progress)[0]
+
+    def evaluate_both(self, data_source, bptt, progress=None):
+        """(this code's loss, sum / N as training.evaluate; the authors' perplexity).
+
+        The authors' figure (their dynamiceval.py, which produced the paper's) is exp of the mean loss over
+        the tokens scored, each segment weighted by its length / bptt, summed in float32; a segment that
+        starts at the second-to-last row (one token) is not scored there, so it is left out of it here.
+        """
         total = torch.zeros((), device=data_source.device)
-        for seq_len, score in self.segments(data_source, bptt):
+        authors_total, authors_count = torch.zeros((), device=data_source.device), 0.
+        for start, seq_len, score in self.segments(data_source, bptt):
             total += seq_len * score
+            if start < data_source.size(0) - 2:
+                authors_total += (seq_len / bptt) * score
+                authors_count += seq_len / bptt
             if progress is not None:
                 progress.update(1)
-        return float(total) / len(data_source)
+        return float(total) / len(data_source), float(torch.exp(authors_total / max(authors_count, 1.)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,11 +339,43 @@ def check_result(split, loss, lr):
                                f'the updates diverged with --lr {lr:g}; try a smaller one')
 
 
+# The authors' --grid (their dynamiceval.py): lamb in the outer loop, lr in the inner, each times bptt / 5.
+GRID_LR = [0.00003, 0.00004, 0.00005, 0.00006, 0.00007, 0.0001]
+GRID_LAMB = [0.001, 0.002, 0.003, 0.005]
+GRIDFAST_TOKENS = 30000
+
+
+def choose_device(args):
+    """The authors' --gpu N (negative: the CPU), else cli.choose_device."""
+    if args.gpu is None:
+        return cli.choose_device(args)
+    if args.gpu < 0:
+        return torch.device('cpu')
+    if not torch.cuda.is_available() or args.gpu >= torch.cuda.device_count():
+        raise errors.UserError(f'--gpu {args.gpu}: no such GPU (use --gpu -1 for the CPU)')
+    return torch.device('cuda', args.gpu)
+
+
+def grid_search(make_evaluator, val_data, bptt, gridfast, log=print):
+    """The authors' grid on valid (its first GRIDFAST_TOKENS rows with `gridfast`): returns (lr, lamb) of
+    the lowest perplexity in their convention, the first one on ties."""
+    search_data = val_data[:GRIDFAST_TOKENS] if gridfast else val_data
+    best = (float('inf'), None, None)
+    for lamb in [x * (bptt / 5.0) for x in GRID_LAMB]:
+        for lr in [x * (bptt / 5.0) for x in GRID_LR]:
+            _, ppl = make_evaluator(lr, lamb).evaluate_both(search_data, bptt)
+            log(f'| grid | lr {lr:.6g} | lamb {lamb:.6g} | valid ppl {ppl:.3f}')
+            if ppl < best[0]:
+                best = (ppl, lr, lamb)
+    return best[1], best[2]
+
+
 def evaluate_checkpoint(args, log=print):
-    """The whole run for parsed arguments: returns {'valid': loss, 'test': loss} (those evaluated) and
-    the hyper-parameters actually used ('lr', 'lamb', 'epsilon': after --paper-scale)."""
+    """The whole run for parsed arguments: returns {'valid': loss, 'test': loss} (those evaluated, this
+    code's convention), the hyper-parameters actually used ('lr', 'lamb', 'epsilon': after --paper-scale
+    or --grid) and {'valid': ppl, 'test': ppl}, the authors' figures (DynamicEvaluator.evaluate_both)."""
     cli.set_seed(args.seed)
-    device = cli.choose_device(args)
+    device = choose_device(args)
     ckpt = checkpoint.load_checkpoint(args.save, map_location=device, resume_state_ok=False)
     corpus, train_data, val_data, test_data = cli.load_data(
         args, (args.batch_size, args.eval_batch_size, args.eval_batch_size), device, log=log)
@@ -311,6 +384,8 @@ def evaluate_checkpoint(args, log=print):
     model.to(device)
     criterion.to(device)
     params = adapted_parameters(model, criterion)
+    if args.QRNN and model.rnn_type != 'QRNN':
+        log(f'note: --QRNN ignored: the checkpoint holds a {model.rnn_type} model')
     log(f'Model: {model.rnn_type}, {sum(p.numel() for p in params)} parameters in {len(params)} tensors')
 
     lr, lamb, epsilon, ms = args.lr, args.lamb, args.epsilon, None
@@ -330,31 +405,57 @@ def evaluate_checkpoint(args, log=print):
                 lamb, lr, epsilon = lamb / len(params), lr / math.sqrt(nbatches), epsilon / math.sqrt(nbatches)
                 log(f'--paper-scale: lr {lr:.6g}, lamb {lamb:.6g}, epsilon {epsilon:.6g} '
                     f'(pass these without --paper-scale for the same run)')
-        evaluator = DynamicEvaluator(model, criterion, lr, lamb, epsilon, ms, rule='sgd' if args.sgd else 'rms')
+        rule = 'sgd' if args.sgd else 'rms'
+        clip_lamb = None
+        if args.grid or args.gridfast:
+            start = time.time()
+            def make_evaluator(grid_lr, grid_lamb):
+                return DynamicEvaluator(model, criterion, grid_lr, grid_lamb, epsilon, ms, rule=rule)
+            lr, lamb = grid_search(make_evaluator, val_data, args.bptt, args.gridfast, log)
+            # The authors' code clipped the decay rates in place for every lamb of the grid: its final
+            # runs used them clipped at 1 / the largest.
+            clip_lamb = max(GRID_LAMB) * (args.bptt / 5.0)
+            log(f'best hyperparams: lr = {lr} lamb = {lamb} | grid search {time.time() - start:.1f}s')
+        evaluator = DynamicEvaluator(model, criterion, lr, lamb, epsilon, ms, rule=rule, clip_lamb=clip_lamb)
 
-        results = {}
+        results, authors = {}, {}
         for name, data_source in (('valid', val_data), ('test', test_data)):
-            if args.split not in ('both', name):
+            if args.split not in ('both', name) and not (args.grid or args.gridfast):
                 continue
             start = time.time()
             nseg = (data_source.size(0) - 1 + args.bptt - 1) // args.bptt
             with run_log.progress_bar(nseg, f'dynamic evaluation ({name})') as bar:
                 # Each split starts from the trained weights (the evaluator restores them).
-                results[name] = evaluator.evaluate(data_source, args.bptt, progress=bar)
+                results[name], authors[name] = evaluator.evaluate_both(data_source, args.bptt, progress=bar)
             check_result(name, results[name], lr)
-            log(f'| {name} | {time.time() - start:.1f}s | {run_log.report_line(name, results[name])}')
+            log(f'| {name} | {time.time() - start:.1f}s | {name} ppl {authors[name]:8.2f} (the authors\' '
+                f'convention: mean over the tokens scored) | sum / N, as main.py: '
+                f'{run_log.report_line(name, results[name])}')
     except torch.cuda.OutOfMemoryError:
         raise errors.UserError('GPU out of memory: try a smaller --batch_size or --max-batches') from None
-    return results, {'lr': lr, 'lamb': lamb, 'epsilon': epsilon}
+    return results, {'lr': lr, 'lamb': lamb, 'epsilon': epsilon}, authors
+
+
+def authors_result_lines(authors, grid):
+    """The result as the authors' dynamiceval.py printed it (numbers as numpy prints a float32): after
+    --grid valid and test, otherwise the split it evaluated: test, or valid with --val."""
+    if grid:
+        return [f'validation perplexity loss: {str(np.float32(authors["valid"]))}',
+                f'test perplexity loss: {str(np.float32(authors["test"]))}']
+    name = 'test' if 'test' in authors else 'valid'
+    return [f'perplexity loss: {str(np.float32(authors[name]))}']
 
 
 def main(argv=None):
     args = parse_args(argv)
     print('Args:', args)
-    results, _ = evaluate_checkpoint(args)
+    results, _, authors = evaluate_checkpoint(args)
     print('=' * 89)
-    print('| End of dynamic evaluation | ' + ' | '.join(run_log.report_line(k, v) for k, v in results.items()))
+    print('| End of dynamic evaluation | ' + ' | '.join(f'{k} ppl {v:8.2f}' for k, v in authors.items())
+          + ' | sum / N, as main.py: ' + ' | '.join(run_log.report_line(k, v) for k, v in results.items()))
     print('=' * 89)
+    for line in authors_result_lines(authors, args.grid or args.gridfast):
+        print(line)
     return 0
 
 

@@ -3,9 +3,10 @@
     python generate.py --data data/penn --checkpoint PTB.pt --words 1000 --temperature 1.0 --outf generated.txt
 
 Starts from a random word and samples --words words, each from the model's distribution sharpened
-(temperature < 1) or flattened (> 1) by --temperature, feeding every sampled word back in. The output
-is written as the corpus files are: words separated by spaces, a line break for each <eos>. The same
---seed on the same device gives the same text.
+(temperature < 1) or flattened (> 1) by --temperature, feeding every sampled word back in. The words are
+the original generate.py's for the same --seed and checkpoint (its random draws, in its order, on the
+CPU), and so is the file: every word, <eos> included, followed by a space, and a line break after every
+20th. --corpus-layout writes the corpus files' layout instead: a line break for each <eos>.
 
 --prompt "TEXT" feeds TEXT's words in first (the output begins with them); --top-k K and --top-p P
 (nucleus sampling) cut the tempered distribution to its likeliest words before each draw.
@@ -41,6 +42,9 @@ def parse_args(argv=None):
                         help='sample among the K likeliest words only (1: greedy, the same text for every seed)')
     parser.add_argument('--top-p', type=float, default=None, metavar='P',
                         help='nucleus sampling: among the smallest set of likeliest words whose probability reaches P')
+    parser.add_argument('--corpus-layout', action='store_true',
+                        help="write a line break for each <eos>, as the corpus files are (default: the original's "
+                             'layout, <eos> as a word and 20 words a line)')
     flags.add_device_args(parser)
     args = parser.parse_args(argv)
     flags.check_args(argparse.Namespace(log_interval=args.log_interval, seed=args.seed))
@@ -92,16 +96,11 @@ def feed_prompt(model, ids, hidden, device):
     return output[-1:], hidden
 
 
-def write_word(outf, text):
-    outf.write('\n' if text == '<eos>' else text + ' ')
-
-
 def main(argv=None):
     args = parse_args(argv)
     # Before any work: the output must be writable and must not be the checkpoint or the corpus.
     run_files.check_output(args.outf, '--outf', inputs=[args.checkpoint, *run_files.data_files(args.data)])
     device = cli.choose_device(args)
-    cli.set_seed(args.seed)
     ckpt = checkpoint.load_checkpoint(args.checkpoint, map_location=device, resume_state_ok=False)
     model, criterion = ckpt['model'], ckpt['criterion']
     if args.model is not None and args.model != model.rnn_type:
@@ -114,31 +113,63 @@ def main(argv=None):
     model.eval()
     model.reset()
     hidden = model.init_hidden(1)
-    word = torch.randint(len(idx2word), (1, 1), device=device)
+    # Seeded after the model is built (building it draws its initial weights; the original unpickled its
+    # model, which draws nothing), so that the start word is the original's first draw.
+    cli.set_seed(args.seed)
+    word = original_start_word(len(idx2word)).to(device)
     shaped = args.top_k is not None or args.top_p is not None
+    written = 0  # words written so far: the original's layout breaks the line after every 20th
     with open(args.outf, 'w') as outf, torch.no_grad():
         output = None
         if prompt is not None:
             output, hidden = feed_prompt(model, prompt, hidden, device)
             for text in args.prompt.split():
-                write_word(outf, text)
+                outf.write(word_with_separator(text, written, args.corpus_layout))
+                written += 1
         for i in range(args.words):
             if output is None:
                 output, hidden = model(word, hidden)
-            # The model returns its last hidden layer; the (split) softmax belongs to the criterion.
-            logprob = criterion.logprob(model.decoder.weight, model.decoder.bias, output)[0]
             if shaped:
-                probs = filtered_probs(logprob, args.temperature, args.top_k, args.top_p)
+                logprob = criterion.logprob(model.decoder.weight, model.decoder.bias, output)[0]
+                word = torch.multinomial(filtered_probs(logprob, args.temperature, args.top_k, args.top_p), 1)
             else:
-                probs = torch.softmax(logprob / args.temperature, 0)
-            word = torch.multinomial(probs, 1).view(1, 1)
+                word = sample_next_word(model, criterion, output, args.temperature)
+            word = word.view(1, 1).to(device)
             output = None
-            text = idx2word[word.item()]
-            write_word(outf, text)
+            outf.write(word_with_separator(idx2word[word.item()], written, args.corpus_layout))
+            written += 1
             if i % args.log_interval == 0:
                 print(f'| Generated {i}/{args.words} words')
     print(f'| Generated {args.words} words to {args.outf}')
     return 0
+
+
+def original_start_word(ntokens):
+    """The start word as the original drew it: torch.rand(1, 1) * ntokens, truncated (on the CPU)."""
+    return torch.rand(1, 1).mul(ntokens).long()
+
+
+def sample_next_word(model, criterion, output, temperature):
+    """One word drawn from the model's distribution at `temperature`, as the original drew it: the
+    multinomial, on the CPU, of exp(logits / temperature), unnormalised. The split softmax (which the
+    original's generate.py did not support) and weights that overflow or vanish there (a very low
+    temperature, where the original failed) are drawn from the normalised softmax instead."""
+    if criterion.nsplits == 1:
+        weights = torch.nn.functional.linear(output, model.decoder.weight, model.decoder.bias)
+        weights = weights.squeeze().div(temperature).exp().cpu()
+        if torch.isfinite(weights).all() and weights.sum() > 0:
+            return torch.multinomial(weights, 1)[0]
+    # The model returns its last hidden layer; the (split) softmax belongs to the criterion.
+    logprob = criterion.logprob(model.decoder.weight, model.decoder.bias, output)[0]
+    return torch.multinomial(torch.softmax(logprob / temperature, 0).cpu(), 1)[0]
+
+
+def word_with_separator(text, index, corpus_layout):
+    """The text written for the `index`-th word: the original's layout (every word followed by a space,
+    a line break after every 20th), or with `corpus_layout` the corpus files' (a line break for <eos>)."""
+    if corpus_layout:
+        return '\n' if text == '<eos>' else text + ' '
+    return text + ('\n' if index % 20 == 19 else ' ')
 
 
 if __name__ == '__main__':

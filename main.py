@@ -63,12 +63,12 @@ def main(argv=None):
 def build_model(args, ntokens):
     """The AWD-LSTM (paper section 5) and its loss: the tied decoder's softmax, split for a large
     vocabulary (2018 release). The first release had a plain decoder and cross-entropy over the whole
-    vocabulary, whatever its size: SplitCrossEntropyLoss without splits computes exactly that."""
+    vocabulary, whatever its size: SplitCrossEntropyLoss without splits, release 2017, computes exactly that."""
     model = RNNModel(args.model, ntokens, args.emsize, args.nhid, args.nlayers, args.dropout, args.dropouth,
                      args.dropouti, args.dropoute, args.wdrop, tie_weights=True, release=args.release)
     splits = splits_for_vocab(ntokens) if args.release == 2018 else []
     print('Using', splits)
-    return model, SplitCrossEntropyLoss(args.emsize, splits=splits, verbose=False)
+    return model, SplitCrossEntropyLoss(args.emsize, splits=splits, verbose=False, release=args.release)
 
 
 def train(args, dist, given):

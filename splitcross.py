@@ -12,7 +12,10 @@ so each tail softmax is only computed for the rows whose target lies in it.
 Unlike Grave et al., the tails keep full-size vectors: they reuse rows of the
 (tied) decoder weight, and only the tombstones add parameters.
 
-With no splits the loss is the ordinary full-softmax cross-entropy.
+With no splits the loss is the ordinary full-softmax cross-entropy, reduced as the release it follows
+reduced it: the 2018 code's SplitCrossEntropyLoss summed -gather(log_softmax) and divided by N, its first
+release called nn.CrossEntropyLoss (a mean in another summation order). The two differ in the last bits,
+enough to move a printed figure across a rounding boundary now and then.
 AWD-LSTM (Merity et al. 2017) turns the split on for WikiText-103-sized
 vocabularies only; see `splits_for_vocab`.
 """
@@ -40,10 +43,19 @@ class SplitCrossEntropyLoss(nn.Module):
     (weight.size(0)), whatever is passed; a cut at or beyond it (e.g. the
     original's 100,000,000 sentinel) only makes empty tails, whose tombstones
     are masked out so that probabilities still sum to one.
+
+    `release` is the model's (model.py): 2018 sums the negative log-likelihoods and divides by N as the
+    2018 code did, 2017 takes nn.CrossEntropyLoss's mean as the first release did (it had no splits).
+    It is not stored in the checkpoint's criterion config: the model config holds the release.
     """
 
-    def __init__(self, hidden_size, splits, verbose=False):
+    def __init__(self, hidden_size, splits, verbose=False, release=2018):
         super().__init__()
+        if release not in (2017, 2018):
+            raise ValueError(f'release must be 2017 or 2018, got {release!r}')
+        if release == 2017 and splits:
+            raise ValueError('the 2017 release has no split softmax')
+        self.release = release
         splits = [] if splits is None else [int(s) for s in splits]
         if any(s <= 0 for s in splits) or any(a >= b for a, b in zip(splits, splits[1:])):
             raise ValueError(f"splits must be positive and strictly increasing, got {splits}")
@@ -111,7 +123,13 @@ class SplitCrossEntropyLoss(nn.Module):
         bias, hiddens = self._flatten(weight, bias, hiddens)
         targets = targets.reshape(-1)
         if self.nsplits == 1:
-            return F.cross_entropy(F.linear(hiddens, weight, bias), targets)
+            logits = F.linear(hiddens, weight, bias)
+            if self.release == 2017:
+                return F.cross_entropy(logits, targets)
+            # The 2018 code's order of operations (its head softmax over the whole vocabulary), so that the
+            # loss figures are its own bit for bit, not only the gradients.
+            nll = -F.log_softmax(logits, dim=-1).gather(1, targets.unsqueeze(1))
+            return nll.sum() / targets.numel()
 
         # Rows are grouped by segment (0 for the head, k for tail k), each group in its original order;
         # one head softmax runs over all of them and the losses are summed group by group. This is the

@@ -58,7 +58,7 @@ def load(trained, eval_batch_size=1):
 def run(trained, *flags):
     folder, save = trained
     args = dynamiceval.parse_args(['--data', folder, '--save', save, '--cpu', *flags])
-    return dynamiceval.evaluate_checkpoint(args, log=lambda *a: None)
+    return dynamiceval.evaluate_checkpoint(args, log=lambda *a: None)[:2]
 
 
 @pytest.mark.parametrize('bptt', [5, 7])
@@ -121,18 +121,18 @@ def test_causal_segments_are_scored_before_the_update(trained, rule):
     model, criterion, ms, _, _, test = load(trained)
     lr = 1e-2 if rule == 'rms' else 1.0
     ev = dynamiceval.DynamicEvaluator(model, criterion, lr, 0.002, 1e-3, ms, rule=rule)
-    scores = [s for _, s in ev.segments(test, 5)]
+    scores = [s for _, _, s in ev.segments(test, 5)]
     k = 10
     changed = test.clone()
     changed[k * 5 + 1:] = torch.randint(0, int(test.max()) + 1, changed[k * 5 + 1:].shape,
                                          generator=torch.Generator().manual_seed(0))
     assert not torch.equal(changed, test)
-    scores_changed = [s for _, s in ev.segments(changed, 5)]
+    scores_changed = [s for _, _, s in ev.segments(changed, 5)]
     # The first k segments predict tokens 1 .. 5k: nothing after them can change their scores.
     assert all(torch.equal(a, b) for a, b in zip(scores[:k], scores_changed[:k]))
     assert not torch.equal(scores[k], scores_changed[k])
     # The first segment is scored with the trained weights; later ones with adapted weights.
-    static = [s for _, s in dynamiceval.DynamicEvaluator(model, criterion, 0.0, 0.0, 1e-3, ms).segments(test, 5)]
+    static = [s for _, _, s in dynamiceval.DynamicEvaluator(model, criterion, 0.0, 0.0, 1e-3, ms).segments(test, 5)]
     assert torch.equal(scores[0], static[0])
     assert not torch.equal(scores[1], static[1])
 
@@ -229,3 +229,12 @@ def test_command_line_error_is_one_line_with_status_2(tmp_path):
                            str(tmp_path / 'missing.pt'), '--cpu'], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith('error: ') and proc.stderr.count('\n') == 1, proc.stderr
+
+
+def test_the_authors_flags_mean_what_they_mean_there():
+    args = dynamiceval.parse_args(['--model', 'PTB.pt', '--val', '--oldhyper', '--max_batches', '3', '--gpu', '-1',
+                                   '--QRNN', '--gridfast'])
+    assert (args.save, args.split, args.paper_scale, args.max_batches) == ('PTB.pt', 'valid', True, 3)
+    assert dynamiceval.choose_device(args).type == 'cpu' and args.QRNN and args.gridfast
+    with pytest.raises(errors.UserError, match='--gpu 0 and --cpu disagree'):
+        dynamiceval.parse_args(['--model', 'PTB.pt', '--gpu', '0', '--cpu'])

@@ -12,11 +12,9 @@ def trained(tmp_path_factory):
 
 
 def sampled_tokens(path):
-    """Reads generated text back into tokens: a line break is an <eos>, as in the corpus files."""
+    """Reads generated text back into tokens (the original's layout: <eos> written as a word)."""
     with open(path) as f:
-        lines = f.read().split('\n')
-    tokens = [w for line in lines[:-1] for w in line.split() + ['<eos>']]
-    return tokens + lines[-1].split()
+        return f.read().split()
 
 
 def test_words_vocabulary_and_seed(trained, tmp_path):
@@ -31,6 +29,22 @@ def test_words_vocabulary_and_seed(trained, tmp_path):
     vocabulary = set(data.load_corpus(corpus).dictionary.idx2word)
     assert set(tokens) <= vocabulary
     assert texts[0] == texts[1] and texts[0] != texts[2]
+    # The original's layout: 20 words a line, each followed by a space.
+    assert all(len(line.split()) == 20 for line in texts[0].split('\n')[:-1]) and texts[0].endswith(' ')
+
+
+def test_corpus_layout_breaks_the_line_at_each_eos(trained, tmp_path):
+    corpus, save = trained
+    original, corpus_style = str(tmp_path / 'original.txt'), str(tmp_path / 'corpus.txt')
+    for out, layout in ((original, []), (corpus_style, ['--corpus-layout'])):
+        generate.main(['--data', corpus, '--checkpoint', save, '--outf', out, '--words', '120', '--seed', '3',
+                       '--cpu', *layout])
+    words = sampled_tokens(original)
+    with open(corpus_style) as f:
+        lines = f.read().split('\n')
+    # The same words, <eos> as a line break: the corpus files' layout.
+    assert '<eos>' in words and lines[:-1] and '<eos>' not in ' '.join(lines)
+    assert [w for line in lines[:-1] for w in line.split() + ['<eos>']] + lines[-1].split() == words
 
 
 def test_bad_inputs(trained, tmp_path):

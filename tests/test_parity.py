@@ -5,7 +5,8 @@ first release (acb04a5, August 2017) for `--release 2017`. Each is run beside th
 seed, same corpus. Required: the same printed training-interval, end-of-epoch and test lines (timings left
 out) and every tensor of the best checkpoint equal (`torch.equal`). The originals are looked for in
 $AWD_LSTM_ORIGINAL (2018) and $AWD_LSTM_ORIGINAL_2017, then in ../shared/original/ beside the repository;
-a test is skipped when its oracle is absent. Each is copied to a temporary folder and given, in code, the
+a test is skipped when its oracle is absent. Every loss the two compute or print is compared too, at full
+precision (LOSS_TRACER). Each is copied to a temporary folder and given, in code, the
 smallest fixes that let it run on torch 2.x on the CPU (ORIGINAL_FIXES, FIRST_RELEASE_FIXES below).
 
 Where this code deliberately differs from the original (docs/PARITY.md, "Where this code differs"), the cases
@@ -156,16 +157,78 @@ def assert_same_figures(original_out, ours_out, expect_in_log=()):
     assert printed_figures(ours_out) == expected
 
 
+# The loss figures at full precision, watched from outside the code (no patch): a script is run by this
+# tracer, which first wraps (a) the criterion's forward, printing every loss it returns (each training
+# batch's raw loss, each evaluation chunk's), and (b) the function each printed figure goes through,
+# printing its argument (every interval, valid and test loss, and so what NT-ASGD and the best-model
+# choice compare). The originals print their figures through math.exp (its only use there); this code
+# through training.loss_figures, wrapped before run_log imports it by name.
+LOSS_TRACER = """
+import importlib, runpy, sys, torch
+criterion_at, figures_at, script = sys.argv[1:4]
+sys.argv = sys.argv[3:]
+sys.path.insert(0, '.')
+
+def owner(path):
+    module, name = path.rsplit(':', 1)
+    return importlib.import_module(module), name
+
+def trace(path, tag, traced_value):
+    holder, name = owner(path)
+    if '.' in name:
+        cls, name = name.split('.')
+        holder = getattr(holder, cls)
+    wrapped = getattr(holder, name)
+    def tracing(*args, **kwargs):
+        result = wrapped(*args, **kwargs)
+        print(tag, repr(float(traced_value(args, result))), flush=True)
+        return result
+    setattr(holder, name, tracing)
+
+trace(criterion_at, '| criterion loss', lambda args, result: result)
+trace(figures_at, '| printed loss', lambda args, result: args[0])
+runpy.run_path(script, run_name='__main__')
+"""
+LOSS_PROBES = {'ours': ('splitcross:SplitCrossEntropyLoss.forward', 'training:loss_figures'),
+               2018: ('splitcross:SplitCrossEntropyLoss.forward', 'math:exp'),
+               2017: ('torch.nn:CrossEntropyLoss.forward', 'math:exp')}
+TRACED_LOSS = re.compile(r'^\| (criterion|printed) loss (\S+)$', re.M)
+
+
+def traced_run(cwd, script, argv, probes):
+    """`run`, through LOSS_TRACER: stdout with the full-precision loss lines in it."""
+    return run(cwd, '-c', [LOSS_TRACER, *probes, script, *argv])
+
+
+def traced_losses(stdout):
+    """(kind, value) of every traced loss, in order, the value exactly as repr printed it."""
+    return TRACED_LOSS.findall(stdout)
+
+
+def assert_same_losses(original_out, ours_out, ours_first_printed_extra=False):
+    """Every traced loss equal, in order. `ours_first_printed_extra`: this code printed one figure more, its
+    first (finetune.py's valid loss before fine-tuning, which the original computed but did not print)."""
+    expected = traced_losses(original_out)
+    assert [kind for kind, _ in expected].count('printed') >= 2, original_out[-2000:]
+    got = traced_losses(ours_out)
+    if ours_first_printed_extra:
+        got.remove(next(entry for entry in got if entry[0] == 'printed'))
+    assert len(got) == len(expected), (len(got), len(expected))
+    different = [(i, e, g) for i, (e, g) in enumerate(zip(expected, got)) if e != g]
+    assert not different, f'{len(different)} of {len(expected)} losses differ, first ones: {different[:5]}'
+
+
 def compare(tmp_path, corpus, flags, expect_in_log=(), release=2018):
     """main.py against the original of `release`; returns the two folders' checkpoints for more runs."""
     original = prepare_original(str(tmp_path / 'original'), release)
     flags = ['--data', corpus, *flags]
     original_save, ours_save = str(tmp_path / 'original.pt'), str(tmp_path / 'ours.pt')
     # The original's --cuda was store_false: passing it is how it runs on the CPU.
-    original_out = run(original, 'main.py', [*flags, '--cuda', '--save', original_save])
+    original_out = traced_run(original, 'main.py', [*flags, '--cuda', '--save', original_save], LOSS_PROBES[release])
     release_flag = ['--release', '2017'] if release == 2017 else []
-    ours_out = run(REPO, 'main.py', [*flags, *release_flag, '--cpu', '--save', ours_save])
+    ours_out = traced_run(REPO, 'main.py', [*flags, *release_flag, '--cpu', '--save', ours_save], LOSS_PROBES['ours'])
     assert_same_figures(original_out, ours_out, expect_in_log)
+    assert_same_losses(original_out, ours_out)
     assert_same_checkpoints(original, original_save, ours_save)
     return original, original_save, ours_save
 
@@ -252,7 +315,8 @@ def test_first_release_finetune_continues_its_checkpoint(tmp_path):
     # finetune.py builds a model from the flags before loading the checkpoint, as the original did (the
     # draws of that construction come before every dropout mask); the same flags for both.
     flags = ['--data', corpus, *flags, '--epochs', '3', '--nonmono', '5']
-    original_out = run(original, 'finetune.py', [*flags, '--cuda', '--save', original_save])
-    ours_out = run(REPO, 'finetune.py', [*flags, '--cpu', '--save', ours_save])
+    original_out = traced_run(original, 'finetune.py', [*flags, '--cuda', '--save', original_save], LOSS_PROBES[2017])
+    ours_out = traced_run(REPO, 'finetune.py', [*flags, '--cpu', '--save', ours_save], LOSS_PROBES['ours'])
     assert_same_figures(original_out, ours_out, expect_in_log=['Saving Averaged!'])
+    assert_same_losses(original_out, ours_out, ours_first_printed_extra=True)
     assert_same_checkpoints(original, original_save, ours_save)
