@@ -16,6 +16,7 @@ import cli
 import flags
 import run_files
 import errors
+from atomic_io import write_failure
 
 
 def parse_args(argv=None):
@@ -59,16 +60,19 @@ def main(argv=None):
     model.reset()
     hidden = model.init_hidden(1)
     word = torch.randint(len(idx2word), (1, 1), device=device)
-    with open(args.outf, 'w') as outf, torch.no_grad():
-        for i in range(args.words):
-            output, hidden = model(word, hidden)
-            # The model returns its last hidden layer; the (split) softmax belongs to the criterion.
-            logprob = criterion.logprob(model.decoder.weight, model.decoder.bias, output)[0]
-            word = torch.multinomial(torch.softmax(logprob / args.temperature, 0), 1).view(1, 1)
-            text = idx2word[word.item()]
-            outf.write('\n' if text == '<eos>' else text + ' ')
-            if i % args.log_interval == 0:
-                print(f'| Generated {i}/{args.words} words')
+    try:
+        with open(args.outf, 'w') as outf, torch.no_grad():
+            for i in range(args.words):
+                output, hidden = model(word, hidden)
+                # The model returns its last hidden layer; the (split) softmax belongs to the criterion.
+                logprob = criterion.logprob(model.decoder.weight, model.decoder.bias, output)[0]
+                word = torch.multinomial(torch.softmax(logprob / args.temperature, 0), 1).view(1, 1)
+                text = idx2word[word.item()]
+                outf.write('\n' if text == '<eos>' else text + ' ')
+                if i % args.log_interval == 0:
+                    print(f'| Generated {i}/{args.words} words')
+    except OSError as e:  # a full disk: Python's write names no file
+        raise errors.UserError(f'{args.outf}: could not be written ({write_failure(e)})') from None
     print(f'| Generated {args.words} words to {args.outf}')
     return 0
 

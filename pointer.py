@@ -213,6 +213,7 @@ def main(argv=None):
     if args.save:  # a read-only folder is found now, not after the whole evaluation
         try:
             run_files.check_output(args.log, '--log', inputs=[args.save, *run_files.data_files(args.data)])
+            run_log.check_appendable(args.log)
         except errors.UserError as e:
             raise errors.UserError(f'{e}: give --log PATH to write the results elsewhere') from None
     device = cli.choose_device(args)
