@@ -342,18 +342,19 @@ def evaluate_checkpoint(args, log=print):
                 # Each split starts from the trained weights (the evaluator restores them).
                 results[name] = evaluator.evaluate(data_source, args.bptt, progress=bar)
             check_result(name, results[name], lr)
-            log(f'| {name} | {time.time() - start:.1f}s | {run_log.report_line(name, results[name])}')
+            log(f'| {name} | {time.time() - start:.1f}s | {run_log.report_line(name, results[name], model.release)}')
     except torch.cuda.OutOfMemoryError:
         raise errors.UserError('GPU out of memory: try a smaller --batch_size or --max-batches') from None
-    return results, {'lr': lr, 'lamb': lamb, 'epsilon': epsilon}
+    return results, {'lr': lr, 'lamb': lamb, 'epsilon': epsilon, 'release': model.release}
 
 
 def main(argv=None):
     args = parse_args(argv)
     print('Args:', args)
-    results, _ = evaluate_checkpoint(args)
+    results, settings = evaluate_checkpoint(args)
     print('=' * 89)
-    print('| End of dynamic evaluation | ' + ' | '.join(run_log.report_line(k, v) for k, v in results.items()))
+    print('| End of dynamic evaluation | '
+          + ' | '.join(run_log.report_line(k, v, settings['release']) for k, v in results.items()))
     print('=' * 89)
     return 0
 

@@ -229,3 +229,14 @@ def test_command_line_error_is_one_line_with_status_2(tmp_path):
                            str(tmp_path / 'missing.pt'), '--cpu'], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith('error: ') and proc.stderr.count('\n') == 1, proc.stderr
+
+
+def test_a_2017_model_is_reported_without_bpc(tmp_path, capsys):
+    # The first release printed loss and perplexity only.
+    corpus = write_corpus(str(tmp_path / 'c'), (150, 40, 40))
+    save = str(tmp_path / 'r17.pt')
+    assert train_main.main(['--data', corpus, '--save', save, '--epochs', '1', '--release', '2017', *TINY]) == 0
+    capsys.readouterr()
+    assert dynamiceval.main(['--data', corpus, '--save', save, '--cpu', '--bptt', '10']) == 0
+    out = capsys.readouterr().out
+    assert '| End of dynamic evaluation | valid loss' in out and 'bpc' not in out

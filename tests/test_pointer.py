@@ -122,3 +122,16 @@ def test_a_binary_file_as_the_log_is_refused_before_any_work(trained, tmp_path, 
     with pytest.raises(errors.UserError, match=r'other\.pt: not a log but a binary file'):
         pointer.main(['--data', corpus, '--save', save, '--log', str(other), '--cpu'])
     assert other.read_bytes() == before
+
+
+def test_a_2017_model_is_reported_without_bpc(tmp_path, capsys):
+    # The first release printed loss and perplexity only.
+    import main as train_script
+    from conftest import TINY, write_corpus
+    corpus = write_corpus(str(tmp_path / 'c'), (150, 40, 40))
+    save = str(tmp_path / 'r17.pt')
+    assert train_script.main(['--data', corpus, '--save', save, '--epochs', '1', '--release', '2017', *TINY]) == 0
+    capsys.readouterr()
+    assert pointer.main(['--data', corpus, '--save', save, '--cpu', '--bptt', '10', '--window', '20']) == 0
+    out = capsys.readouterr().out
+    assert '| End of pointer | valid loss' in out and 'bpc' not in out
