@@ -9,7 +9,9 @@ A leaf: it imports no project module but errors.py. checkpoint.py (checkpoints, 
 data.py (the corpus cache), run_files.py and run_log.py write through it.
 """
 import contextlib
+import errno
 import hashlib
+import io
 import os
 import re
 import stat
@@ -38,7 +40,7 @@ def atomic_write(path, write):
     try:
         fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(target) + '.', suffix='.tmp', dir=folder)
     except OSError as e:
-        raise UserError(f'{path}: could not be written ({e.strerror})') from None
+        raise UserError(f'{path}: could not be written ({write_failure(e)})') from None
     try:
         os.fchmod(fd, file_mode(target))
         with os.fdopen(fd, 'wb') as f:
@@ -50,7 +52,7 @@ def atomic_write(path, write):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(e, (OSError, RuntimeError)):
-            raise UserError(f'{path}: could not be written ({first_line(e)})') from None
+            raise UserError(f'{path}: could not be written ({write_failure(e)})') from None
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -95,8 +97,27 @@ def file_mode(path):
 
 
 def atomic_torch_save(obj, path):
-    """torch.save through atomic_write."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save through atomic_write. Serialized in memory first and written by Python: torch's own
+    writer reports a full disk as `[enforce fail at inline_container.cc] unexpected pos`, Python's
+    write as ENOSPC (or EFBIG, the file size limit), which write_failure puts in words."""
+    def write(f):
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        f.write(buffer.getbuffer())
+    atomic_write(path, write)
+
+
+# Why a write fails, for the errors a user can do something about.
+WRITE_FAILURES = {errno.ENOSPC: 'the disk is full', errno.EFBIG: 'the file size limit was reached',
+                  errno.EDQUOT: 'the disk quota is used up'}
+
+
+def write_failure(error):
+    """The reason an OSError or RuntimeError of a write gives, in words: `the disk is full (No space
+    left on device)` for ENOSPC."""
+    if isinstance(error, OSError) and error.errno in WRITE_FAILURES:
+        return f'{WRITE_FAILURES[error.errno]}: {error.strerror}'
+    return (error.strerror if isinstance(error, OSError) else None) or first_line(error)
 
 
 def atomic_write_text(text, path):

@@ -57,8 +57,7 @@ class Corpus:
 
     def tokenize(self, path, digest=None):
         """The word ids of one split file; its bytes, as read, go into `digest` (see _content_key)."""
-        if not os.path.isfile(path):
-            raise DataError(f'{path}: file not found')
+        check_split_file(path)
         ids = []
         try:
             with open(path, 'rb') as f:
@@ -157,14 +156,20 @@ def _first_bad_byte(path):
     return offset, 'unexpected end of data'
 
 
+def check_split_file(path):
+    if os.path.isdir(path):
+        raise DataError(f'{path}: is a folder, not a split file (the corpus folder holds train.txt, valid.txt, test.txt)')
+    if not os.path.isfile(path):
+        raise DataError(f'{path}: file not found')
+
+
 def _content_key(path):
     """sha1 over the three split files' bytes: the cache follows the content, not the path. Read as
     Corpus reads them (which computes the same key over the bytes it tokenized)."""
     digest = hashlib.sha1()
     for split in SPLITS:
         name = os.path.join(path, split + '.txt')
-        if not os.path.isfile(name):
-            raise DataError(f'{name}: file not found')
+        check_split_file(name)
         with open(name, 'rb') as f:
             reader = _HashingReader(f, digest)
             buffer = bytearray(1 << 20)

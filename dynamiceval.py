@@ -430,10 +430,10 @@ def evaluate_checkpoint(args, log=print):
             check_result(name, results[name], lr)
             log(f'| {name} | {time.time() - start:.1f}s | {name} ppl {authors[name]:8.2f} (the authors\' '
                 f'convention: mean over the tokens scored) | sum / N, as main.py: '
-                f'{run_log.report_line(name, results[name])}')
+                f'{run_log.report_line(name, results[name], model.release)}')
     except torch.cuda.OutOfMemoryError:
         raise errors.UserError('GPU out of memory: try a smaller --batch_size or --max-batches') from None
-    return results, {'lr': lr, 'lamb': lamb, 'epsilon': epsilon}, authors
+    return results, {'lr': lr, 'lamb': lamb, 'epsilon': epsilon, 'release': model.release}, authors
 
 
 def authors_result_lines(authors, grid):
@@ -449,10 +449,10 @@ def authors_result_lines(authors, grid):
 def main(argv=None):
     args = parse_args(argv)
     print('Args:', args)
-    results, _, authors = evaluate_checkpoint(args)
+    results, settings, authors = evaluate_checkpoint(args)
     print('=' * 89)
     print('| End of dynamic evaluation | ' + ' | '.join(f'{k} ppl {v:8.2f}' for k, v in authors.items())
-          + ' | sum / N, as main.py: ' + ' | '.join(run_log.report_line(k, v) for k, v in results.items()))
+          + ' | sum / N, as main.py: ' + ' | '.join(run_log.report_line(k, v, settings['release']) for k, v in results.items()))
     print('=' * 89)
     for line in authors_result_lines(authors, args.grid or args.gridfast):
         print(line)

@@ -134,7 +134,9 @@ def load_model(args, given, device):
     """The model to fine-tune: main.py's checkpoint (--save), or when resuming the state of this script's
     own run, whose flags are then adopted. Returns (the loaded checkpoint, the state file or None)."""
     state_file = find_state(args) if args.resume is not None else None
-    ckpt = checkpoint.load_checkpoint(state_file or args.save, map_location=device)
+    # Fine-tuning starts from the best model a run saved, never from a resume state's raw last-epoch weights.
+    ckpt = checkpoint.load_checkpoint(state_file or args.save, map_location=device,
+                                      resume_state_ok=state_file is not None)
     if state_file:
         checkpoint.check_state(ckpt, state_file, 'finetune')
         # The output is where the state is (the files claimed), even if they were moved since.

@@ -163,7 +163,8 @@ def check_args(args):
         require(args.model in ('LSTM', 'QRNN', 'GRU'), f'--model must be LSTM, QRNN or GRU, got {args.model!r}')
     if getattr(args, 'release', None) == 2017:
         require(getattr(args, 'model', None) in (None, 'LSTM'),
-                f'--release 2017 builds LSTMs only (the first release had no {args.model}); use --release 2018')
+                f'--release 2017 builds LSTMs only (the first release had no {getattr(args, "model", None)}); '
+                'use --release 2018')
     if hasattr(args, 'optimizer'):
         require(args.optimizer in ('sgd', 'adam'), f'--optimizer must be sgd or adam, got {args.optimizer!r}')
         if args.optimizer == 'adam' and holds(lambda v: v > 0, getattr(args, 'lr', None)):

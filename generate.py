@@ -21,6 +21,7 @@ import data
 import flags
 import run_files
 import errors
+from atomic_io import write_failure
 
 
 def parse_args(argv=None):
@@ -119,27 +120,30 @@ def main(argv=None):
     word = original_start_word(len(idx2word)).to(device)
     shaped = args.top_k is not None or args.top_p is not None
     written = 0  # words written so far: the original's layout breaks the line after every 20th
-    with open(args.outf, 'w') as outf, torch.no_grad():
-        output = None
-        if prompt is not None:
-            output, hidden = feed_prompt(model, prompt, hidden, device)
-            for text in args.prompt.split():
-                outf.write(word_with_separator(text, written, args.corpus_layout))
-                written += 1
-        for i in range(args.words):
-            if output is None:
-                output, hidden = model(word, hidden)
-            if shaped:
-                logprob = criterion.logprob(model.decoder.weight, model.decoder.bias, output)[0]
-                word = torch.multinomial(filtered_probs(logprob, args.temperature, args.top_k, args.top_p), 1)
-            else:
-                word = sample_next_word(model, criterion, output, args.temperature)
-            word = word.view(1, 1).to(device)
+    try:
+        with open(args.outf, 'w') as outf, torch.no_grad():
             output = None
-            outf.write(word_with_separator(idx2word[word.item()], written, args.corpus_layout))
-            written += 1
-            if i % args.log_interval == 0:
-                print(f'| Generated {i}/{args.words} words')
+            if prompt is not None:
+                output, hidden = feed_prompt(model, prompt, hidden, device)
+                for text in args.prompt.split():
+                    outf.write(word_with_separator(text, written, args.corpus_layout))
+                    written += 1
+            for i in range(args.words):
+                if output is None:
+                    output, hidden = model(word, hidden)
+                if shaped:
+                    logprob = criterion.logprob(model.decoder.weight, model.decoder.bias, output)[0]
+                    word = torch.multinomial(filtered_probs(logprob, args.temperature, args.top_k, args.top_p), 1)
+                else:
+                    word = sample_next_word(model, criterion, output, args.temperature)
+                word = word.view(1, 1).to(device)
+                output = None
+                outf.write(word_with_separator(idx2word[word.item()], written, args.corpus_layout))
+                written += 1
+                if i % args.log_interval == 0:
+                    print(f'| Generated {i}/{args.words} words')
+    except OSError as e:  # a full disk: Python's write names no file
+        raise errors.UserError(f'{args.outf}: could not be written ({write_failure(e)})') from None
     print(f'| Generated {args.words} words to {args.outf}')
     return 0
 

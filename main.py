@@ -137,7 +137,8 @@ def train(args, dist, given):
         return owner.report_interrupted(f'--resume {args.save} --data {args.data}')
 
     # Load the best model this run saved and run it on test data.
-    test_loss = cli.evaluate_best_on_test(owner, args.save, model, criterion, test_data, args.bptt)
+    best_path = owner.best_model_path(args.save)
+    test_loss = cli.evaluate_best_on_test(owner, best_path, model, criterion, test_data, args.bptt)
     log.write(final=True, **run_log.loss_record('valid', best_val_loss), **run_log.loss_record('test', test_loss))
     return 0
 

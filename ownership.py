@@ -20,8 +20,9 @@ class RunOwnership:
     `start_runs`: the other runs whose model the output may hold (None: unchecked); any other run's
     best model must be its own."""
 
-    def __init__(self, run, state_file, state_is_ours, writes_output_first=False, start_runs=None):
+    def __init__(self, run, state_file, state_is_ours, writes_output_first=False, start_runs=None, earlier_best=None):
         self.run, self.state_file, self.state_is_ours = run, state_file, state_is_ours
+        self.earlier_best = earlier_best  # a run continued into new files: the best model it had saved before
         self.writes_output_first, self.start_runs = writes_output_first, start_runs
         self.may_hold = None if start_runs is None else {run, *start_runs}
 
@@ -30,6 +31,18 @@ class RunOwnership:
 
     def report_interrupted(self, resume_command):
         return interrupts.report_interrupted(self.state_file, resume_command, self.state_is_ours)
+
+    def best_model_path(self, save):
+        """Where this run's best model is: `save`, unless the run was continued into new files and no epoch
+        since improved on its best: then the checkpoint it had saved before (`earlier_best`, same run id)."""
+        if self.earlier_best is None or self.holds_ours(save) or not self.holds_ours(self.earlier_best):
+            return save
+        print(f'No epoch since the resume improved on the run\'s best model: testing it where the run saved it, '
+              f'{self.earlier_best} (nothing was written to {save})')
+        return self.earlier_best
+
+    def holds_ours(self, path):
+        return os.path.isfile(path) and checkpoint.read_checkpoint(path)['run'] == self.run
 
     def read_best(self, path):
         """The checkpoint of the best model at `path`, refused unless this run may report it."""
@@ -52,7 +65,10 @@ def of_main_run(resumed, save, dist):
     ours = resumed.state is not None and checkpoint.same_file(resumed.state_file, state_file)
     if ours and run is not None:
         check_best_model_is_ours(save, run, resumed.state_file)
-    return RunOwnership(run, state_file, ours)
+    earlier_best = None
+    if resumed.state is not None and not ours:  # continued into new files (--resume X.state --save NEW.pt)
+        earlier_best = checkpoint.checkpoint_of_state(resumed.state_file, resumed.state)
+    return RunOwnership(run, state_file, ours, earlier_best=earlier_best)
 
 
 def of_finetuning(loaded, state_file, out, save, own_state_file, dist):

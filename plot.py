@@ -175,10 +175,19 @@ def gaps(values):
     return [math.nan if v is None else v for v in values]
 
 
+def perplexity_ticks(low, high):
+    """The multiples of each power of ten labelled on a log axis from `low` to `high`: finer the narrower
+    the range, so that a range within one decade gets several labels and a wide one is not crowded."""
+    decades = math.log10(high / low) if low > 0 and high > low else 1
+    if decades <= 1:
+        return (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+    return (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if decades <= 2 else (1.0, 2.0, 5.0)
+
+
 def draw(plt, runs, title, output):
     """runs: (label, curves) pairs. Writes the figure to `output` as PNG."""
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for i, (label, (epochs, train, valid, asgd_switch, lr_drops)) in enumerate(runs):
         colour = f'C{i % 10}'
@@ -190,10 +199,11 @@ def draw(plt, runs, title, output):
         for epoch in lr_drops:
             ax.axvline(epoch - 0.5, color=colour, linestyle='-.', linewidth=1.2)
     ax.set_yscale('log')
-    # Perplexities as plain numbers (150, 200, 300), not powers of ten: they are read off the axis.
-    plain = FuncFormatter(lambda y, _: f'{y:g}')
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
+    # Perplexities as plain numbers (150, 200, 300), not powers of ten: they are read off the axis, so the
+    # labels cover the whole range (from 500 to 1700 matplotlib's only label above 1000 was none).
+    ax.yaxis.set_major_locator(LogLocator(subs=perplexity_ticks(*ax.get_ylim())))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f'{y:g}'))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel('epoch')
     ax.set_ylabel('perplexity')
     ax.grid(True, which='both', alpha=0.3)

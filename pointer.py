@@ -213,6 +213,7 @@ def main(argv=None):
     if args.save:  # a read-only folder is found now, not after the whole evaluation
         try:
             run_files.check_output(args.log, '--log', inputs=[args.save, *run_files.data_files(args.data)])
+            run_log.check_appendable(args.log)
         except errors.UserError as e:
             raise errors.UserError(f'{e}: give --log PATH to write the results elsewhere') from None
     device = cli.choose_device(args)
@@ -234,12 +235,12 @@ def main(argv=None):
             except torch.cuda.OutOfMemoryError:
                 raise errors.UserError('GPU out of memory: try a smaller --bptt') from None
         check_finite(split, loss, vocab_loss, args.theta)
-        print(f'| {split} without the cache | {run_log.report_line(split, vocab_loss)}')
+        print(f'| {split} without the cache | {run_log.report_line(split, vocab_loss, model.release)}')
         results.update(run_log.loss_record(split, loss), **{f'{split}_nocache_loss': vocab_loss})
 
     print('=' * 89)
     for split in ('valid', 'test'):
-        print(f'| End of pointer | {run_log.report_line(split, results[split + "_loss"])}')
+        print(f'| End of pointer | {run_log.report_line(split, results[split + "_loss"], model.release)}')
     print('=' * 89)
     run_log.JsonLog(args.log).write(
         checkpoint=args.save, data=args.data, bptt=args.bptt, window=args.window, theta=args.theta,

@@ -17,8 +17,8 @@ class Resume:
     """What a run starts from. A new run: nothing (epoch 0, no history). An exact resume: `state` read
     from `state_file`. A restart from weights: `weights_file`, read when the model is built."""
 
-    def __init__(self, state_file=None, state=None, weights_file=None):
-        self.state_file, self.state, self.weights_file = state_file, state, weights_file
+    def __init__(self, state_file=None, state=None, weights_file=None, weights=None):
+        self.state_file, self.state, self.weights_file, self.weights = state_file, state, weights_file, weights
         exact = state is not None
         self.epoch = state['epoch'] if exact else 0  # the last completed epoch
         self.history = list(state['history']) if exact else []  # the valid losses NT-ASGD compares
@@ -32,7 +32,7 @@ class Resume:
             checkpoint.load_weights(model, criterion, self.state, self.state_file)
         elif self.weights_file:
             print('Resuming model ...')
-            ckpt = checkpoint.read_checkpoint(self.weights_file)
+            ckpt = self.weights
             checkpoint.check_vocabulary(ckpt['idx2word'], corpus, self.weights_file, args.data)
             checkpoint.load_weights(model, criterion, ckpt, self.weights_file)
             model.set_dropouts(args.dropout, args.dropouth, args.dropouti, args.dropoute, args.wdrop)
@@ -58,7 +58,9 @@ def of_main_run(args, given):
     if state_file is None:
         if not os.path.isfile(args.resume):
             raise UserError(f'{args.resume}: checkpoint not found (--resume)')
-        return Resume(weights_file=args.resume)
+        weights = checkpoint.read_checkpoint(args.resume)
+        keep_release_of(weights, args, args.resume, given)
+        return Resume(weights_file=args.resume, weights=weights)
     state = checkpoint.read_state(state_file, 'main')
     adopt_saved_flags(args, state, state_file, given, flags.RESUME_MAY_CHANGE)
     return Resume(state_file, state)
@@ -71,3 +73,14 @@ def adopt_saved_flags(args, state, state_file, given, may_change):
     flags.check_resumed_args(args, state_file)
     if ignored:
         print(f'note: continuing the saved run with its own settings; ignored flags: {", ".join(ignored)}')
+
+
+def keep_release_of(ckpt, args, path, given):
+    """A restart from a checkpoint's weights computes as the release that trained them (its locked-dropout
+    mask and numpy seeding, docs/PARITY.md), as finetune.py and the evaluation scripts do; a different
+    --release is noted, whether given or the default."""
+    saved = ckpt['model_config']['release']
+    if args.release != saved:
+        ignored = f' (--release {args.release} ignored)' if 'release' in given else ''
+        print(f'note: restarting as release {saved}, the release of the model in {path}{ignored}')
+        args.release = saved

@@ -8,7 +8,7 @@ import os
 import uuid
 
 import data
-from atomic_io import check_replaceable, remove_stale_temporaries, temporary_name
+from atomic_io import check_replaceable, remove_stale_temporaries, temporary_name, write_failure
 from errors import UserError
 
 
@@ -30,6 +30,13 @@ def check_output(path, flag, inputs=(), replaced=False):
     file if it exists: a device node or FIFO there (`--save /dev/null`) would itself be replaced."""
     if os.path.isdir(path):
         raise UserError(f'{path}: is a folder ({flag} names the file to write)')
+    if not replaced and os.path.exists(path):
+        # Written in place (opened for writing or appending): its folder plays no part. /dev/stdout on a
+        # pipe resolves into /proc/PID/fd, a read-only folder, and to a name that is no file at all.
+        if not writable(path):
+            raise UserError(f'{path}: file is read-only ({flag})')
+        check_not_an_input(path, flag, inputs)
+        return
     target = os.path.realpath(path)
     folder = os.path.dirname(target)
     if not os.path.isdir(folder):
@@ -42,9 +49,13 @@ def check_output(path, flag, inputs=(), replaced=False):
     if os.path.exists(target):
         if not writable(target):
             raise UserError(f'{path}: file is read-only ({flag})')
-        for source in inputs:
-            if os.path.exists(source) and os.path.samefile(target, source):
-                raise UserError(f'{path}: {flag} would overwrite {source}, an input of this run')
+        check_not_an_input(target, flag, inputs, path)
+
+
+def check_not_an_input(target, flag, inputs, path=None):
+    for source in inputs:
+        if os.path.exists(source) and os.path.samefile(target, source):
+            raise UserError(f'{path or target}: {flag} would overwrite {source}, an input of this run')
 
 
 def check_name(path, target, flag, replaced):
@@ -127,6 +138,10 @@ def hold_lock(path, name):
         os.close(fd)
         raise UserError(f'{name}: another run is using these files (it holds {path}); '
                         'wait for it to end, or write elsewhere') from None
-    os.ftruncate(fd, 0)
-    os.write(fd, uuid.uuid4().hex.encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, uuid.uuid4().hex.encode())
+    except OSError as e:  # a full disk: name the file and say why
+        os.close(fd)
+        raise UserError(f'{path}: cannot write the lock of this run ({write_failure(e)})') from None
     return fd

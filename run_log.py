@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from atomic_io import atomic_write_text
+from atomic_io import atomic_write
 from errors import UserError
 from training import loss_figures, perplexity
 
@@ -61,47 +61,79 @@ class JsonLog:
             raise UserError(f'{self.path}: could not write the log ({e.strerror or e})') from None
 
     def _end_a_cut_off_line(self):
-        """A last line without its newline was cut off by an interrupted write (a full disk, kill -9):
-        the next record appended to it would spoil both. A whole record that only lacks the newline
-        gets it; a partial one, which nothing can read, is dropped, with a note."""
+        """A last line without its newline, in a log of this code, was cut off by an interrupted write (a
+        full disk, kill -9): the next record appended to it would spoil both. A whole record that only
+        lacks the newline gets it; a partial one, which nothing can read, is dropped, with a note. Any
+        other file is left whole (check_appendable): a text file not ending in a newline gets one before
+        the record. Only a regular file is examined: a pipe or terminal (/dev/stdout) is written as it is."""
+        content = check_appendable(self.path)
+        if not content or content.endswith(b'\n'):
+            return
+        keep = content.rfind(b'\n') + 1
+        tail = content[keep:]
         try:
             with open(self.path, 'rb+') as f:
-                content = f.read()
-                if not content or content.endswith(b'\n'):
-                    return
-                keep = content.rfind(b'\n') + 1
-                tail = content[keep:]
-                try:
-                    whole = isinstance(json.loads(tail), dict)
-                except ValueError:
-                    whole = False
-                if whole:
+                if not (is_log_of_this_code(content) and tail.startswith(b'{')) or is_record(tail):
+                    f.seek(0, os.SEEK_END)
                     f.write(b'\n')
                 else:
                     f.truncate(keep)
                     print(f'note: {self.path}: dropped its last line, a record cut off by an interrupted write '
                           f'({len(tail)} bytes)')
-        except FileNotFoundError:
-            return
         except OSError as e:
-            raise UserError(f'{self.path}: cannot write the log ({e.strerror})') from None
+            raise UserError(f'{self.path}: cannot write the log ({e.strerror or e})') from None
 
     def _forget_records_after(self, epoch):
+        # Read as bytes: a line that is not UTF-8 is not this code's, and is kept as it is.
         if not os.path.isfile(self.path):
             return
-        with open(self.path) as f:
+        with open(self.path, 'rb') as f:
             lines = f.readlines()
         kept = [line for line in lines if not self._redone(line, epoch)]
         if len(kept) < len(lines):
-            atomic_write_text(''.join(kept), self.path)
+            atomic_write(self.path, lambda f: f.write(b''.join(kept)))
 
     def _redone(self, line, epoch):
         try:
             record = json.loads(line)
-        except ValueError:
+        except ValueError:  # UnicodeDecodeError included
             return False  # not ours to judge
         return (isinstance(record, dict) and record.get('run') == self.run
                 and (record.get('final', False) or (record.get('epoch') or 0) > epoch))
+
+
+def check_appendable(path):
+    """The bytes of the file at `path` that a log record is about to be appended to (b'' when there is
+    none, or it is not a regular file: a pipe, a terminal, /dev/null), refused if it is a binary file (a
+    checkpoint given as --log), which a line of text appended to would damage. Called before any work
+    by the scripts that log only at the end (pointer.py)."""
+    try:
+        if not os.path.isfile(path):
+            return b''
+        with open(path, 'rb') as f:
+            content = f.read()
+    except OSError as e:
+        raise UserError(f'{path}: cannot read the log to append to it ({e.strerror or e})') from None
+    if b'\0' in content:
+        raise UserError(f'{path}: not a log but a binary file (a checkpoint?): appending a record would damage '
+                        'it; name a log or a new file')
+    return content
+
+
+def is_record(line):
+    """Whether `line` (bytes) is one whole JSON record (an object)."""
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def is_log_of_this_code(content):
+    """Whether a file's bytes are a JSON-lines log as this code writes them: its first line a whole record
+    (or, cut off before its first newline, the start of one)."""
+    if b'\n' not in content:
+        return content.startswith(b'{"')
+    return is_record(content.split(b'\n', 1)[0])
 
 
 def finite_or_null(value):

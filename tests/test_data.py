@@ -177,3 +177,13 @@ def test_a_train_split_needs_at_least_one_batch(tmp_path):
     save = str(tmp_path / 'b.pt')
     assert train(corpus_of(str(tmp_path / 'three_rows'), 3), save) == 0
     assert read_jsonl(run_log.json_log_path(save))[0]['train_loss'] > 0
+
+
+def test_a_split_that_is_a_folder_is_named_as_such(tmp_path):
+    folder = tmp_path / 'c'
+    folder.mkdir()
+    (folder / 'train.txt').write_text('a b c\n')
+    (folder / 'valid.txt').mkdir()
+    (folder / 'test.txt').write_text('a b\n')
+    with pytest.raises(data.DataError, match=r'valid\.txt: is a folder, not a split file'):
+        data.load_corpus(str(folder))

@@ -238,3 +238,14 @@ def test_the_authors_flags_mean_what_they_mean_there():
     assert dynamiceval.choose_device(args).type == 'cpu' and args.QRNN and args.gridfast
     with pytest.raises(errors.UserError, match='--gpu 0 and --cpu disagree'):
         dynamiceval.parse_args(['--model', 'PTB.pt', '--gpu', '0', '--cpu'])
+
+
+def test_a_2017_model_is_reported_without_bpc(tmp_path, capsys):
+    # The first release printed loss and perplexity only.
+    corpus = write_corpus(str(tmp_path / 'c'), (150, 40, 40))
+    save = str(tmp_path / 'r17.pt')
+    assert train_main.main(['--data', corpus, '--save', save, '--epochs', '1', '--release', '2017', *TINY]) == 0
+    capsys.readouterr()
+    assert dynamiceval.main(['--data', corpus, '--save', save, '--cpu', '--bptt', '10']) == 0
+    out = capsys.readouterr().out
+    assert 'sum / N, as main.py: valid loss' in out and 'bpc' not in out

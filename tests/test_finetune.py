@@ -139,3 +139,23 @@ def test_finetune_keeps_the_checkpoints_dropouts_and_says_so(tmp_path, capsys):
         assert state['args'][key] == saved[key], key
         if config is not None:
             assert config[key] == saved[key], key
+
+
+def test_a_resume_state_given_as_the_model_to_fine_tune_is_refused_naming_the_checkpoint(trained, tmp_path):
+    # main.py's <save>.state holds the raw weights of the last epoch, not the run's best model.
+    corpus, save = trained
+    state = shutil.copy(checkpoint.state_path(save), str(tmp_path / 'y.pt.state'))
+    out = str(tmp_path / 'ft.pt')
+    with pytest.raises(errors.UserError, match=r'y\.pt\.state: a resume state of main\.py .*use the checkpoint '
+                                               r'.*y\.pt$'):
+        run(corpus, state, '--out', out, '--epochs', '1')
+    assert not os.path.exists(out)
+
+
+def test_release_2017_is_accepted_and_the_checkpoints_release_kept(tmp_path, capsys):
+    # The 2017 rows' commands carry --release 2017 (README); finetune.py takes the release from the checkpoint.
+    corpus, save = train_tiny(str(tmp_path), epochs=1)
+    capsys.readouterr()
+    assert run(corpus, save, '--out', str(tmp_path / 'ft.pt'), '--epochs', '1', '--release', '2017') == 0
+    assert 'note: --release 2017 ignored: the checkpoint holds a model with release 2018' in capsys.readouterr().out
+    assert checkpoint.read_checkpoint(str(tmp_path / 'ft.pt'))['model_config']['release'] == 2018

@@ -87,3 +87,18 @@ def test_bad_sampling_flags(trained):
                             (['--prompt', '  '], 'prompt'), (['--prompt', 'zebra'], "'zebra' is not in the vocabulary")):
         with pytest.raises(errors.UserError, match=message):
             generate.main(['--data', corpus, '--checkpoint', save, '--cpu', *flags_])
+
+
+def test_generated_text_can_go_down_a_pipe(trained):
+    # `generate.py --outf /dev/stdout | cat`: /dev/stdout resolves into /proc/PID/fd, a read-only folder.
+    import os
+    import subprocess
+    import sys
+    from conftest import REPO
+    corpus, save = trained
+    done = subprocess.run([sys.executable, 'generate.py', '--data', corpus, '--checkpoint', save, '--words', '30',
+                           '--outf', '/dev/stdout', '--cpu'], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f'| Generated 30 words to /dev/stdout' in done.stdout and 'error' not in done.stderr
+    assert any(word in done.stdout for word in ('cat', 'dog', 'bird', 'fish'))  # the corpus's words
+    assert os.path.isfile(save)

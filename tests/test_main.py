@@ -197,3 +197,62 @@ def test_resume_alone_continues_the_run_it_names(tmp_path, small_corpus, monkeyp
     assert set(os.listdir(tmp_path)) - files <= {'part.pt.state'}  # no timestamp-named run beside it
     assert checkpoint.read_checkpoint(checkpoint.state_path(save))['epoch'] == 2
     assert epochs_of(save) == ([1, 2] if with_state else [1, 1, 2])
+
+
+def _rewritten_state(path, change):
+    """The resume state at `path` rewritten by hand with `change` applied to its raw dict (digest renewed)."""
+    from reliability_helpers import hand_made
+    raw = torch.load(path, map_location='cpu', weights_only=True)
+    change(raw)
+    hand_made(raw, path, digest=True)
+
+
+def test_restarting_from_a_2017_checkpoint_alone_keeps_its_release(tmp_path, tiny_corpus, capsys):
+    save = str(tmp_path / 'r17.pt')
+    assert run_main(tiny_run(tiny_corpus, save, epochs=1, extra=['--release', '2017'])) == 0
+    weights = str(tmp_path / 'r17c.pt')
+    os.rename(save, weights)  # no state beside it
+    capsys.readouterr()
+    new = str(tmp_path / 'new.pt')
+    assert run_main(tiny_run(tiny_corpus, new, epochs=1, extra=['--resume', weights])) == 0
+    out = capsys.readouterr().out
+    assert 'note: restarting as release 2017, the release of the model in' in out
+    assert 'valid bpc' not in out  # the first release printed no bpc
+    saved = checkpoint.read_checkpoint(new)
+    assert saved['model_config']['release'] == 2017 and saved['args']['release'] == 2017
+    # A disagreeing flag given on the command line is named.
+    assert run_main(tiny_run(tiny_corpus, str(tmp_path / 'n2.pt'), epochs=1,
+                             extra=['--resume', weights, '--release', '2018'])) == 0
+    assert '(--release 2018 ignored)' in capsys.readouterr().out
+    assert checkpoint.read_checkpoint(str(tmp_path / 'n2.pt'))['args']['release'] == 2017
+
+
+def test_an_exact_resume_of_a_state_from_before_release_goes_on_as_2018(tmp_path, tiny_corpus, capsys):
+    save = str(tmp_path / 'old.pt')
+    assert run_main(tiny_run(tiny_corpus, save, epochs=1)) == 0
+
+    def before_release(raw):
+        del raw['args']['release'], raw['model_config']['release']
+    _rewritten_state(checkpoint.state_path(save), before_release)
+    capsys.readouterr()
+    assert run_main(tiny_run(tiny_corpus, save, epochs=2, extra=['--resume', save, '--release', '2017'])) == 0
+    out = capsys.readouterr().out
+    assert 'Resuming exactly' in out and 'ignored flags: release' in out
+    assert '| end of epoch   2 |' in out and 'valid bpc' in out  # 2018 style
+    state = checkpoint.read_checkpoint(checkpoint.state_path(save))
+    assert state['args']['release'] == 2018 and state['model_config']['release'] == 2018
+
+
+def test_continuing_into_new_files_without_improvement_tests_the_runs_best_model(tmp_path, tiny_corpus, capsys):
+    save = str(tmp_path / 'a.pt')
+    assert run_main(tiny_run(tiny_corpus, save, epochs=1)) == 0
+    run = checkpoint.read_checkpoint(save)['run']
+    _rewritten_state(checkpoint.state_path(save), lambda raw: raw.update(best_val_loss=0.0))  # nothing beats it
+    capsys.readouterr()
+    new = str(tmp_path / 'y.pt')
+    assert run_main(tiny_run(tiny_corpus, new, epochs=2, extra=['--resume', checkpoint.state_path(save)])) == 0
+    out = capsys.readouterr().out
+    assert f'testing it where the run saved it, {save}' in out and '| End of training | test loss' in out
+    assert not os.path.exists(new)
+    final = [r for r in read_jsonl(run_log.json_log_path(new)) if r.get('final')]
+    assert len(final) == 1 and final[0]['run'] == run

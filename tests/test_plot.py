@@ -221,3 +221,22 @@ def test_plot_skips_lines_cut_off_by_an_interrupted_write(tmp_path, capsys):
     (label, points), = plot.log_curves(log, 'm')
     assert points[0] == [1, 3]
     assert 'skipped 1 line(s) cut off by an interrupted write (line 3)' in capsys.readouterr().err
+
+
+@needs_matplotlib
+@pytest.mark.parametrize('low, high', [(500, 1700), (60, 90), (100, 5000)])
+def test_the_perplexity_axis_is_labelled_across_the_range(tmp_path, monkeypatch, low, high):
+    import matplotlib.pyplot as plt
+    figures = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, 'close', lambda fig: figures.append(fig))
+    epochs = [1, 2, 3]
+    curve = [high, (low * high) ** 0.5, low]
+    plot.draw(plt, [('run', (epochs, curve, curve, None, []))], None, str(tmp_path / 'c.png'))
+    ax = figures[0].axes[0]
+    bottom, top = ax.get_ylim()
+    shown = [float(label.get_text()) for label in ax.yaxis.get_majorticklabels() + ax.yaxis.get_minorticklabels()
+             if label.get_text() and bottom <= label.get_position()[1] <= top]
+    real_close(figures[0])
+    # Labels near both ends of the curve (500 to 1700 had none above 1000), and not a crowd of them.
+    assert max(shown) >= high / 1.3 and min(shown) <= low * 1.3 and len(shown) <= 12

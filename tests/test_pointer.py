@@ -93,3 +93,45 @@ def test_bad_inputs(trained, tmp_path):
         pointer.main(['--data', other_corpus(str(tmp_path / 'other')), '--save', save, '--cpu'])
     with pytest.raises(errors.UserError, match='--lambdasm'):
         pointer.main(['--data', corpus, '--save', save, '--lambdasm', '1.5'])
+
+
+def test_the_log_can_go_down_a_pipe(trained):
+    # `pointer.py --log /dev/stdout | cat`: the record is written there.
+    import json
+    import subprocess
+    import sys
+    from conftest import REPO
+    corpus, save = trained
+    done = subprocess.run([sys.executable, 'pointer.py', '--data', corpus, '--save', save, '--log', '/dev/stdout',
+                           '--cpu', '--bptt', '10', '--window', '20'], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{')]
+    assert len(records) == 1 and records[0]['checkpoint'] == save
+
+
+def test_a_binary_file_as_the_log_is_refused_before_any_work(trained, tmp_path, monkeypatch):
+    corpus, save = trained
+    other = tmp_path / 'other.pt'
+    other.write_bytes(open(save, 'rb').read())
+    before = other.read_bytes()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError('the log should have been refused before the evaluation')
+    monkeypatch.setattr(pointer, 'pointer_loss', must_not_run)
+    with pytest.raises(errors.UserError, match=r'other\.pt: not a log but a binary file'):
+        pointer.main(['--data', corpus, '--save', save, '--log', str(other), '--cpu'])
+    assert other.read_bytes() == before
+
+
+def test_a_2017_model_is_reported_without_bpc(tmp_path, capsys):
+    # The first release printed loss and perplexity only.
+    import main as train_script
+    from conftest import TINY, write_corpus
+    corpus = write_corpus(str(tmp_path / 'c'), (150, 40, 40))
+    save = str(tmp_path / 'r17.pt')
+    assert train_script.main(['--data', corpus, '--save', save, '--epochs', '1', '--release', '2017', *TINY]) == 0
+    capsys.readouterr()
+    assert pointer.main(['--data', corpus, '--save', save, '--cpu', '--bptt', '10', '--window', '20']) == 0
+    out = capsys.readouterr().out
+    assert '| End of pointer | valid loss' in out and 'bpc' not in out

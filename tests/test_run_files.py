@@ -317,3 +317,62 @@ def test_atomic_writes_follow_the_umask_and_keep_an_existing_mode(tmp_path, umas
     os.chmod(path, 0o640)
     checkpoint.atomic_torch_save({'x': torch.zeros(1)}, path)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+
+
+# ---------------------------------------------------------------------------------------------
+# Full disks and file size limits, named as such; outputs that are pipes
+
+FILE_SIZE_LIMITED_SAVE = '''
+import resource, sys
+sys.path.insert(0, sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # Python ignores SIGXFSZ: the write fails with EFBIG
+import torch, atomic_io, errors
+try:
+    atomic_io.atomic_torch_save({'x': torch.zeros(100000)}, sys.argv[2])
+except errors.UserError as e:
+    print(e)
+'''
+
+
+def test_a_checkpoint_over_the_file_size_limit_says_so(tmp_path):
+    import subprocess
+    import sys
+    path = str(tmp_path / 'big.pt')
+    done = subprocess.run([sys.executable, '-c', FILE_SIZE_LIMITED_SAVE, os.getcwd(), path], capture_output=True,
+                          text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.stdout.strip() == f'{path}: could not be written (the file size limit was reached: File too large)'
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_failures_are_put_in_words():
+    assert atomic_io.write_failure(OSError(28, 'No space left on device')) == \
+        'the disk is full: No space left on device'
+    assert atomic_io.write_failure(OSError(13, 'Permission denied')) == 'Permission denied'
+
+
+def test_a_full_disk_when_the_lock_is_written_names_the_lock(tmp_path, monkeypatch):
+    def no_space(fd, data):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(os, 'write', no_space)
+    lock = str(tmp_path / 'm.pt.lock')
+    with pytest.raises(errors.UserError, match=r'm\.pt\.lock: cannot write the lock of this run \(the disk is full'):
+        run_files.hold_lock(lock, str(tmp_path / 'm.pt'))
+
+
+def test_generate_on_a_full_disk_names_its_output(trained):
+    corpus, save, _ = trained
+    with pytest.raises(errors.UserError, match=r'^/dev/full: could not be written \(the disk is full: No space'):
+        generate.main(['--data', corpus, '--checkpoint', save, '--outf', '/dev/full', '--words', '5', '--cpu'])
+
+
+def test_an_output_that_is_a_pipe_passes_its_check():
+    # /dev/stdout piped into `cat` resolves into /proc/PID/fd (a read-only folder) and to no file at all.
+    read_end, write_end = os.pipe()
+    try:
+        pipe = f'/proc/self/fd/{write_end}'
+        if not os.path.exists(pipe):
+            pytest.skip('no /proc/self/fd here')
+        run_files.check_output(pipe, '--outf')
+    finally:
+        os.close(read_end)
+        os.close(write_end)

@@ -124,3 +124,54 @@ def test_resume_after_kill_9_leaves_one_record_per_epoch_and_no_temporaries(tmp_
     strip = lambda path: [{k: v for k, v in r.items() if k not in ('seconds', 'run')}
                           for r in read_jsonl(run_log.json_log_path(path))]
     assert strip(save) == strip(straight)
+
+
+def test_a_file_that_is_not_this_codes_log_is_never_cut(tmp_path, capsys):
+    # Only a cut-off record of this code's own log may be repaired: a text file that merely lacks its
+    # last newline keeps every line, the record going after a newline.
+    notes = tmp_path / 'notes.txt'
+    notes.write_bytes(b'my results\nlast line without newline')
+    run_log.JsonLog(str(notes)).write(valid_loss=5.0)
+    assert notes.read_bytes() == b'my results\nlast line without newline\n{"valid_loss": 5.0}\n'
+    one_line = tmp_path / 'one.txt'
+    one_line.write_bytes(b'no newline at all')
+    run_log.JsonLog(str(one_line)).write(valid_loss=5.0)
+    assert one_line.read_bytes() == b'no newline at all\n{"valid_loss": 5.0}\n'
+    assert 'dropped' not in capsys.readouterr().out
+
+
+def test_a_binary_file_as_a_log_is_refused_and_left_whole(trained, tmp_path):
+    _, save, _ = trained
+    copy = tmp_path / 'other.pt'
+    copy.write_bytes(open(save, 'rb').read())
+    before = copy.read_bytes()
+    with pytest.raises(errors.UserError, match=r'other\.pt: not a log but a binary file'):
+        run_log.JsonLog(str(copy)).write(valid_loss=5.0)
+    assert copy.read_bytes() == before
+    checkpoint.read_checkpoint(str(copy))
+
+
+def test_resuming_with_a_log_line_that_is_not_utf8_keeps_it(tmp_path, small_corpus):
+    save = str(tmp_path / 'a.pt')
+    assert train(small_corpus, save, epochs=2) == 0
+    log = run_log.json_log_path(save)
+    with open(log, 'ab') as f:
+        f.write(b'\xff\xfe not UTF-8 \x80\n')
+    assert train(small_corpus, save, epochs=3, extra=['--resume', save]) == 0
+    lines = open(log, 'rb').read().splitlines()
+    assert b'\xff\xfe not UTF-8 \x80' in lines
+    assert [json.loads(line).get('epoch') for line in lines if line.startswith(b'{')].count(3) == 1
+
+
+def test_a_log_that_is_a_pipe_or_terminal_is_written_as_it_is(tmp_path):
+    # /dev/stdout piped into `cat`: the record goes down the pipe (it cannot be read back or seeked).
+    read_end, write_end = os.pipe()
+    pipe = f'/proc/self/fd/{write_end}'
+    if not os.path.exists(pipe):
+        pytest.skip('no /proc/self/fd here')
+    log = run_log.JsonLog(pipe)
+    log.write(valid_loss=5.0)
+    log.file.close()
+    os.close(write_end)
+    assert os.read(read_end, 1000) == b'{"valid_loss": 5.0}\n'
+    os.close(read_end)
