@@ -114,6 +114,7 @@ class Distributed:
         self.enabled = world_size > 1
         self.is_main = rank == 0
         self.broken = False
+        self.epochs_in_sync = 0  # epochs this rank completed with the others (check_in_sync)
         self._recent = collections.deque(maxlen=8)  # see _collective
 
     def _collective(self, op, tensor, *args):
@@ -237,6 +238,7 @@ class Distributed:
         if len(set(digests)) > 1:
             raise errors.UserError(f'the ranks hold different weights (digests {digests}): '
                                    'data-parallel training has lost its synchrony')
+        self.epochs_in_sync += 1
         return {'world_size': self.world_size, 'weight_digests': digests}
 
     def close(self):
@@ -331,7 +333,9 @@ def _report_lost_ranks(context, previous_hook, kind, value, tb):
         first = (str(value).strip().splitlines() or [kind.__name__])[0].split('. This is typically')[0]
         print(f'error: rank {context.rank} of {context.world_size} lost contact with the other ranks ({first[:300]}); '
               'another rank has stopped (killed, crashed, or out of memory: see its own message above), so '
-              'this one stops too. The resume state of the last completed epoch is kept: rerun with --resume.',
+              'this one stops too. ' + ('The resume state of the last completed epoch is kept: rerun with --resume.'
+                                        if context.epochs_in_sync else
+                                        'No epoch had completed: there is nothing to resume; start the run again.'),
               file=sys.stderr, flush=True)
         return
     previous_hook(kind, value, tb)

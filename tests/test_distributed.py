@@ -335,3 +335,15 @@ def test_without_save_every_rank_takes_rank_0s_default_name(tmp_path, tiny_corpu
 ])
 def test_only_a_collective_that_lost_its_peers_is_reported_as_a_lost_rank(error, lost):
     assert distributed.lost_contact(error) is lost
+
+
+@pytest.mark.parametrize('epochs_done, hint', [(0, 'nothing to resume'), (2, 'rerun with --resume')])
+def test_a_lost_rank_offers_resume_only_after_an_epoch_completed(capsys, epochs_done, hint):
+    # A failed start-up on rank 0 (before any epoch) must not send the user to a resume state that does not exist.
+    context = distributed.Distributed(rank=1, world_size=2)
+    context.epochs_in_sync = epochs_done
+    distributed._report_lost_ranks(context, None, RuntimeError,
+                                   RuntimeError('[gloo] Connection closed by peer [127.0.0.1]:29500'), None)
+    err = capsys.readouterr().err
+    assert err.startswith('error: rank 1 of 2 lost contact with the other ranks') and hint in err, err
+    assert context.broken
