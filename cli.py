@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 import data
+import flags
 from batching import batchify
 from checkpoint import load_weights
 from errors import UserError, first_line
@@ -136,6 +137,11 @@ def train_step_for(args, dist=None):
     if getattr(args, 'bf16', False):
         # cache_enabled=False: autocast's cache of cast weights must not outlive a captured step.
         autocast = functools.partial(torch.autocast, 'cuda', dtype=torch.bfloat16, cache_enabled=False)
+    if flags.steps_in_groups(args):  # --small_batch_size, and always in MoS mode
+        if autocast is not None or getattr(args, 'cuda_graphs', False):
+            raise UserError('--bf16 and --cuda-graphs do not work with --small_batch_size or --n_experts > 1 yet')
+        return functools.partial(training.train_step_in_groups,
+                                 group=args.small_batch_size if args.small_batch_size > 0 else None)
     if getattr(args, 'cuda_graphs', False):
         if dist is not None and dist.world_size > 1:
             raise UserError('--cuda-graphs does not work with several processes (torchrun) yet')
@@ -152,7 +158,7 @@ def evaluate_best_on_test(owner, path, model, criterion, test_data, bptt):
     load_weights(model, criterion, best, path)
     test_loss = evaluate(model, criterion, test_data, 1, bptt)
     print('=' * 89)
-    print(f'| End of training | {report_line("test", test_loss, model.release)}')
+    print(f'| End of training | {report_line("test", test_loss, model.report_style)}')
     print('=' * 89)
     return test_loss
 
@@ -178,7 +184,7 @@ def validate(model, criterion, optimizer, params, val_data, bptt, epoch, epoch_s
     with training.averaged_weights(optimizer, params):
         val_loss = training.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, bptt)
         val_loss = dist.shared(val_loss)  # [distributed] rank 0's result, on every rank
-        report_epoch(epoch, epoch_start_time, val_loss, model.release)
+        report_epoch(epoch, epoch_start_time, val_loss, model.report_style)
         if val_loss < best_val_loss:
             save_best()
             print('Saving Averaged!' if training.is_asgd(optimizer) else 'Saving model (new best validation)')
