@@ -213,7 +213,7 @@ def check_args(args):
         require(getattr(args, 'release', 2018) == 2018,
                 '--n_experts > 1 (MoS) computes as MoS did, on the 2018 code; it cannot be used with --release 2017')
         require(getattr(args, 'model', None) in (None, 'LSTM'),
-                f'--n_experts > 1 (MoS) is built on LSTMs only, as MoS was, not --model {args.model}')
+                f'--n_experts > 1 (MoS) is built on LSTMs only, as MoS was, not --model {getattr(args, "model", None)}')
     elif getattr(args, 'nhidlast', -1) != -1:
         require(args.nhidlast == getattr(args, 'emsize', args.nhidlast),
                 '--nhidlast needs --n_experts > 1: the tied softmax reads the last layer, which has --emsize units')

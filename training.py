@@ -63,15 +63,15 @@ def train_step_in_groups(model, criterion, optimizer, params, data, targets, hid
     """train_step with the batch processed in column groups of `group` (--small_batch_size, as
     AWD-LSTM-MoS's main.py did): each group's forward pass has its own hidden state (its columns of
     `hidden`) and its own dropout masks; each group's loss is weighted group / batch and backpropagated,
-    the gradients add up, and one clipped step follows. Returns (the weighted sum of the groups' raw
-    losses, the new hidden state of all columns)."""
+    the gradients add up, and one clipped step follows. Returns (the groups' weighted raw losses, one
+    per group, which train_epoch adds up one by one as MoS did; the new hidden state of all columns)."""
     base_lr = optimizer.param_groups[0]['lr']
     optimizer.param_groups[0]['lr'] = base_lr * seq_len / args.bptt
     optimizer.zero_grad()
     batch = data.size(1)
     group = group or batch  # None: the whole batch in one pass
     targets = targets.view(data.size(0), batch)
-    raw_total, new_hidden = 0, []
+    raw_losses, new_hidden = [], []
     for start in range(0, batch, group):
         columns = slice(start, start + group)
         group_hidden = repackage_hidden(select_columns(hidden, columns))
@@ -84,14 +84,14 @@ def train_step_in_groups(model, criterion, optimizer, params, data, targets, hid
         if args.beta:
             loss = loss + args.beta * (raw_outputs[-1][1:] - raw_outputs[-1][:-1]).pow(2).mean()
         loss = loss * (group / batch)
-        raw_total = raw_total + raw_loss.detach() * group / batch
+        raw_losses.append(raw_loss.detach() * group / batch)
         loss.backward()
         new_hidden.append(group_hidden)
     if args.clip:
         torch.nn.utils.clip_grad_norm_(params, args.clip)
     optimizer.step()
     optimizer.param_groups[0]['lr'] = base_lr
-    return raw_total, join_columns(new_hidden)
+    return torch.stack(raw_losses), join_columns(new_hidden)
 
 
 def select_columns(hidden, columns):
@@ -142,10 +142,11 @@ def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rn
         data, targets = get_batch(train_data, i, seq_len=seq_len)
         raw_loss, hidden = step(model, criterion, optimizer, params, data, targets, hidden, args, seq_len,
                                 forward=forward)  # [distributed]
-        first_bad_batch = torch.where((first_bad_batch < 0) & ~torch.isfinite(raw_loss),
+        first_bad_batch = torch.where((first_bad_batch < 0) & ~torch.isfinite(raw_loss).all(),
                                       batch + 1, first_bad_batch)
-        interval_loss += raw_loss
-        epoch_loss += raw_loss
+        for part in raw_loss.reshape(-1):  # a grouped step's groups one by one, in MoS's order of sums
+            interval_loss += part
+            epoch_loss += part
         if progress is not None:
             progress.update(1)
         # The original's log lines, so that logs diff clean against its own: batches counted from 0, a
