@@ -21,6 +21,7 @@ import torch
 from atomic_io import atomic_torch_save, digest_matches, with_digest
 from errors import UserError, first_line
 from model import RNNModel
+from mos import MixtureOfSoftmaxesLoss
 from splitcross import SplitCrossEntropyLoss
 from training import optimizer_name
 
@@ -43,7 +44,7 @@ def save_checkpoint(path, model, criterion, optimizer, args, idx2word, **extra):
         'format': CHECKPOINT_FORMAT,
         'model_config': dict(model.config),
         'model': model.state_dict(),
-        'criterion_config': {'hidden_size': criterion.hidden_size, 'splits': list(criterion.splits)},
+        'criterion_config': criterion_config(criterion),
         'criterion': criterion.state_dict(),
         'optimizer': optimizer.state_dict() if optimizer is not None else None,
         'optimizer_name': optimizer_name(optimizer) if optimizer is not None else None,
@@ -67,7 +68,7 @@ def load_checkpoint(path, map_location=None, resume_state_ok=True):
         refuse_resume_state(ckpt, path)
     try:
         model = RNNModel(**ckpt['model_config'])
-        criterion = SplitCrossEntropyLoss(**ckpt['criterion_config'], release=model.release)
+        criterion = build_criterion(ckpt['criterion_config'], release=model.release)
     except (TypeError, ValueError, RuntimeError) as e:
         raise UserError(f'{path}: the model configuration stored in it cannot be built ({first_line(e)})') from None
     try:
@@ -81,6 +82,21 @@ def load_checkpoint(path, map_location=None, resume_state_ok=True):
     ckpt['model_state'], ckpt['criterion_state'] = ckpt['model'], ckpt['criterion']
     ckpt['model'], ckpt['criterion'] = model, criterion
     return ckpt
+
+
+def criterion_config(criterion):
+    """What rebuilds the loss: the split softmax's cut points, or the Mixture of Softmaxes' size."""
+    if isinstance(criterion, MixtureOfSoftmaxesLoss):
+        return criterion.config
+    return {'hidden_size': criterion.hidden_size, 'splits': list(criterion.splits)}
+
+
+def build_criterion(config, release=2018):
+    """The loss a checkpoint's `criterion_config` describes: MoS's mixture, or the (split) softmax of the
+    model's release (whose loss figures follow that release's reduction)."""
+    if 'n_experts' in config:
+        return MixtureOfSoftmaxesLoss(**config)
+    return SplitCrossEntropyLoss(**config, release=release)
 
 
 def read_checkpoint(path):

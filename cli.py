@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 import data
+import flags
 from batching import batchify
 from checkpoint import load_weights
-from errors import UserError, first_line
+from errors import UserError
 import training
 from run_log import progress_bar, report_epoch, report_line
 from training import evaluate
@@ -30,11 +31,13 @@ def run(main):
     """Runs a script's main(): bad input ends in one line on stderr, a fault of the code keeps its traceback.
 
     Bad input is a UserError, an OSError about a file (a full disk, a missing folder: it names the
-    file) or the CPU running out of memory: `error: ...`, exit status 2. Anything else, an OSError that
-    names no file included (raised inside torch, it is not the user's to fix), is printed as a one-line
-    summary followed by its traceback, exit status 1. AWD_TRACEBACK=1 in the environment adds the
-    traceback to bad input's line too. Ctrl-C outside the training loop is `error: interrupted`, 130; a
-    closed output pipe (`| head`) ends quietly with 141, as a program killed by SIGPIPE would.
+    file) or the CPU running out of memory: `error: ...`, exit status 2; AWD_TRACEBACK=1 in the
+    environment adds its traceback. Anything else, an OSError that names no file included (raised inside
+    torch, it is not the user's to fix), is a fault: it propagates, so Python prints its traceback ending
+    in its one-line summary and exits 1 (through sys.excepthook, with which a torchrun rank reports a
+    peer that is gone in one line, distributed.py). Ctrl-C outside the training loop is
+    `error: interrupted`, 130; a closed output pipe (`| head`) ends quietly with 141, as a program killed
+    by SIGPIPE would.
     """
     try:
         status = main()
@@ -48,8 +51,7 @@ def run(main):
     except Exception as e:  # noqa: BLE001 - sorted into bad input and faults below
         message = bad_input(e)
         if message is None:
-            fail(f'internal error ({type(e).__name__}: {first_line(e)}); its traceback follows', 1,
-                 traceback.format_exc())
+            raise
         fail(message, 2, traceback.format_exc() if os.environ.get('AWD_TRACEBACK') == '1' else '')
     sys.exit(status)
 
@@ -136,6 +138,11 @@ def train_step_for(args, dist=None):
     if getattr(args, 'bf16', False):
         # cache_enabled=False: autocast's cache of cast weights must not outlive a captured step.
         autocast = functools.partial(torch.autocast, 'cuda', dtype=torch.bfloat16, cache_enabled=False)
+    if flags.steps_in_groups(args):  # --small_batch_size, and always in MoS mode
+        if autocast is not None or getattr(args, 'cuda_graphs', False):
+            raise UserError('--bf16 and --cuda-graphs do not work with --small_batch_size or --n_experts > 1 yet')
+        return functools.partial(training.train_step_in_groups,
+                                 group=args.small_batch_size if args.small_batch_size > 0 else None)
     if getattr(args, 'cuda_graphs', False):
         if dist is not None and dist.world_size > 1:
             raise UserError('--cuda-graphs does not work with several processes (torchrun) yet')
@@ -152,7 +159,7 @@ def evaluate_best_on_test(owner, path, model, criterion, test_data, bptt):
     load_weights(model, criterion, best, path)
     test_loss = evaluate(model, criterion, test_data, 1, bptt)
     print('=' * 89)
-    print(f'| End of training | {report_line("test", test_loss, model.release)}')
+    print(f'| End of training | {report_line("test", test_loss, model.report_style)}')
     print('=' * 89)
     return test_loss
 
@@ -178,7 +185,7 @@ def validate(model, criterion, optimizer, params, val_data, bptt, epoch, epoch_s
     with training.averaged_weights(optimizer, params):
         val_loss = training.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, bptt)
         val_loss = dist.shared(val_loss)  # [distributed] rank 0's result, on every rank
-        report_epoch(epoch, epoch_start_time, val_loss, model.release)
+        report_epoch(epoch, epoch_start_time, val_loss, model.report_style)
         if val_loss < best_val_loss:
             save_best()
             print('Saving Averaged!' if training.is_asgd(optimizer) else 'Saving model (new best validation)')

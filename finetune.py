@@ -66,6 +66,9 @@ def build_parser():
                      'is noted and ignored')
     parser.set_defaults(**dict.fromkeys(DROPOUT_FLAGS))
     flags.add_training_args(parser)
+    g = flags.add_mixture_args(parser)
+    g.description = ('the mixture (--n_experts, --nhidlast, --dropoutl) is taken from the checkpoint; '
+                     '--small_batch_size and --max_seq_len_delta act as in main.py')
     flags.add_speed_args(parser)
     g = parser.add_argument_group('fine-tuning')
     g.add_argument('--tied', action='store_true',
@@ -159,7 +162,9 @@ def finetune(args, dist, given):
     train_data = dist.shard(train_data)  # [distributed] this rank's columns of the batch
     checkpoint.check_vocabulary(ckpt['idx2word'], corpus, state_file or args.save, args.data)
     model, criterion = ckpt['model'], ckpt['criterion']
-    construction_draws(given_sizes, len(corpus.dictionary), model.release)
+    args.n_experts = model.n_experts  # an MoS checkpoint is fine-tuned as MoS, whatever the flags say
+    if model.n_experts == 1:  # MoS's finetune.py loaded its model without building one first
+        construction_draws(given_sizes, len(corpus.dictionary), model.release)
     params = list(model.parameters()) + list(criterion.parameters())
     print('Model total parameters:', sum(p.numel() for p in params))
 
@@ -199,9 +204,9 @@ def finetune(args, dist, given):
             if done:
                 break
             epoch_start_time = time.time()
-            # Sequence lengths capped at bptt + 10, as in the original fine-tuning.
+            # Sequence lengths capped at bptt + 10, as in the original fine-tuning (MoS: bptt + delta).
             train_loss = cli.train_one_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
-                                             args.bptt + 10, forward, step, dist)
+                                             flags.seq_len_cap(args, args.bptt + 10), forward, step, dist)
             val_loss, best_val_loss = cli.validate(model, criterion, optimizer, params, val_data, args.bptt, epoch,
                                                    epoch_start_time, best_val_loss, lambda: save_model(args.out),
                                                    dist)
@@ -230,7 +235,7 @@ def evaluate_loaded_model(model, criterion, val_data, args, dist, log):
     """The bar to beat is the loaded model itself: the output only ever holds the best model seen."""
     best_val_loss = training.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, args.bptt)
     best_val_loss = dist.shared(best_val_loss)  # [distributed] rank 0's result, on every rank
-    print(f'| before fine-tuning | {run_log.report_line("valid", best_val_loss, model.release)}')
+    print(f'| before fine-tuning | {run_log.report_line("valid", best_val_loss, model.report_style)}')
     log.write(epoch=0, **run_log.loss_record('valid', best_val_loss))
     return best_val_loss
 

@@ -69,6 +69,26 @@ def add_training_args(parser, lr=30, epochs=8000):
     return g
 
 
+def add_mixture_args(parser):
+    """AWD-LSTM-MoS (Yang et al. 2018, mos.py) and its training options, with zihangdai/mos's defaults."""
+    g = parser.add_argument_group('Mixture of Softmaxes (AWD-LSTM-MoS, Yang et al. 2018; docs/MOS.md)')
+    g.add_argument('--n_experts', type=int, default=1,
+                   help='number of softmaxes mixed (1: the tied softmax of AWD-LSTM; MoS used 15)')
+    g.add_argument('--nhidlast', type=int, default=-1,
+                   help='units of the last recurrent layer with --n_experts > 1 (default -1: --emsize)')
+    g.add_argument('--dropoutl', type=float, default=-0.2,
+                   help='locked dropout on the mixture\'s latent vectors (negative, the default: --dropouth)')
+    g.add_argument('--small_batch_size', type=int, default=-1,
+                   help='process each batch in column groups of this size, each with its own hidden state '
+                        'and dropout masks, gradients summed into one step (changes the regularisation, not '
+                        'only the memory; default: the whole batch at once)')
+    g.add_argument('--max_seq_len_delta', type=int, default=40,
+                   help='with --n_experts > 1, the sampled BPTT length is capped at bptt + this, as in MoS')
+    g.add_argument('--single_gpu', action='store_true',
+                   help="accepted for MoS's command lines; one process uses one GPU (several: torchrun)")
+    return g
+
+
 def add_speed_args(parser):
     """--cuda-graphs and --bf16: GPU-only ways to run the same training step faster."""
     g = parser.add_argument_group('GPU speed (experimental; CUDA only)')
@@ -120,12 +140,36 @@ FLAG_RULES = [
      f'>= 0 and finite in float32 (at most {FLOAT32_MAX:.4g})'),
     (('nonmono',), lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0'),
     (('seed',), lambda v: isinstance(v, int) and 0 <= v <= 2 ** 32 - 1, 'an integer in [0, 2**32 - 1]'),
+    (('n_experts',), lambda v: isinstance(v, int) and v >= 1,
+     'a positive integer (1: the tied softmax; K > 1: a mixture of K softmaxes)'),
+    (('nhidlast', 'small_batch_size'), lambda v: isinstance(v, int) and (v > 0 or v == -1),
+     'a positive integer (or the default -1)'),
+    (('dropoutl',), lambda v: v < 1, 'below 1 (negative: the same as --dropouth)'),
+    (('max_seq_len_delta',), lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0'),
     (('max_seq_len',), lambda v: v is None or isinstance(v, int) and v >= 5, 'at least 5 (the shortest sampled length)'),
 ]
 
 
 # Flags that may differ when continuing a run from its resume state; every other setting is the run's own.
-RESUME_MAY_CHANGE = ('epochs', 'resume', 'save', 'cuda', 'cpu', 'log_interval', 'data', 'cuda_graphs', 'bf16')
+RESUME_MAY_CHANGE = ('epochs', 'resume', 'save', 'cuda', 'cpu', 'log_interval', 'data', 'cuda_graphs', 'bf16',
+                     'single_gpu')
+
+
+def steps_in_groups(args):
+    """Whether training steps in column groups (--small_batch_size): MoS mode always does (one group of
+    the whole batch by default), as MoS's main.py did; AWD-LSTM only when a smaller group is asked for."""
+    small = getattr(args, 'small_batch_size', -1)
+    return getattr(args, 'n_experts', 1) > 1 or small not in (-1, getattr(args, 'batch_size', None))
+
+
+def seq_len_cap(args, cap):
+    """The cap on sampled BPTT lengths: the script's `cap` (None: none) for AWD-LSTM; in MoS mode MoS's
+    own, bptt + --max_seq_len_delta (main.py's and finetune.py's alike), lowered by --max-seq-len if given."""
+    if getattr(args, 'n_experts', 1) == 1:
+        return cap
+    mos_cap = args.bptt + args.max_seq_len_delta
+    given = getattr(args, 'max_seq_len', None)
+    return mos_cap if given is None else min(given, mos_cap)
 
 
 @functools.cache
@@ -133,7 +177,8 @@ def option_names():
     """{destination: the flag as typed} for every flag of this module's groups (`log_interval`:
     `--log-interval`), read from a parser built of them."""
     parser = argparse.ArgumentParser(add_help=False)
-    for add in (add_data_args, add_model_args, add_dropout_args, add_training_args, add_speed_args, add_schedule_args):
+    for add in (add_data_args, add_model_args, add_dropout_args, add_training_args, add_mixture_args, add_speed_args,
+                add_schedule_args):
         add(parser)
     return {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
 
@@ -165,6 +210,18 @@ def check_args(args):
         require(getattr(args, 'model', None) in (None, 'LSTM'),
                 f'--release 2017 builds LSTMs only (the first release had no {getattr(args, "model", None)}); '
                 'use --release 2018')
+    if getattr(args, 'n_experts', 1) > 1:
+        require(getattr(args, 'release', 2018) == 2018,
+                '--n_experts > 1 (MoS) computes as MoS did, on the 2018 code; it cannot be used with --release 2017')
+        require(getattr(args, 'model', None) in (None, 'LSTM'),
+                f'--n_experts > 1 (MoS) is built on LSTMs only, as MoS was, not --model {getattr(args, "model", None)}')
+    elif getattr(args, 'nhidlast', -1) != -1:
+        require(args.nhidlast == getattr(args, 'emsize', args.nhidlast),
+                '--nhidlast needs --n_experts > 1: the tied softmax reads the last layer, which has --emsize units')
+    small = getattr(args, 'small_batch_size', -1)
+    if small != -1 and holds(lambda v: v > 0, small) and holds(lambda v: v > 0, getattr(args, 'batch_size', None)):
+        require(args.batch_size % small == 0,
+                f'--small_batch_size {small} must divide --batch_size {args.batch_size}')
     if hasattr(args, 'optimizer'):
         require(args.optimizer in ('sgd', 'adam'), f'--optimizer must be sgd or adam, got {args.optimizer!r}')
         if args.optimizer == 'adam' and holds(lambda v: v > 0, getattr(args, 'lr', None)):

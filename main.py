@@ -20,7 +20,9 @@ import run_files
 import run_log
 import training
 from cli import EVAL_BATCH_SIZE, TEST_BATCH_SIZE
+from errors import UserError
 from model import RNNModel
+from mos import MixtureOfSoftmaxesLoss
 from splitcross import SplitCrossEntropyLoss, splits_for_vocab
 
 # The first release seeded numpy (the sequence lengths) with 331 whatever --seed said.
@@ -30,7 +32,7 @@ FIRST_RELEASE_NUMPY_SEED = 331
 def build_parser():
     parser = argparse.ArgumentParser(description='AWD-LSTM language model training (NT-ASGD)')
     for add_args in (flags.add_data_args, flags.add_model_args, flags.add_dropout_args, flags.add_training_args,
-                     flags.add_speed_args, flags.add_schedule_args):
+                     flags.add_mixture_args, flags.add_speed_args, flags.add_schedule_args):
         add_args(parser)
     return parser
 
@@ -63,12 +65,27 @@ def main(argv=None):
 def build_model(args, ntokens):
     """The AWD-LSTM (paper section 5) and its loss: the tied decoder's softmax, split for a large
     vocabulary (2018 release). The first release had a plain decoder and cross-entropy over the whole
-    vocabulary, whatever its size: SplitCrossEntropyLoss without splits, release 2017, computes exactly that."""
+    vocabulary, whatever its size: SplitCrossEntropyLoss without splits, release 2017, computes exactly that.
+    With --n_experts > 1: AWD-LSTM-MoS (mos.py), whose loss is the mixture's NLL."""
+    if args.n_experts > 1:
+        return build_mos_model(args, ntokens)
     model = RNNModel(args.model, ntokens, args.emsize, args.nhid, args.nlayers, args.dropout, args.dropouth,
                      args.dropouti, args.dropoute, args.wdrop, tie_weights=True, release=args.release)
     splits = splits_for_vocab(ntokens) if args.release == 2018 else []
     print('Using', splits)
     return model, SplitCrossEntropyLoss(args.emsize, splits=splits, verbose=False, release=args.release)
+
+
+def build_mos_model(args, ntokens):
+    """AWD-LSTM-MoS (Yang et al. 2018): the AWD-LSTM with a Mixture of Softmaxes over the tied decoder."""
+    if splits_for_vocab(ntokens):
+        raise UserError(f'--n_experts > 1 (MoS) mixes full softmaxes; a vocabulary of {ntokens} words (over '
+                        '75,000) needs the split softmax, which MoS does not have')
+    model = RNNModel(args.model, ntokens, args.emsize, args.nhid, args.nlayers, args.dropout, args.dropouth,
+                     args.dropouti, args.dropoute, args.wdrop, tie_weights=True, release=args.release,
+                     n_experts=args.n_experts, nhidlast=args.nhidlast if args.nhidlast > 0 else None,
+                     dropoutl=args.dropoutl)
+    return model, MixtureOfSoftmaxesLoss(args.emsize, args.n_experts)
 
 
 def train(args, dist, given):
@@ -112,7 +129,7 @@ def train(args, dist, given):
         for epoch in range(resumed.epoch + 1, args.epochs + 1):
             epoch_start_time = time.time()
             train_loss = cli.train_one_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
-                                             args.max_seq_len, forward, step, dist)
+                                             flags.seq_len_cap(args, args.max_seq_len), forward, step, dist)
             # The epoch's record names what it trained with, not the switch or lr cut that follows it.
             trained_with = dict(lr=optimizer.param_groups[0]['lr'], optimizer=training.optimizer_name(optimizer))
             val_loss, best_val_loss = cli.validate(model, criterion, optimizer, params, val_data, args.bptt, epoch,

@@ -8,9 +8,14 @@ the loss (splitcross.py), which is how the adaptive softmax avoids a full vocabu
 1d466ec, the code the paper's final numbers and the 2018 README come from) or 2017 (its first release,
 acb04a5, whose figures the 2017 README quotes). The model differs only in the locked-dropout mask
 (locked_dropout.py); the first release built LSTMs only.
+
+With `n_experts` > 1 the model is AWD-LSTM-MoS (Yang et al. 2018, mos.py): the last layer has `nhidlast`
+units and the output is the Mixture of Softmaxes' input (its latent vectors and prior logits), which
+mos.MixtureOfSoftmaxesLoss turns into probabilities through the tied decoder.
 """
 import torch.nn as nn
 
+from mos import MixtureOfSoftmaxes
 from embed_regularize import embedded_dropout
 from locked_dropout import LockedDropout
 from weight_drop import WeightDrop
@@ -18,7 +23,8 @@ from weight_drop import WeightDrop
 
 class RNNModel(nn.Module):
     def __init__(self, rnn_type, ntoken, ninp, nhid, nlayers, dropout=0.5, dropouth=0.5, dropouti=0.5,
-                 dropoute=0.1, wdrop=0, tie_weights=False, release=2018):
+                 dropoute=0.1, wdrop=0, tie_weights=False, release=2018, n_experts=1, nhidlast=None,
+                 dropoutl=None):
         super().__init__()
         if rnn_type not in ('LSTM', 'QRNN', 'GRU'):
             raise ValueError(f"rnn_type must be 'LSTM', 'QRNN' or 'GRU', got {rnn_type!r}")
@@ -26,6 +32,8 @@ class RNNModel(nn.Module):
             raise ValueError(f'release must be 2017 or 2018, got {release!r}')
         if release == 2017 and rnn_type != 'LSTM':
             raise ValueError(f'the 2017 release builds LSTMs only, not {rnn_type}')
+        if n_experts > 1 and (release != 2018 or rnn_type != 'LSTM' or not tie_weights):
+            raise ValueError('the Mixture of Softmaxes is built on a tied 2018-release LSTM, as MoS was')
         self.rnn_type = rnn_type
         self.release = release
         self.ninp, self.nhid, self.nlayers = ninp, nhid, nlayers
@@ -36,12 +44,20 @@ class RNNModel(nn.Module):
         self.encoder = nn.Embedding(ntoken, ninp)
         # With tied weights the last layer outputs ninp units so the decoder can share the embedding
         # (section 4.4: weight tying; section 5: last layer sized to the embedding).
-        sizes = [ninp] + [nhid] * (nlayers - 1) + [ninp if tie_weights else nhid]
+        # MoS sizes the last layer freely (nhidlast): the mixture's projections map it to the embedding.
+        self.n_experts = n_experts
+        self.nhidlast = (nhidlast or ninp) if n_experts > 1 else (ninp if tie_weights else nhid)
+        # MoS's --dropoutl default (-0.2) meant "the same as dropouth".
+        self.dropoutl = dropouth if dropoutl is None or dropoutl < 0 else dropoutl
+        sizes = [ninp] + [nhid] * (nlayers - 1) + [self.nhidlast]
         self.rnns = nn.ModuleList(
             self._make_layer(rnn_type, sizes[l], sizes[l + 1], l, wdrop) for l in range(nlayers))
+        if n_experts > 1:
+            self.mixture = MixtureOfSoftmaxes(self.nhidlast, ninp, n_experts)
         # Built as Linear(nhid, ntoken) and then tied, as in the original: its default initialisation
         # draws ntoken * nhid + ntoken numbers, so the same seed gives the original's initial weights.
-        self.decoder = nn.Linear(nhid, ntoken)
+        # MoS built it as Linear(ninp, ntoken), after the mixture.
+        self.decoder = nn.Linear(ninp if n_experts > 1 else nhid, ntoken)
         if tie_weights:
             self.decoder.weight = self.encoder.weight
             self.decoder.in_features = ninp  # the shape it really has once tied
@@ -53,7 +69,15 @@ class RNNModel(nn.Module):
         return dict(rnn_type=self.rnn_type, ntoken=self.encoder.num_embeddings, ninp=self.ninp,
                     nhid=self.nhid, nlayers=self.nlayers, dropout=self.dropout, dropouth=self.dropouth,
                     dropouti=self.dropouti, dropoute=self.dropoute, wdrop=self.wdrop,
-                    tie_weights=self.tie_weights, release=self.release)
+                    tie_weights=self.tie_weights, release=self.release,
+                    **(dict(n_experts=self.n_experts, nhidlast=self.nhidlast, dropoutl=self.dropoutl)
+                       if self.n_experts > 1 else {}))
+
+    @property
+    def report_style(self):
+        """Which original's report lines to print: MoS's main.py printed them as the first release
+        did (lr to 2 places, no bpc)."""
+        return 2017 if self.n_experts > 1 else self.release
 
     def set_dropouts(self, dropout, dropouth, dropouti, dropoute, wdrop):
         """Change the dropout rates of a built model (--resume takes them from the flags)."""
@@ -96,7 +120,8 @@ class RNNModel(nn.Module):
     def forward(self, input, hidden, return_h=False):
         """input (seq_len, batch) of word ids; hidden as from init_hidden.
 
-        Returns the dropped last-layer output flattened to (seq_len * batch, features) and the new
+        Returns the dropped last-layer output flattened to (seq_len * batch, features) (with MoS: the
+        mixture's input, mos.MixtureOfSoftmaxes) and the new
         hidden state; with return_h also each layer's raw outputs and dropped outputs (for AR/TAR).
         """
         emb = embedded_dropout(self.encoder, input, dropout=self.dropoute if self.training else 0)
@@ -111,14 +136,17 @@ class RNNModel(nn.Module):
             layer_input = self.lockdrop(raw_output, self.dropout if last else self.dropouth)
             dropped_outputs.append(layer_input)
 
-        output = layer_input.reshape(-1, layer_input.size(2))
+        if self.n_experts > 1:
+            output = self.mixture(layer_input, self.lockdrop, self.dropoutl)
+        else:
+            output = layer_input.reshape(-1, layer_input.size(2))
         if return_h:
             return output, new_hidden, raw_outputs, dropped_outputs
         return output, new_hidden
 
     def init_hidden(self, bsz):
         weight = self.encoder.weight
-        sizes = [self.nhid] * (self.nlayers - 1) + [self.ninp if self.tie_weights else self.nhid]
+        sizes = [self.nhid] * (self.nlayers - 1) + [self.nhidlast]
         if self.rnn_type == 'LSTM':
             return [(weight.new_zeros(1, bsz, n), weight.new_zeros(1, bsz, n)) for n in sizes]
         return [weight.new_zeros(1, bsz, n) for n in sizes]

@@ -65,6 +65,27 @@ RECIPES = {
         main='--epochs 14 --nlayers 4 --emsize 400 --nhid 2500 --alpha 0 --beta 0 --dropoute 0 --dropouth 0.1 '
              '--dropouti 0.1 --dropout 0.1 --wdrop 0 --wdecay 0 --bptt 140 --batch_size 60 --optimizer adam '
              '--lr 1e-3 --data data/wikitext-103 --when 12 --model QRNN'),
+    # AWD-LSTM-MoS (Yang et al. 2018, zihangdai/mos README; figures: its PyTorch 0.4.1 rows, PTB from
+    # its pull request 9; WT2 and the paper's PyTorch 0.2 figures are in docs/MOS.md). --save as this
+    # code's file, where MoS named a folder.
+    'ptb-mos': dict(
+        corpus='penn', release=2018, note='PTB AWD-LSTM-MoS',
+        main='--data data/penn --dropouti 0.4 --dropoutl 0.29 --dropouth 0.225 --seed 28 --batch_size 12 '
+             '--lr 20.0 --epoch 1000 --nhid 960 --nhidlast 620 --emsize 280 --n_experts 15 --save PTB.pt '
+             '--single_gpu',
+        finetune='--data data/penn --dropouti 0.4 --dropoutl 0.29 --dropouth 0.225 --seed 28 --batch_size 12 '
+                 '--lr 25.0 --epoch 1000 --nhid 960 --emsize 280 --n_experts 15 --save PTB.pt --single_gpu',
+        dynamiceval='--data data/penn --save PTB.pt --lamb 0.075',
+        published=dict(main=(58.34, 56.18), finetune=(56.83, 54.64), dynamiceval=(49.03, 48.43))),
+    'wt2-mos': dict(
+        corpus='wikitext-2', release=2018, note='WT2 AWD-LSTM-MoS (single GPU)',
+        main='--epochs 1000 --data data/wikitext-2 --save WT2.pt --dropouth 0.2 --seed 1882 --n_experts 15 '
+             '--nhid 1150 --nhidlast 650 --emsize 300 --batch_size 15 --lr 15.0 --dropoutl 0.29 '
+             '--small_batch_size 5 --max_seq_len_delta 20 --dropouti 0.55 --single_gpu',
+        finetune='--epochs 1000 --data data/wikitext-2 --save WT2.pt --dropouth 0.2 --seed 1882 --n_experts 15 '
+                 '--nhid 1150 --emsize 300 --batch_size 15 --lr 20.0 --dropoutl 0.29 --small_batch_size 5 '
+                 '--max_seq_len_delta 20 --dropouti 0.55 --single_gpu',
+        dynamiceval='--data data/wikitext-2 --save WT2.pt --epsilon 0.002'),
 }
 
 # The paper's own figures (perplexity, valid / test), for its 24M (PTB) and 33M (WT2) parameter models.

@@ -58,6 +58,57 @@ def train_step(model, criterion, optimizer, params, data, targets, hidden, args,
     return raw_loss.detach(), hidden
 
 
+def train_step_in_groups(model, criterion, optimizer, params, data, targets, hidden, args, seq_len, group,
+                         forward=None):
+    """train_step with the batch processed in column groups of `group` (--small_batch_size, as
+    AWD-LSTM-MoS's main.py did): each group's forward pass has its own hidden state (its columns of
+    `hidden`) and its own dropout masks; each group's loss is weighted group / batch and backpropagated,
+    the gradients add up, and one clipped step follows. Returns (the groups' weighted raw losses, one
+    per group, which train_epoch adds up one by one as MoS did; the new hidden state of all columns)."""
+    base_lr = optimizer.param_groups[0]['lr']
+    optimizer.param_groups[0]['lr'] = base_lr * seq_len / args.bptt
+    optimizer.zero_grad()
+    batch = data.size(1)
+    group = group or batch  # None: the whole batch in one pass
+    targets = targets.view(data.size(0), batch)
+    raw_losses, new_hidden = [], []
+    for start in range(0, batch, group):
+        columns = slice(start, start + group)
+        group_hidden = repackage_hidden(select_columns(hidden, columns))
+        output, group_hidden, raw_outputs, dropped_outputs = (forward or model)(data[:, columns], group_hidden,
+                                                                                return_h=True)
+        raw_loss = criterion(model.decoder.weight, model.decoder.bias, output, targets[:, columns].reshape(-1))
+        loss = raw_loss
+        if args.alpha:
+            loss = loss + args.alpha * dropped_outputs[-1].pow(2).mean()
+        if args.beta:
+            loss = loss + args.beta * (raw_outputs[-1][1:] - raw_outputs[-1][:-1]).pow(2).mean()
+        loss = loss * (group / batch)
+        raw_losses.append(raw_loss.detach() * group / batch)
+        loss.backward()
+        new_hidden.append(group_hidden)
+    if args.clip:
+        torch.nn.utils.clip_grad_norm_(params, args.clip)
+    optimizer.step()
+    optimizer.param_groups[0]['lr'] = base_lr
+    return torch.stack(raw_losses), join_columns(new_hidden)
+
+
+def select_columns(hidden, columns):
+    """The hidden state (a list per layer of tensors or (h, c) tuples, batch on dim 1) of some columns."""
+    if isinstance(hidden, torch.Tensor):
+        return hidden[:, columns].contiguous()
+    return type(hidden)(select_columns(h, columns) for h in hidden)
+
+
+def join_columns(groups):
+    """The inverse of select_columns: the groups' hidden states side by side."""
+    first = groups[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(groups, dim=1)
+    return type(first)(join_columns([g[i] for g in groups]) for i in range(len(first)))
+
+
 def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
                 seq_len_cap=None, log=print, progress=None, forward=None, step=train_step):
     """One pass over the training stream with truncated BPTT; returns the mean raw training loss.
@@ -91,10 +142,11 @@ def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rn
         data, targets = get_batch(train_data, i, seq_len=seq_len)
         raw_loss, hidden = step(model, criterion, optimizer, params, data, targets, hidden, args, seq_len,
                                 forward=forward)  # [distributed]
-        first_bad_batch = torch.where((first_bad_batch < 0) & ~torch.isfinite(raw_loss),
+        first_bad_batch = torch.where((first_bad_batch < 0) & ~torch.isfinite(raw_loss).all(),
                                       batch + 1, first_bad_batch)
-        interval_loss += raw_loss
-        epoch_loss += raw_loss
+        for part in raw_loss.reshape(-1):  # a grouped step's groups one by one, in MoS's order of sums
+            interval_loss += part
+            epoch_loss += part
         if progress is not None:
             progress.update(1)
         # The original's log lines, so that logs diff clean against its own: batches counted from 0, a
@@ -104,7 +156,7 @@ def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rn
             check_finite()
             cur_loss = interval_loss.item() / args.log_interval
             elapsed = time.time() - start_time
-            log(interval_line(model.release, epoch, batch, num_batches, base_lr,
+            log(interval_line(model.report_style, epoch, batch, num_batches, base_lr,
                               elapsed * 1000 / args.log_interval, cur_loss))
             interval_loss.zero_()
             start_time = time.time()

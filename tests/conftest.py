@@ -61,7 +61,8 @@ PUBLISHED_MAIN = [recipe['main'] for recipe in recipes.RECIPES.values()]
 
 def tiny_run(data, save, epochs=1, extra=()):
     """argv for main.py / finetune.py: a tiny model on `data`, saving to `save`."""
-    return [*TINY, '--data', data, '--epochs', str(epochs), '--save', save, *extra]
+    # --small_batch_size -1: a published group size (MoS's WT2: 5) need not divide TINY's batch.
+    return [*TINY, '--small_batch_size', '-1', '--data', data, '--epochs', str(epochs), '--save', save, *extra]
 
 
 def read_jsonl(path):

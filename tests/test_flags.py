@@ -140,3 +140,22 @@ def test_impossible_flags(flags, match):
 def test_when_beyond_epochs_is_legal():
     import main
     assert main.parse_args(['--when', '300', '400', '--epochs', '1']).when == [300, 400]
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--n_experts', '0'], '--n_experts must be a positive integer'),
+    (['--n_experts', '3', '--release', '2017'], 'cannot be used with --release 2017'),
+    (['--n_experts', '3', '--model', 'GRU'], 'built on LSTMs only'),
+    (['--batch_size', '12', '--small_batch_size', '5'], '--small_batch_size 5 must divide --batch_size 12'),
+    (['--nhidlast', '20'], '--nhidlast needs --n_experts > 1'),
+])
+def test_mixture_of_softmaxes_bad_flags(argv, message):
+    import main
+    with pytest.raises(errors.UserError, match=message):
+        main.parse_args(argv)
+
+
+def test_mixture_of_softmaxes_refuses_the_split_softmax():
+    import main
+    with pytest.raises(errors.UserError, match="needs the split softmax"):
+        main.build_model(main.parse_args(['--n_experts', '3', '--emsize', '4', '--nhid', '4']), 80000)
