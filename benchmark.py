@@ -54,6 +54,7 @@ the time the GPU waits for the CPU to launch work, which CUDA graphs remove.
 """
 import argparse
 import contextlib
+import io
 import json
 import math
 import os
@@ -76,8 +77,6 @@ import errors
 import main as training_script
 import recipes
 import training
-from model import RNNModel
-from splitcross import SplitCrossEntropyLoss, splits_for_vocab
 
 # Sizes of the real corpora (tokens with <eos>; vocabulary), used for the synthetic stand-in.
 CORPORA = {
@@ -95,6 +94,7 @@ RECIPES = {
     'ptb-qrnn': dict(recipe='ptb-qrnn', changed={}, note='PTB QRNN'),
     'wt2-qrnn': dict(recipe='wt2-qrnn', changed={}, note='WT2 QRNN (published command: batch 40)'),
     'ptb-char': dict(recipe='ptb-char', changed={}, note='character-level PTB, 2018 code'),
+    'ptb-mos': dict(recipe='ptb-mos', changed={}, note='PTB AWD-LSTM-MoS (15 softmaxes)'),
 }
 
 OPTIONS = ('eager', 'fp32', 'tf32', 'amp-bf16', 'fused-opt', 'compile', 'graphs', 'graphs-bf16')
@@ -270,9 +270,9 @@ def run_config(name, option, opts, device, streams, dist=distributed.Distributed
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     rng = cli.set_seed(cfg.seed)
-    model = RNNModel(cfg.model, ntokens, cfg.emsize, cfg.nhid, cfg.nlayers, cfg.dropout, cfg.dropouth,
-                     cfg.dropouti, cfg.dropoute, cfg.wdrop, tie_weights=True).to(device)
-    criterion = SplitCrossEntropyLoss(cfg.emsize, splits=splits_for_vocab(ntokens), verbose=False).to(device)
+    with contextlib.redirect_stdout(io.StringIO()):  # main.py's model, without its 'Using [splits]' line
+        model, criterion = training_script.build_model(cfg, ntokens)
+    model, criterion = model.to(device), criterion.to(device)
     params = list(model.parameters()) + list(criterion.parameters())
     optimizer, note = make_optimizer(cfg, params, option, device)
     if note:

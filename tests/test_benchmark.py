@@ -121,3 +121,10 @@ def test_benchmark_data_naming_a_missing_folder_is_an_error(tmp_path, monkeypatc
     with pytest.raises(errors.UserError, match=f'--data {missing}: folder not found .*--synthetic'):
         benchmark.main(['--data', missing, '--small', '--cpu', '--batches', '1', '--warmup', '0'])
     assert 'recipe=' not in capsys.readouterr().out
+
+
+def test_the_mos_recipe_is_timed_with_main_pys_mos_model(capsys):
+    # The model is main.py's build_model: for ptb-mos the 15-way mixture of softmaxes (mos.py).
+    assert benchmark.main(FAST + ['--recipe', 'ptb-mos', '--options', 'eager']) == 0
+    out = capsys.readouterr().out
+    assert 'recipe=ptb-mos option=eager' in out and 'AWD-LSTM-MoS (15 softmaxes)' in out
