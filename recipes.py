@@ -75,7 +75,7 @@ RECIPES = {
              '--single_gpu',
         finetune='--data data/penn --dropouti 0.4 --dropoutl 0.29 --dropouth 0.225 --seed 28 --batch_size 12 '
                  '--lr 25.0 --epoch 1000 --nhid 960 --emsize 280 --n_experts 15 --save PTB.pt --single_gpu',
-        dynamiceval='--data data/penn --save PTB.pt --lamb 0.075',
+        dynamiceval='--data data/penn --save PTB.pt --paper-scale --lr 0.002 --lamb 0.075 --epsilon 0.001',
         published=dict(main=(58.34, 56.18), finetune=(56.83, 54.64), dynamiceval=(49.03, 48.43))),
     'wt2-mos': dict(
         corpus='wikitext-2', release=2018, note='WT2 AWD-LSTM-MoS (single GPU)',
@@ -85,7 +85,7 @@ RECIPES = {
         finetune='--epochs 1000 --data data/wikitext-2 --save WT2.pt --dropouth 0.2 --seed 1882 --n_experts 15 '
                  '--nhid 1150 --emsize 300 --batch_size 15 --lr 20.0 --dropoutl 0.29 --small_batch_size 5 '
                  '--max_seq_len_delta 20 --dropouti 0.55 --single_gpu',
-        dynamiceval='--data data/wikitext-2 --save WT2.pt --epsilon 0.002'),
+        dynamiceval='--data data/wikitext-2 --save WT2.pt --paper-scale --lr 0.002 --lamb 0.02 --epsilon 0.002'),
 }
 
 # The paper's own figures (perplexity, valid / test), for its 24M (PTB) and 33M (WT2) parameter models.

@@ -45,17 +45,25 @@ def train_step(model, criterion, optimizer, params, data, targets, hidden, args,
     with (autocast() if autocast is not None else contextlib.nullcontext()):
         output, hidden, raw_outputs, dropped_outputs = (forward or model)(data, hidden, return_h=True)  # [distributed]
         raw_loss = criterion(model.decoder.weight, model.decoder.bias, output, targets)
-        loss = raw_loss
-        if args.alpha:  # AR: penalise large activations of the (dropped) last layer output
-            loss = loss + args.alpha * dropped_outputs[-1].pow(2).mean()
-        if args.beta:  # TAR: penalise change between timesteps of the raw last layer output
-            loss = loss + args.beta * (raw_outputs[-1][1:] - raw_outputs[-1][:-1]).pow(2).mean()
+        loss = with_ar_tar(raw_loss, raw_outputs, dropped_outputs, args)
     loss.backward()
     if args.clip:
         torch.nn.utils.clip_grad_norm_(params, args.clip, foreach=clip_foreach)
     optimizer.step()
     optimizer.param_groups[0]['lr'] = base_lr
     return raw_loss.detach(), hidden
+
+
+def with_ar_tar(raw_loss, raw_outputs, dropped_outputs, args):
+    """The training loss (section 4.6): cross-entropy plus activation regularisation (AR: alpha times the
+    mean square of the last layer's dropped output) and temporal activation regularisation (TAR: beta
+    times the mean square of the change of its raw output between timesteps)."""
+    loss = raw_loss
+    if args.alpha:  # AR: penalise large activations of the (dropped) last layer output
+        loss = loss + args.alpha * dropped_outputs[-1].pow(2).mean()
+    if args.beta:  # TAR: penalise change between timesteps of the raw last layer output
+        loss = loss + args.beta * (raw_outputs[-1][1:] - raw_outputs[-1][:-1]).pow(2).mean()
+    return loss
 
 
 def train_step_in_groups(model, criterion, optimizer, params, data, targets, hidden, args, seq_len, group,
@@ -78,12 +86,7 @@ def train_step_in_groups(model, criterion, optimizer, params, data, targets, hid
         output, group_hidden, raw_outputs, dropped_outputs = (forward or model)(data[:, columns], group_hidden,
                                                                                 return_h=True)
         raw_loss = criterion(model.decoder.weight, model.decoder.bias, output, targets[:, columns].reshape(-1))
-        loss = raw_loss
-        if args.alpha:
-            loss = loss + args.alpha * dropped_outputs[-1].pow(2).mean()
-        if args.beta:
-            loss = loss + args.beta * (raw_outputs[-1][1:] - raw_outputs[-1][:-1]).pow(2).mean()
-        loss = loss * (group / batch)
+        loss = with_ar_tar(raw_loss, raw_outputs, dropped_outputs, args) * (group / batch)
         raw_losses.append(raw_loss.detach() * group / batch)
         loss.backward()
         new_hidden.append(group_hidden)
