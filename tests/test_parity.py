@@ -90,17 +90,28 @@ def prepare_original(folder, release=2018):
         variable = 'AWD_LSTM_ORIGINAL' if release == 2018 else 'AWD_LSTM_ORIGINAL_2017'
         pytest.skip(f'the original awd-lstm-lm code ({release} release) is not at {source} (set {variable} '
                     'to a checkout of salesforce/awd-lstm-lm at that release)')
+    return patched_copy(source, folder, fixes, f'the {release} code')
+
+
+def patched_copy(source, folder, fixes, what):
+    """A copy of the original code at `source` in `folder`, with `fixes` applied (apply_fixes)."""
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns('.git', 'data'))
+    apply_fixes(folder, fixes, what)
+    return folder
+
+
+def apply_fixes(folder, fixes, what='the original'):
+    """Applies each (file, old, new, why[, count]) replacement to the files in `folder`, in order; each
+    must match `count` times (once unless given), else the copy is not `what` the fixes were written for."""
     for name, old, new, why, *count in fixes:
         path = os.path.join(folder, name)
         os.chmod(path, 0o644)
         with open(path) as f:
             text = f.read()
         expected = count[0] if count else 1
-        assert text.count(old) == expected, f'{name}: fix for "{why}" does not apply (is it the {release} code?)'
+        assert text.count(old) == expected, f'{name}: fix for "{why}" does not apply (is it {what}?)'
         with open(path, 'w') as f:
             f.write(text.replace(old, new))
-    return folder
 
 
 # The same threads for both programs: CPU kernels are deterministic for a fixed thread count.

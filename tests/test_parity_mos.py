@@ -9,7 +9,6 @@ frozen last input embedding, as in tests/test_parity.py.
 """
 import glob
 import os
-import shutil
 import subprocess
 import sys
 
@@ -17,7 +16,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from test_parity import (ENV, SHARED_ORIGINALS, WEIGHT_DROP_EVAL_FIX, corpus_with_unseen_last_word,
+from test_parity import (ENV, SHARED_ORIGINALS, WEIGHT_DROP_EVAL_FIX, corpus_with_unseen_last_word, patched_copy,
                          printed_figures, run)
 
 MOS = os.environ.get('MOS_ORIGINAL') or os.path.join(SHARED_ORIGINALS, 'mos')
@@ -44,16 +43,7 @@ def prepare_mos(folder):
     if not os.path.isfile(os.path.join(MOS, 'main.py')):
         pytest.skip(f'the original AWD-LSTM-MoS code is not at {MOS} (set MOS_ORIGINAL to a checkout of '
                     'zihangdai/mos at 9c0c608)')
-    shutil.copytree(MOS, folder, ignore=shutil.ignore_patterns('.git', 'data'))
-    for name, old, new, why, *count in MOS_FIXES:
-        path = os.path.join(folder, name)
-        os.chmod(path, 0o644)
-        with open(path) as f:
-            text = f.read()
-        assert text.count(old) == (count[0] if count else 1), f'{name}: fix for "{why}" does not apply'
-        with open(path, 'w') as f:
-            f.write(text.replace(old, new))
-    return folder
+    return patched_copy(MOS, folder, MOS_FIXES, 'zihangdai/mos at 9c0c608')
 
 
 # MoS saves the pickled model alone: turn it into plain tensors beside its own modules.

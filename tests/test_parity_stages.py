@@ -16,20 +16,13 @@ import pytest
 
 import data
 from conftest import REPO
-from test_parity import (LOSS_PROBES, SHARED_ORIGINALS, TINY_MODEL, compare, corpus_with_unseen_last_word, run,
+from test_parity import (LOSS_PROBES, apply_fixes, SHARED_ORIGINALS, TINY_MODEL, compare, corpus_with_unseen_last_word, run,
                          traced_losses, traced_run)
 
 
 def patch(folder, name, fixes):
     """Applies (old, new, why) replacements to `folder/name`; each must match exactly once."""
-    path = os.path.join(folder, name)
-    with open(path) as f:
-        text = f.read()
-    for old, new, why in fixes:
-        assert text.count(old) == 1, f'{name}: fix for "{why}" does not apply'
-        text = text.replace(old, new)
-    with open(path, 'w') as f:
-        f.write(text)
+    apply_fixes(folder, [(name, *fix) for fix in fixes])
 
 
 @pytest.fixture(scope='module')
