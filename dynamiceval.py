@@ -370,6 +370,17 @@ def grid_search(make_evaluator, val_data, bptt, gridfast, log=print):
     return best[1], best[2]
 
 
+def mos_dropconnect_note(model):
+    """The note for an MoS model trained with DropConnect (None for any other model): MoS's dynamiceval.py
+    ran it in train mode with `use_dropout = False`, which its model reads for every dropout but
+    WeightDrop's (its rate is fixed at construction), so its figures for such a model were measured with
+    DropConnect on; this code evaluates without any dropout, as Krause et al. describe."""
+    if model.n_experts <= 1 or not model.wdrop:
+        return None
+    return (f"note: MoS's dynamiceval.py scored this model with DropConnect on (rate {model.wdrop:g} on the "
+            "recurrent weights, a random mask each segment); these figures are without it (docs/MOS.md)")
+
+
 def evaluate_checkpoint(args, log=print):
     """The whole run for parsed arguments: returns {'valid': loss, 'test': loss} (those evaluated, this
     code's convention), the hyper-parameters actually used ('lr', 'lamb', 'epsilon': after --paper-scale
@@ -386,6 +397,8 @@ def evaluate_checkpoint(args, log=print):
     params = adapted_parameters(model, criterion)
     if args.QRNN and model.rnn_type != 'QRNN':
         log(f'note: --QRNN ignored: the checkpoint holds a {model.rnn_type} model')
+    if mos_dropconnect_note(model):
+        log(mos_dropconnect_note(model))
     log(f'Model: {model.rnn_type}, {sum(p.numel() for p in params)} parameters in {len(params)} tensors')
 
     lr, lamb, epsilon, ms = args.lr, args.lamb, args.epsilon, None
