@@ -187,10 +187,7 @@ def finetune(args, dist, given):
                        resumed_after=ckpt['epoch'] if state_file else None)
 
     if state_file:
-        checkpoint.restore_training_state(optimizer, rng, device, ckpt, state_file)
-        epoch_start, history, best_val_loss, done = ckpt['epoch'] + 1, list(ckpt['history']), \
-            ckpt['best_val_loss'], ckpt['done']
-        print(f'Resuming exactly from {state_file} after epoch {ckpt["epoch"]}')
+        epoch_start, history, best_val_loss, done = restore_state(ckpt, state_file, optimizer, rng, device)
     else:
         best_val_loss = evaluate_loaded_model(model, criterion, val_data, args, dist, log)
         if args.out != args.save:
@@ -229,6 +226,14 @@ def finetune(args, dist, given):
     test_loss = cli.evaluate_best_on_test(owner, args.out, model, criterion, test_data, args.bptt)
     log.write(final=True, **run_log.loss_record('valid', best_val_loss), **run_log.loss_record('test', test_loss))
     return 0
+
+
+def restore_state(state, state_file, optimizer, rng, device):
+    """Continue exactly: the optimizer (ASGD's averages) and random states back as saved; returns
+    (the next epoch, the history of averaged valid losses, the best of them, whether it had stopped)."""
+    checkpoint.restore_training_state(optimizer, rng, device, state, state_file)
+    print(f'Resuming exactly from {state_file} after epoch {state["epoch"]}')
+    return state['epoch'] + 1, list(state['history']), state['best_val_loss'], state['done']
 
 
 def evaluate_loaded_model(model, criterion, val_data, args, dist, log):
