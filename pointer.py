@@ -115,15 +115,18 @@ def check_finite(split, loss, vocab_loss, theta):
 
 
 def chunks(model, source, bptt):
-    """Yields (targets, h) for each --bptt chunk of a batch-size-1 stream, hidden state carried:
-    targets (L,) the next words, h (L, features) the last layer's eval-mode output."""
+    """Yields (targets, output, h) for each --bptt chunk of a batch-size-1 stream, hidden state carried:
+    targets (L,) the next words; output what the criterion turns into the model's distribution; h
+    (L, features) the last layer's eval-mode output, the cache's keys and queries. For the AWD-LSTM
+    output and h are one tensor; for AWD-LSTM-MoS output holds the mixture's rows (mos.py)."""
     model.eval()
     model.reset()
     hidden = model.init_hidden(1)
     for i in range(0, source.size(0) - 1, bptt):
         data, targets = batching.get_batch(source, i, seq_len=bptt)
-        output, hidden = model(data, hidden)
-        yield targets, output
+        output, hidden, _, dropped_outputs = model(data, hidden, return_h=True)
+        last = dropped_outputs[-1]  # eval mode: the last layer's output itself
+        yield targets, output, last.reshape(-1, last.size(2))
 
 
 def uses_cache(entry, window, cache_from_start):
@@ -149,7 +152,7 @@ def pointer_loss(model, criterion, source, bptt, window, theta, lambdasm, cache_
     hist_h = hist_t = None  # the last `window` positions before the chunk: outputs and next words
     total = torch.zeros((), dtype=torch.float64, device=source.device)
     total_vocab = torch.zeros((), dtype=torch.float64, device=source.device)
-    for targets, h in chunks(model, source, bptt):
+    for targets, output, h in chunks(model, source, bptt):
         length = targets.size(0)
         start = 0 if hist_h is None else hist_h.size(0)
         all_h = h if hist_h is None else torch.cat([hist_h, h])
@@ -158,7 +161,7 @@ def pointer_loss(model, criterion, source, bptt, window, theta, lambdasm, cache_
         for b0 in range(0, length, rows):
             b1 = min(b0 + rows, length)
             entry = torch.arange(start + b0, start + b1, device=h.device)  # history index of each row
-            logp_vocab = criterion.logprob(weight, bias, h[b0:b1]).gather(1, targets[b0:b1, None]).squeeze(1)
+            logp_vocab = criterion.logprob(weight, bias, output[b0:b1]).gather(1, targets[b0:b1, None]).squeeze(1)
 
             # Attention of each row over the history entries [entry - window, entry).
             c0 = max(0, start + b0 - window)
@@ -190,8 +193,8 @@ def pointer_loss_reference(model, criterion, source, bptt, window, theta, lambda
     ntokens = weight.size(0)
     history_h, history_next = [], []
     total = 0.
-    for targets, h in chunks(model, source, bptt):
-        p_vocab = criterion.logprob(weight, bias, h).exp()
+    for targets, output, h in chunks(model, source, bptt):
+        p_vocab = criterion.logprob(weight, bias, output).exp()
         start = len(history_h)
         history_h.extend(h)
         history_next.extend(targets.tolist())

@@ -54,8 +54,8 @@ def main():
 
     def forward_and_softmax():
         with torch.no_grad():
-            for targets, h in pointer.chunks(model, data, args.bptt):
-                criterion.logprob(model.decoder.weight, model.decoder.bias, h).gather(1, targets[:, None])
+            for targets, output, _ in pointer.chunks(model, data, args.bptt):
+                criterion.logprob(model.decoder.weight, model.decoder.bias, output).gather(1, targets[:, None])
 
     forward, _ = best_time(forward_only, args.repeat)
     shared, _ = best_time(forward_and_softmax, args.repeat)

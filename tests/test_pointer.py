@@ -135,3 +135,19 @@ def test_a_2017_model_is_reported_without_bpc(tmp_path, capsys):
     assert pointer.main(['--data', corpus, '--save', save, '--cpu', '--bptt', '10', '--window', '20']) == 0
     out = capsys.readouterr().out
     assert '| End of pointer | valid loss' in out and 'bpc' not in out
+
+
+def test_an_mos_models_cache_is_keyed_on_its_last_layer():
+    # AWD-LSTM-MoS returns the mixture's rows (latent vectors and prior logits) for its criterion; the
+    # cache attends over the last layer's output (nhidlast units), as for the AWD-LSTM.
+    from mos import MixtureOfSoftmaxesLoss
+    torch.manual_seed(0)
+    model = RNNModel('LSTM', 50, 8, 12, 2, tie_weights=True, n_experts=3, nhidlast=10)
+    criterion = MixtureOfSoftmaxesLoss(8, 3)
+    source = torch.randint(50, (120, 1), generator=torch.Generator().manual_seed(3))
+    (targets, output, h), *_ = pointer.chunks(model, source, 40)
+    assert output.shape == (40, 3 * (8 + 1)) and h.shape == (40, 10)
+    settings = dict(bptt=40, window=30, theta=0.9, lambdasm=0.3)
+    fast, vocab_only = pointer.pointer_loss(model, criterion, source, **settings)
+    assert fast == pytest.approx(pointer.pointer_loss_reference(model, criterion, source, **settings), rel=1e-5)
+    assert fast != vocab_only
