@@ -5,6 +5,7 @@ on the same files stops at once.
 import contextlib
 import errno
 import os
+import stat
 import uuid
 
 import data
@@ -50,6 +51,16 @@ def check_output(path, flag, inputs=(), replaced=False):
         if not writable(target):
             raise UserError(f'{path}: file is read-only ({flag})')
         check_not_an_input(target, flag, inputs, path)
+
+
+def is_stream(path):
+    """Whether `path` names something that is written in place, not replaced: a terminal, a pipe,
+    /dev/stdout or /dev/null (an existing file that is not a regular one)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def check_not_an_input(target, flag, inputs, path=None):

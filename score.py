@@ -100,8 +100,16 @@ def token_rows(lines, unknown_flags, logprobs):
 
 
 def write_result(text, out):
+    """The result to standard output (`-`), in place to a stream (`/dev/stdout`, a pipe), else to a file
+    written atomically (the file that was there stays whole until the new one is complete)."""
     if out == '-':
         sys.stdout.write(text)
+    elif run_files.is_stream(out):
+        try:
+            with open(out, 'w') as f:
+                f.write(text)
+        except OSError as e:  # /dev/full: Python's write names no file
+            raise UserError(f'{out}: could not be written ({atomic_io.write_failure(e)})') from None
     else:
         atomic_io.atomic_write_text(text, out)
 
@@ -110,7 +118,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.out != '-':
         # Before any work: the output must be writable and must not be the checkpoint or the text.
-        run_files.check_output(args.out, '--out', inputs=[args.checkpoint, args.text], replaced=True)
+        run_files.check_output(args.out, '--out', inputs=[args.checkpoint, args.text],
+                               replaced=not run_files.is_stream(args.out))
     raw, name = read_input(args.text)
     try:
         lines = data.read_text(raw, name)

@@ -113,3 +113,23 @@ def test_output_file_and_stdin(trained, tmp_path, monkeypatch, capsys):
     assert score.main(['--checkpoint', save, '--sentences', '--out', str(out), '--cpu']) == 0
     rows = tsv(out.read_text())
     assert [r['text'] for r in rows] == ['the cat sees a ball .'] and rows[0]['oov'] == '0'
+
+
+def test_a_stream_output_is_written_in_place(trained, tmp_path):
+    # `--out /dev/stdout | cat`: /dev/stdout resolves into /proc/PID/fd, a read-only folder where no file
+    # can be replaced; a stream (a pipe, a terminal, /dev/null) is written to, not replaced.
+    import os
+    import subprocess
+    import sys
+    from conftest import REPO
+    corpus, save = trained
+    test_txt = os.path.join(corpus, 'test.txt')
+    done = subprocess.run(f'{sys.executable} score.py --checkpoint {save} --text {test_txt} --json --cpu '
+                          '--out /dev/stdout | cat', shell=True, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == '', done.stderr
+    assert set(json.loads(done.stdout)) >= {'tokens', 'oov', 'loss', 'ppl'}
+    assert score.main(['--checkpoint', save, '--text', test_txt, '--cpu', '--out', os.devnull]) == 0
+    assert os.path.exists(os.devnull) and not os.path.isfile(os.devnull)  # /dev/null is still the device
+    if os.path.exists('/dev/full'):
+        with pytest.raises(errors.UserError, match='/dev/full: could not be written [(]the disk is full'):
+            score.main(['--checkpoint', save, '--text', test_txt, '--cpu', '--sentences', '--out', '/dev/full'])
