@@ -107,6 +107,8 @@ def read_checkpoint(path):
         raise UserError('no checkpoint given (--save)')
     if not os.path.isfile(path):
         raise UserError(f'{path}: checkpoint not found')
+    if not is_torch_file(path):
+        raise UserError(f'{path}: not a readable checkpoint (truncated or not a torch file)')
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
@@ -127,6 +129,13 @@ def read_checkpoint(path):
     if not all(isinstance(word, str) for word in ckpt['idx2word']):
         raise UserError(f"{path}: damaged checkpoint: 'idx2word' must be a list of words")
     return upgrade(ckpt)
+
+
+def is_torch_file(path):
+    """Whether the file starts as torch.save's files do: a zip archive, or a pickle (its legacy format)."""
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    return head.startswith(b'PK\x03\x04') or head[:1] == b'\x80'
 
 
 def load_weights(model, criterion, ckpt, path):

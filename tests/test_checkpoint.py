@@ -56,7 +56,9 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize('content,match', [(None, 'not found'), (b'', 'not a readable'),
-                                           (b'hello world', 'not a readable')])
+                                           (b'hello world', 'not a readable'),
+                                           # a corpus file given as the checkpoint: not "pickled objects"
+                                           (b' aer banknote berlitz calloway\n', 'not a readable')])
 def test_bad_checkpoint_files(tmp_path, content, match):
     path = tmp_path / 'x.pt'
     if content is not None:
