@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from atomic_io import atomic_write
+from atomic_io import atomic_write, write_failure
 from errors import UserError
 from training import loss_figures, perplexity
 
@@ -58,7 +58,7 @@ class JsonLog:
             self.file.write(json.dumps(finite_or_null(record), allow_nan=False) + '\n')
             self.file.flush()
         except OSError as e:
-            raise UserError(f'{self.path}: could not write the log ({e.strerror or e})') from None
+            raise UserError(f'{self.path}: could not write the log ({write_failure(e)})') from None
 
     def _end_a_cut_off_line(self):
         """A last line without its newline, in a log of this code, was cut off by an interrupted write (a
