@@ -145,11 +145,17 @@ torch.save({'model': model.state_dict(), 'criterion': criterion.state_dict()}, s
 """
 
 
-def assert_same_checkpoints(original_folder, original_file, ours_file):
+def original_tensors(original_folder, original_file):
+    """{'model': ..., 'criterion': ...}: the state dicts of an original's pickled model (and criterion),
+    unpickled by its own code in its folder."""
     exported = original_file + '.tensors'
     subprocess.run([sys.executable, '-c', EXPORT_TENSORS, original_file, exported], cwd=original_folder,
                    env=ENV, check=True)
-    original = torch.load(exported, weights_only=True)
+    return torch.load(exported, weights_only=True)
+
+
+def assert_same_checkpoints(original_folder, original_file, ours_file):
+    original = original_tensors(original_folder, original_file)
     ours = torch.load(ours_file, weights_only=True)
     expected = {**{'model.' + k: v for k, v in original['model'].items()},
                 **{'criterion.' + k: v for k, v in original['criterion'].items()}}

@@ -9,15 +9,13 @@ frozen last input embedding, as in tests/test_parity.py.
 """
 import glob
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from conftest import REPO
-from test_parity import (ENV, SHARED_ORIGINALS, WEIGHT_DROP_EVAL_FIX, corpus_with_unseen_last_word, patched_copy,
-                         printed_figures, run)
+from test_parity import (SHARED_ORIGINALS, WEIGHT_DROP_EVAL_FIX, corpus_with_unseen_last_word, original_tensors,
+                         patched_copy, printed_figures, run)
 
 MOS = os.environ.get('MOS_ORIGINAL') or os.path.join(SHARED_ORIGINALS, 'mos')
 
@@ -47,17 +45,8 @@ def prepare_mos(folder):
 
 
 # MoS saves the pickled model alone: turn it into plain tensors beside its own modules.
-EXPORT_TENSORS = """
-import sys, torch
-torch.save(torch.load(sys.argv[1], weights_only=False).state_dict(), sys.argv[2])
-"""
-
-
 def assert_same_tensors(original_folder, original_file, ours_file):
-    exported = original_file + '.tensors'
-    subprocess.run([sys.executable, '-c', EXPORT_TENSORS, original_file, exported], cwd=original_folder,
-                   env=ENV, check=True)
-    expected = torch.load(exported, weights_only=True)
+    expected = original_tensors(original_folder, original_file)['model']  # MoS saved the whole model
     ours = torch.load(ours_file, weights_only=True)
     assert not ours['criterion'], 'the mixture NLL has no parameters of its own'
     # MoS registered the mixture's layers on the model itself; here they sit in its `mixture` submodule.
