@@ -68,14 +68,14 @@ import types
 
 import torch
 
-import batching
-import cli
-import flags
-import cuda_graphs
-import distributed
+import utils
+from harness import cli
+from harness import flags
+from harness import cuda_graphs
+from harness import distributed
 import errors
 import main as training_script
-import recipes
+from harness import recipes
 import training
 
 # Sizes of the real corpora (tokens with <eos>; vocabulary), used for the synthetic stand-in.
@@ -181,8 +181,8 @@ def load_streams(name, cfg, opts, device):
     g = torch.Generator().manual_seed(0)
     streams = [torch.randint(0, sizes['vocab'], (sizes[split],), generator=g) for split in ('train', 'valid')]
     why = 'forced' if opts.synthetic else f'{folder} absent'
-    return (batching.batchify(streams[0], cfg.batch_size, device=device),
-            batching.batchify(streams[1], EVAL_BATCH_SIZE, device=device), sizes['vocab'],
+    return (utils.batchify(streams[0], cfg.batch_size, device=device),
+            utils.batchify(streams[1], EVAL_BATCH_SIZE, device=device), sizes['vocab'],
             f'synthetic ({why}; {corpus} sizes: {sizes["train"]}/{sizes["valid"]} tokens, vocab {sizes["vocab"]})')
 
 
@@ -235,7 +235,7 @@ class Stepper:
         if self.i >= self.train.size(0) - 2:  # end of the epoch: start the stream again
             self.restart()
         seq_len = training.sample_seq_len(self.rng, self.cfg.bptt)
-        data, targets = batching.get_batch(self.train, self.i, seq_len=seq_len)
+        data, targets = utils.get_batch(self.train, self.i, seq_len=seq_len)
         loss, self.hidden = self.train_step(self.model, self.criterion, self.optimizer, self.params, data, targets,
                                                 self.hidden, self.cfg, seq_len, autocast=self.autocast,
                                                 clip_foreach=self.clip_foreach, forward=self.forward)

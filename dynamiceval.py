@@ -69,11 +69,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-import batching
-import checkpoint
-import cli
-import flags
-import run_log
+import utils
+from harness import checkpoint
+from harness import cli
+from harness import flags
+from harness import run_log
 import errors
 import training
 
@@ -217,8 +217,8 @@ def gradient_statistics(model, criterion, params, train_data, bptt, max_batches=
     for i in range(0, train_data.size(0) - 2, bptt):
         if 0 < max_batches <= batches:
             break
-        data, targets = batching.get_batch(train_data, i, seq_len=bptt)
-        hidden = batching.repackage_hidden(hidden)
+        data, targets = utils.get_batch(train_data, i, seq_len=bptt)
+        hidden = utils.repackage_hidden(hidden)
         loss, hidden = _segment_loss(model, criterion, data, targets, hidden)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for m, g in zip(ms, grads):
@@ -295,8 +295,8 @@ class DynamicEvaluator:
         hidden = model.init_hidden(data_source.size(1))
         try:
             for i in range(0, data_source.size(0) - 1, bptt):
-                data, targets = batching.get_batch(data_source, i, seq_len=bptt)
-                hidden = batching.repackage_hidden(hidden)
+                data, targets = utils.get_batch(data_source, i, seq_len=bptt)
+                hidden = utils.repackage_hidden(hidden)
                 loss, hidden = _segment_loss(model, criterion, data, targets, hidden)
                 score = loss.detach()  # the segment is scored with the weights before its update
                 grads = torch.autograd.grad(loss, self.params, allow_unused=True)

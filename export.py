@@ -20,10 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import atomic_io
-import checkpoint
-import cli
-import run_files
+from harness import atomic_io
+from harness import checkpoint
+from harness import cli
+from harness import run_files
 from errors import UserError
 from weight_drop import WeightDrop
 

@@ -23,17 +23,17 @@ import argparse
 import os
 import time
 
-import checkpoint
-import cli
-import distributed
-import flags
-import interrupts
-import ownership
-import resume
-import run_files
-import run_log
+from harness import checkpoint
+from harness import cli
+from harness import distributed
+from harness import flags
+from harness import interrupts
+from harness import ownership
+from harness import resume
+from harness import run_files
+from harness import run_log
 import training
-from cli import EVAL_BATCH_SIZE, TEST_BATCH_SIZE
+from harness.cli import EVAL_BATCH_SIZE, TEST_BATCH_SIZE
 from errors import UserError
 from model import RNNModel
 

@@ -15,13 +15,13 @@ import argparse
 
 import torch
 
-import checkpoint
-import cli
+from harness import checkpoint
+from harness import cli
 import data
-import flags
-import run_files
+from harness import flags
+from harness import run_files
 import errors
-from atomic_io import write_failure
+from harness.atomic_io import write_failure
 
 
 def parse_args(argv=None):

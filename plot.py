@@ -18,7 +18,7 @@ import math
 import os
 import sys
 
-import cli
+from harness import cli
 import errors
 import training
 

@@ -53,12 +53,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-import batching
-import checkpoint
-import cli
-import flags
-import run_files
-import run_log
+import utils
+from harness import checkpoint
+from harness import cli
+from harness import flags
+from harness import run_files
+from harness import run_log
 import errors
 
 # Elements per intermediate tensor of a block (32 MiB in float32); a few live at once.
@@ -123,7 +123,7 @@ def chunks(model, source, bptt):
     model.reset()
     hidden = model.init_hidden(1)
     for i in range(0, source.size(0) - 1, bptt):
-        data, targets = batching.get_batch(source, i, seq_len=bptt)
+        data, targets = utils.get_batch(source, i, seq_len=bptt)
         output, hidden, _, dropped_outputs = model(data, hidden, return_h=True)
         last = dropped_outputs[-1]  # eval mode: the last layer's output itself
         yield targets, output, last.reshape(-1, last.size(2))

@@ -15,15 +15,15 @@ import json
 import math
 import sys
 
-import atomic_io
-import checkpoint
-import cli
+from harness import atomic_io
+from harness import checkpoint
+from harness import cli
 import data
-import flags
-import run_files
+from harness import flags
+from harness import run_files
 import scoring
 from errors import UserError
-from run_log import report_line
+from harness.run_log import report_line
 
 
 def parse_args(argv=None):

@@ -6,7 +6,7 @@ Pure computation on a model, its criterion and word ids, as training.py is: no f
 """
 import torch
 
-from batching import batchify
+from utils import batchify
 from training import evaluate
 
 # Rows of log-probabilities computed at once: bounds the (rows, vocabulary) matrix to 2**25 floats

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from batching import get_batch, repackage_hidden
+from utils import get_batch, repackage_hidden
 from errors import UserError
 
 

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-import checkpoint  # noqa: E402
+from harness import checkpoint  # noqa: E402
 
 save, ts, onnx, stream = sys.argv[1:5]
 ckpt = checkpoint.load_checkpoint(save, map_location='cpu', resume_state_ok=False)

@@ -24,8 +24,8 @@ def correctness(cpu):
     import numpy as np
     import torch
     import training
-    import cuda_graphs
-    from batching import batchify
+    from harness import cuda_graphs
+    from utils import batchify
     from model import RNNModel
     from splitcross import SplitCrossEntropyLoss
 

@@ -17,8 +17,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
-import checkpoint  # noqa: E402
+from harness import checkpoint  # noqa: E402
 import data  # noqa: E402
+from harness import corpus_cache  # noqa: E402
 import scoring  # noqa: E402
 import score  # noqa: E402
 from model import RNNModel  # noqa: E402
@@ -32,7 +33,7 @@ def main():
     parser.add_argument('--threads', type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    corpus = data.load_corpus(args.data, log=lambda *a: None)
+    corpus = corpus_cache.load_corpus(args.data, log=lambda *a: None)
     idx2word = corpus.dictionary.idx2word
     with open(os.path.join(args.data, 'test.txt'), 'rb') as f:
         lines = data.read_text(f.read(), 'test.txt')

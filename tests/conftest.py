@@ -12,7 +12,7 @@ os.environ.setdefault('MKL_NUM_THREADS', '1')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-import recipes  # noqa: E402
+from harness import recipes  # noqa: E402
 MIRROR = os.path.join(os.path.dirname(REPO), 'shared', 'data')
 
 # Flags that shrink any published command line to a model that trains in seconds on the CPU
@@ -95,3 +95,8 @@ def trained(tmp_path_factory):
     tuned = str(folder / 'tuned.pt')
     assert finetune.main(['--data', corpus, '--save', save, '--out', tuned, '--epochs', '1', *TINY]) == 0
     return corpus, save, finetune.finetune_state_path(tuned)
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: the originals side by side, several processes, whole pipelines '
+                                       '(`pytest -m "not slow"` is the quick edit loop)')

@@ -27,7 +27,7 @@ def random_checkpoint(path, words, splits=(), rnn_type='LSTM', release=2018, see
     """A checkpoint of an untrained tiny model (random weights, weight drop on, tombstones of a split
     softmax not zero) over the vocabulary `words`: enough to test what reads a trained model."""
     import torch
-    import checkpoint
+    from harness import checkpoint
     from model import RNNModel
     from splitcross import SplitCrossEntropyLoss
     torch.manual_seed(seed)

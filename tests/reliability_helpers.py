@@ -7,8 +7,8 @@ import shutil
 import torch
 
 import main as train_script
-import checkpoint
-import run_log
+from harness import checkpoint
+from harness import run_log
 from conftest import read_jsonl, tiny_run
 
 

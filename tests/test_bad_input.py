@@ -10,7 +10,7 @@ import dynamiceval
 import finetune
 import generate
 import main as train_script
-import checkpoint
+from harness import checkpoint
 import errors
 import pointer
 from conftest import TINY, write_corpus

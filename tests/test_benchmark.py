@@ -101,7 +101,7 @@ def test_graphs_option_runs_the_static_step_and_matches_eager_on_the_cpu(capsys)
 
 
 def test_a_failed_capture_skips_the_graphs_option_and_the_others_still_run(capsys, monkeypatch):
-    import cuda_graphs
+    from harness import cuda_graphs
 
     def failing_capture(self, *a, **k):
         raise errors.UserError('--cuda-graphs: capturing the training step failed: RuntimeError: not capturable; '

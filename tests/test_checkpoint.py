@@ -12,8 +12,8 @@ import dynamiceval
 import finetune
 import generate
 import main as train_script
-import checkpoint
-import cli
+from harness import checkpoint
+from harness import cli
 import errors
 import pointer
 import training

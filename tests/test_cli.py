@@ -1,7 +1,7 @@
 """cli.run: bad input is one line on stderr (exit 2), a fault of the code keeps its traceback (exit 1)."""
 import pytest
 
-import cli
+from harness import cli
 import errors
 
 
@@ -40,7 +40,7 @@ def test_a_fault_of_the_code_exits_1_with_a_traceback_ending_in_its_summary(tmp_
     import sys
     from conftest import REPO
     script = tmp_path / 'fault.py'
-    script.write_text('import cli\n\ndef main():\n    raise OSError(5, "Input/output error")\n\ncli.run(main)\n')
+    script.write_text('from harness import cli\n\ndef main():\n    raise OSError(5, "Input/output error")\n\ncli.run(main)\n')
     done = subprocess.run([sys.executable, str(script)], cwd=REPO, env={'PYTHONPATH': REPO}, capture_output=True,
                           text=True, timeout=60)
     lines = done.stderr.splitlines()

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import cuda_graphs
+from harness import cuda_graphs
 import training
-from batching import batchify
+from utils import batchify
 from model import RNNModel
 from splitcross import SplitCrossEntropyLoss
 
@@ -357,7 +357,7 @@ def test_gpu_flags_are_refused_on_the_cpu_with_one_line(script, flag, tmp_path):
 
 
 def test_no_cuda_graphs_is_accepted_and_the_default_step_is_train_step(tmp_path):
-    import cli
+    from harness import cli
     import main
     args = main.parse_args(['--no-cuda-graphs', '--cpu', '--save', str(tmp_path / 'm.pt')])
     assert args.cuda_graphs is False and args.bf16 is False

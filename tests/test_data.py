@@ -4,8 +4,9 @@ import shutil
 import pytest
 import torch
 
-import run_log
+from harness import run_log
 import data
+from harness import corpus_cache
 import errors
 from conftest import read_jsonl
 from reliability_helpers import disk_full, temporaries, train
@@ -36,16 +37,16 @@ def test_eos_and_vocabulary_order(tmp_path):
 
 
 def test_cache_is_keyed_on_content(tiny_corpus):
-    first = data.load_corpus(tiny_corpus, log=lambda *a: None)
+    first = corpus_cache.load_corpus(tiny_corpus, log=lambda *a: None)
     caches = [f for f in os.listdir(tiny_corpus) if f.startswith('corpus.')]
     assert len(caches) == 1
-    again = data.load_corpus(tiny_corpus, log=lambda *a: None)
+    again = corpus_cache.load_corpus(tiny_corpus, log=lambda *a: None)
     assert torch.equal(first.train, again.train) and first.dictionary.idx2word == again.dictionary.idx2word
     assert first.dictionary.counter == again.dictionary.counter and first.dictionary.total == again.dictionary.total
     # Editing a file must not reuse the stale cache.
     with open(os.path.join(tiny_corpus, 'valid.txt'), 'a') as f:
         f.write('brand new words\n')
-    edited = data.load_corpus(tiny_corpus, log=lambda *a: None)
+    edited = corpus_cache.load_corpus(tiny_corpus, log=lambda *a: None)
     assert 'brand' in edited.dictionary.word2idx
     assert len(edited.valid) == len(first.valid) + 4
     # The cache loads without pickled code.
@@ -65,18 +66,18 @@ def test_bad_files_are_clear_errors(tiny_corpus, problem):
         with open(path, 'wb') as f:
             f.write(b'\xff\xfe\x00 broken')
     with pytest.raises(data.DataError, match='valid.txt'):
-        data.load_corpus(tiny_corpus, use_cache=False, log=lambda *a: None)
+        corpus_cache.load_corpus(tiny_corpus, use_cache=False, log=lambda *a: None)
 
 
 def test_missing_folder(tmp_path):
     with pytest.raises(data.DataError, match='not found'):
-        data.load_corpus(str(tmp_path / 'nope'))
+        corpus_cache.load_corpus(str(tmp_path / 'nope'))
 
 
 def test_read_only_folder_gets_no_cache(tiny_corpus):
     os.chmod(tiny_corpus, 0o555)
     try:
-        data.load_corpus(tiny_corpus, log=lambda *a: None)
+        corpus_cache.load_corpus(tiny_corpus, log=lambda *a: None)
         assert not [f for f in os.listdir(tiny_corpus) if f.startswith('corpus.')]
     finally:
         os.chmod(tiny_corpus, 0o755)
@@ -86,37 +87,37 @@ def test_read_only_folder_gets_no_cache(tiny_corpus):
 # The corpus cache
 
 def test_a_corpus_cache_with_a_swapped_vocabulary_is_rebuilt(small_corpus):
-    data.load_corpus(small_corpus, log=lambda *a: None)
+    corpus_cache.load_corpus(small_corpus, log=lambda *a: None)
     cache, = [os.path.join(small_corpus, f) for f in os.listdir(small_corpus) if f.startswith('corpus.')]
     saved = torch.load(cache, weights_only=True)
     saved['idx2word'][0], saved['idx2word'][1] = saved['idx2word'][1], saved['idx2word'][0]
     torch.save(saved, cache)
     notes = []
-    corpus = data.load_corpus(small_corpus, log=notes.append)
+    corpus = corpus_cache.load_corpus(small_corpus, log=notes.append)
     assert corpus.dictionary.idx2word == data.Corpus(small_corpus).dictionary.idx2word
     assert any(cache in note for note in notes)  # says which file it did not trust
-    again = data.load_corpus(small_corpus, log=lambda *a: None)  # and the rebuilt cache is good
+    again = corpus_cache.load_corpus(small_corpus, log=lambda *a: None)  # and the rebuilt cache is good
     assert again.dictionary.idx2word == corpus.dictionary.idx2word
 
 
 def test_the_corpus_cache_is_named_after_the_text_that_was_read(small_corpus, monkeypatch):
     train_file = os.path.join(small_corpus, 'train.txt')
     old_text = open(train_file).read()
-    real_key = data._content_key
+    real_key = corpus_cache.content_key
 
     def split_changes_once_hashed(path):  # another process rewrites train.txt in between
         key = real_key(path)
         with open(train_file, 'a') as f:
             f.write(' a brand new line . \n')
         return key
-    monkeypatch.setattr(data, '_content_key', split_changes_once_hashed)
-    data.load_corpus(small_corpus, log=lambda *a: None)
-    monkeypatch.setattr(data, '_content_key', real_key)
+    monkeypatch.setattr(corpus_cache, 'content_key', split_changes_once_hashed)
+    corpus_cache.load_corpus(small_corpus, log=lambda *a: None)
+    monkeypatch.setattr(corpus_cache, 'content_key', real_key)
     cache, = [name for name in os.listdir(small_corpus) if name.startswith('corpus.')]
     assert cache == f'corpus.{real_key(small_corpus)}.pt'  # the new text's name
     with open(train_file, 'w') as f:  # back to the old text: its corpus, not the new one's
         f.write(old_text)
-    loaded = data.load_corpus(small_corpus, log=lambda *a: None)
+    loaded = corpus_cache.load_corpus(small_corpus, log=lambda *a: None)
     assert 'brand' not in loaded.dictionary.idx2word
     assert loaded.dictionary.idx2word == data.Corpus(small_corpus).dictionary.idx2word
 
@@ -124,7 +125,7 @@ def test_the_corpus_cache_is_named_after_the_text_that_was_read(small_corpus, mo
 def test_a_full_disk_while_caching_the_corpus_only_skips_the_cache(small_corpus, monkeypatch):
     monkeypatch.setattr(torch, 'save', disk_full)
     notes = []
-    corpus = data.load_corpus(small_corpus, log=notes.append)
+    corpus = corpus_cache.load_corpus(small_corpus, log=notes.append)
     assert len(corpus.train) > 0
     assert not [f for f in os.listdir(small_corpus) if f.startswith('corpus.')] and not temporaries(small_corpus)
 
@@ -144,8 +145,8 @@ def test_a_utf8_byte_order_mark_is_not_a_word(tmp_path, small_corpus):
     assert with_mark.dictionary.idx2word == plain.dictionary.idx2word
     assert all(torch.equal(getattr(with_mark, s), getattr(plain, s)) for s in data.SPLITS)
     # An old cache of the marked text (the mark a word) is not taken for the new reading.
-    assert data._content_key(marked) != data._content_key(small_corpus)
-    assert data.load_corpus(marked, log=lambda *a: None).dictionary.idx2word == plain.dictionary.idx2word
+    assert corpus_cache.content_key(marked) != corpus_cache.content_key(small_corpus)
+    assert corpus_cache.load_corpus(marked, log=lambda *a: None).dictionary.idx2word == plain.dictionary.idx2word
 
 
 def corpus_of(folder, train_lines):
@@ -186,4 +187,4 @@ def test_a_split_that_is_a_folder_is_named_as_such(tmp_path):
     (folder / 'valid.txt').mkdir()
     (folder / 'test.txt').write_text('a b\n')
     with pytest.raises(data.DataError, match=r'valid\.txt: is a folder, not a split file'):
-        data.load_corpus(str(folder))
+        corpus_cache.load_corpus(str(folder))

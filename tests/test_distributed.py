@@ -17,8 +17,8 @@ import time
 import pytest
 import torch
 
-import checkpoint
-import distributed
+from harness import checkpoint
+from harness import distributed
 import errors
 import finetune
 import main
@@ -237,7 +237,8 @@ def test_a_bad_collective_timeout_stops_every_rank_with_one_line(tmp_path, tiny_
 RANK1_DIFFERS = '''
 import json, os, sys
 sys.path.insert(0, {repo!r})
-import cli, finetune, main
+import finetune, main
+from harness import cli
 script, argv = sys.argv[1], sys.argv[2:]
 if os.environ['RANK'] == '1':
     argv += json.loads(os.environ.get('AWD_TEST_RANK1_FLAGS', '[]'))

@@ -11,9 +11,9 @@ from conftest import REPO, TINY, write_corpus
 
 import dynamiceval
 import main as train_main
-import batching
-import checkpoint
-import cli
+import utils
+from harness import checkpoint
+from harness import cli
 import errors
 import training
 from model import RNNModel
@@ -95,11 +95,11 @@ def test_update_rule_matches_the_formula(trained):
     hidden = model.init_hidden(1)
     expected = [p.clone() for p in theta_g]
     for i in (0, 5):
-        data, targets = batching.get_batch(test, i, seq_len=5)
+        data, targets = utils.get_batch(test, i, seq_len=5)
         with torch.no_grad():
             for p, e in zip(params, expected):
                 p.copy_(e)
-        output, hidden = model(data, batching.repackage_hidden(hidden))
+        output, hidden = model(data, utils.repackage_hidden(hidden))
         grads = torch.autograd.grad(criterion(model.decoder.weight, model.decoder.bias, output, targets), params)
         expected = [e - lr * g / (r + eps) + d * (g0 - e)
                     for e, g, r, d, g0 in zip(expected, grads, rms, decay, theta_g)]

@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-import checkpoint
+from harness import checkpoint
 import errors
 import export
 from pipeline_helpers import random_checkpoint

@@ -4,8 +4,8 @@ import shutil
 import pytest
 import torch
 
-import checkpoint
-import interrupts
+from harness import checkpoint
+from harness import interrupts
 import errors
 import finetune
 import training

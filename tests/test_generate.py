@@ -1,6 +1,6 @@
 import pytest
 
-import data
+from harness import corpus_cache
 import errors
 import generate
 from pipeline_helpers import other_corpus, train_tiny
@@ -26,7 +26,7 @@ def test_words_vocabulary_and_seed(trained, tmp_path):
     texts = [open(out).read() for out in outs]
     tokens = sampled_tokens(outs[0])
     assert len(tokens) == 150
-    vocabulary = set(data.load_corpus(corpus).dictionary.idx2word)
+    vocabulary = set(corpus_cache.load_corpus(corpus).dictionary.idx2word)
     assert set(tokens) <= vocabulary
     assert texts[0] == texts[1] and texts[0] != texts[2]
     # The original's layout: 20 words a line, each followed by a space.

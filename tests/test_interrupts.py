@@ -11,9 +11,9 @@ import pytest
 
 import finetune
 import main as train_script
-import checkpoint
-import cli
-import interrupts
+from harness import checkpoint
+from harness import cli
+from harness import interrupts
 import errors
 import training
 from conftest import REPO, TINY, tiny_run

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-import checkpoint
-import run_log
+from harness import checkpoint
+from harness import run_log
 import errors
 import main
 import main as train_script

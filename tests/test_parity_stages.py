@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-import data
+from harness import corpus_cache
 from conftest import REPO
 from test_parity import (LOSS_PROBES, apply_fixes, SHARED_ORIGINALS, TINY_MODEL, compare, corpus_with_unseen_last_word, run,
                          traced_losses, traced_run)
@@ -119,7 +119,7 @@ def test_dynamic_evaluation_at_lr_0_scores_every_segment_as_the_authors(first_re
     expected = criterion_losses(authors_out)  # 20 gradient-statistics segments, then every valid segment
     got = criterion_losses(ours_out)
     corpus = first_release_run[3]
-    rows = len(data.load_corpus(corpus, use_cache=False, log=lambda *a: None).valid)
+    rows = len(corpus_cache.load_corpus(corpus, use_cache=False, log=lambda *a: None).valid)
     if (rows - 1) % 7 == 1:  # the authors' loop does not score a final one-token segment
         got = got[:-1]
     assert len(expected) > 20 and got == expected

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-import checkpoint
-import cli
-import run_log
+from harness import checkpoint
+from harness import cli
+from harness import run_log
 import finetune
 import generate
 import main as train_script

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-import cli
-import run_log
+from harness import cli
+from harness import run_log
 import main
 import plot
 import training

@@ -20,7 +20,7 @@ import shlex
 
 from conftest import REPO
 
-import recipes
+from harness import recipes
 
 SCRIPTS = ('main', 'finetune', 'pointer', 'dynamiceval')
 IDENTIFYING = ('--seed', '--data', '--window', '--lamb')

@@ -12,10 +12,10 @@ import torch
 
 import finetune
 import generate
-import atomic_io
-import checkpoint
-import cli
-import run_files
+from harness import atomic_io
+from harness import checkpoint
+from harness import cli
+from harness import run_files
 import errors
 import pointer
 import training

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-import checkpoint
-import run_log
+from harness import checkpoint
+from harness import run_log
 import errors
 from conftest import REPO, read_jsonl, tiny_run
 from reliability_helpers import epoch_record, epochs_of, temporaries, train
@@ -95,7 +95,8 @@ def test_appending_to_a_log_whose_last_line_was_cut_off(tmp_path, capsys, cut):
 DIES_WRITING_STATE_2 = '''
 import os, sys
 sys.path.insert(0, os.getcwd())
-import checkpoint, main
+import main
+from harness import checkpoint
 real = checkpoint.atomic_torch_save
 
 def dies(obj, path):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-import checkpoint
+from harness import checkpoint
 import errors
 import score
 from pipeline_helpers import random_checkpoint, train_tiny

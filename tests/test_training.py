@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import cli
+from harness import cli
 import finetune
 import training
 from conftest import TINY, write_corpus

@@ -1,6 +1,6 @@
 """Checkpoints and resume states: what a run saves, and loading it back.
 
-    import checkpoint
+    from . import checkpoint
     ckpt = checkpoint.load_checkpoint('PTB.pt', map_location='cpu')   # ckpt['model'], ckpt['criterion']
 
 A checkpoint is a plain dict of tensors, numbers and strings (torch.load(weights_only=True) reads it;
@@ -18,7 +18,7 @@ import uuid
 import numpy as np
 import torch
 
-from atomic_io import atomic_torch_save, digest_matches, with_digest
+from .atomic_io import atomic_torch_save, digest_matches, with_digest
 from errors import UserError, first_line
 from model import RNNModel
 from mos import MixtureOfSoftmaxesLoss

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from atomic_io import atomic_write, write_failure
+from .atomic_io import atomic_write, write_failure
 from errors import UserError
 from training import loss_figures, perplexity
 

@@ -15,12 +15,13 @@ import numpy as np
 import torch
 
 import data
-import flags
-from batching import batchify
-from checkpoint import load_weights
+from . import corpus_cache
+from . import flags
+from utils import batchify
+from .checkpoint import load_weights
 from errors import UserError
 import training
-from run_log import progress_bar, report_epoch, report_line
+from .run_log import progress_bar, report_epoch, report_line
 from training import evaluate
 
 # Valid is evaluated in 10 columns and test in 1, as in the original.
@@ -113,7 +114,7 @@ def load_data(args, batch_sizes, device, log=print):
     `batch_sizes` = (train, valid, test); raises a UserError when a split is too small for them.
     """
     try:
-        corpus = data.load_corpus(args.data, log=log)
+        corpus = corpus_cache.load_corpus(args.data, log=log)
     except data.DataError as e:
         raise UserError(str(e)) from None
     splits = []
@@ -133,7 +134,7 @@ def train_step_for(args, dist=None):
     """The training step the speed flags ask for: training.train_step (the default), with bf16
     autocast, or its CUDA-graph replay (cuda_graphs.GraphedTrainStep)."""
     import functools
-    import cuda_graphs
+    from . import cuda_graphs
     autocast = None
     if getattr(args, 'bf16', False):
         # cache_enabled=False: autocast's cache of cast weights must not outlive a captured step.

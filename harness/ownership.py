@@ -9,8 +9,8 @@ Files of runs from before run ids have none (None): whose they are goes unchecke
 """
 import os
 
-import checkpoint
-import interrupts
+from . import checkpoint
+from . import interrupts
 from errors import UserError
 
 

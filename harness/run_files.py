@@ -9,7 +9,7 @@ import stat
 import uuid
 
 import data
-from atomic_io import check_replaceable, remove_stale_temporaries, temporary_name, write_failure
+from .atomic_io import check_replaceable, remove_stale_temporaries, temporary_name, write_failure
 from errors import UserError
 
 

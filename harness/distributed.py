@@ -195,9 +195,9 @@ class Distributed:
         if not self.enabled:
             return
         import torch.distributed as dist
-        import data
+        from . import corpus_cache
         everyone = [None] * self.world_size
-        dist.all_gather_object(everyone, {'flags': flags, 'data': data.corpus_digest(corpus),
+        dist.all_gather_object(everyone, {'flags': flags, 'data': corpus_cache.corpus_digest(corpus),
                                           'files': read_token(lock) if self.is_main else None})
         # Rank 0 wrote its token before it reached the gather, so every rank can read it by now.
         sees_files = [None] * self.world_size

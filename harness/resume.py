@@ -8,8 +8,8 @@ overrides is noted.
 """
 import os
 
-import checkpoint
-import flags
+from . import checkpoint
+from . import flags
 from errors import UserError
 
 
