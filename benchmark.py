@@ -236,9 +236,11 @@ class Stepper:
             self.restart()
         seq_len = training.sample_seq_len(self.rng, self.cfg.bptt)
         data, targets = utils.get_batch(self.train, self.i, seq_len=seq_len)
+        cfg = self.cfg
         loss, self.hidden = self.train_step(self.model, self.criterion, self.optimizer, self.params, data, targets,
-                                                self.hidden, self.cfg, seq_len, autocast=self.autocast,
-                                                clip_foreach=self.clip_foreach, forward=self.forward)
+                                            self.hidden, seq_len, cfg.bptt, cfg.clip, dict(alpha=cfg.alpha, beta=cfg.beta),
+                                            group=training_script.column_group(cfg), autocast=self.autocast,
+                                            clip_foreach=self.clip_foreach, forward=self.forward)
         self.i += seq_len
         return loss, len(data)
 

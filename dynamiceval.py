@@ -69,6 +69,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import harness
 import utils
 from harness import checkpoint
 from harness import cli
@@ -76,8 +77,9 @@ from harness import flags
 from harness import run_log
 import errors
 import training
+from model import CELLS
 
-RNN_TYPES = ('LSTM', 'QRNN', 'GRU')
+RNN_TYPES = tuple(CELLS)  # Krause's --model named a cell type; anything else is a checkpoint
 
 
 def parse_args(argv=None):
@@ -155,8 +157,8 @@ def check_args(args):
             raise errors.UserError(message)
     require(args.save is not None and args.save.strip() != '', 'no checkpoint given: use --save PATH.pt')
     # A larger lr (1e39) is finite as a Python float but fails as the float32 step size of the update.
-    require(0 <= args.lr <= flags.FLOAT32_MAX, f'--lr must be >= 0 and finite in float32 (at most '
-                                             f'{flags.FLOAT32_MAX:.4g}), got {args.lr}')
+    require(0 <= args.lr <= harness.FLOAT32_MAX, f'--lr must be >= 0 and finite in float32 (at most '
+                                             f'{harness.FLOAT32_MAX:.4g}), got {args.lr}')
     require(math.isfinite(args.lamb) and args.lamb >= 0, f'--lamb must be >= 0, got {args.lamb}')
     require(math.isfinite(args.epsilon) and args.epsilon > 0, f'--epsilon must be > 0, got {args.epsilon}')
     require(args.bptt >= 1, f'--bptt must be >= 1, got {args.bptt}')
@@ -169,7 +171,7 @@ def check_args(args):
     require(not ((args.grid or args.gridfast) and args.eval_batch_size != 1),
             '--grid evaluates at --eval_batch_size 1, as the authors\' code did')
     require(not (args.gpu is not None and args.gpu >= 0 and args.cpu), f'--gpu {args.gpu} and --cpu disagree')
-    flags.check_args(argparse.Namespace(seed=args.seed))
+    require(harness.SEED[0](args.seed), f'--seed must be {harness.SEED[1]}, got {args.seed!r}')
 
 
 # ---------------------------------------------------------------------------------------------

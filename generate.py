@@ -15,6 +15,8 @@ import argparse
 
 import torch
 
+import harness
+
 from harness import checkpoint
 from harness import cli
 import data
@@ -33,10 +35,11 @@ def parse_args(argv=None):
     parser.add_argument('--checkpoint', type=str, default='./model.pt', help='model checkpoint to use')
     parser.add_argument('--outf', type=str, default='generated.txt', help='output file for generated text')
     parser.add_argument('--words', type=int, default=1000, help='number of words to generate')
-    parser.add_argument('--seed', type=int, default=1111, help='random seed')
+    harness.declare(parser, '--seed', type=int, default=1111, must=harness.SEED, help='random seed')
     parser.add_argument('--temperature', type=float, default=1.0,
                         help='temperature: higher gives more diversity (at least 1e-3)')
-    parser.add_argument('--log-interval', type=int, default=100, help='reporting interval in words')
+    harness.declare(parser, '--log-interval', type=int, default=100, must=harness.POSITIVE_INT,
+                    help='reporting interval in words')
     parser.add_argument('--prompt', type=str, default=None,
                         help='text to continue: its words are fed in first and begin the output (unknown ones as <unk>)')
     parser.add_argument('--top-k', type=int, default=None, metavar='K',
@@ -47,8 +50,7 @@ def parse_args(argv=None):
                         help="write a line break for each <eos>, as the corpus files are (default: the original's "
                              'layout, <eos> as a word and 20 words a line)')
     flags.add_device_args(parser)
-    args = parser.parse_args(argv)
-    flags.check_args(argparse.Namespace(log_interval=args.log_interval, seed=args.seed))
+    args = harness.parse_args(parser, argv)
     if args.words < 1:
         raise errors.UserError(f'--words must be positive, got {args.words}')
     if not args.temperature >= 1e-3:

@@ -13,6 +13,9 @@ With `n_experts` > 1 the model is AWD-LSTM-MoS (Yang et al. 2018, mos.py): the l
 units and the output is the Mixture of Softmaxes' input (its latent vectors and prior logits), which
 mos.MixtureOfSoftmaxesLoss turns into probabilities through the tied decoder.
 """
+import functools
+import inspect
+
 import torch.nn as nn
 
 from mos import MixtureOfSoftmaxes
@@ -21,13 +24,62 @@ from locked_dropout import LockedDropout
 from weight_drop import WeightDrop
 
 
+def lstm_layer(input_size, hidden_size, index, wdrop):
+    # The first release passed dropout=dropouth here; torch applies that dropout between stacked
+    # layers only, so on a one-layer LSTM it does nothing (docs/PARITY.md: "The two releases").
+    layer = nn.LSTM(input_size, hidden_size, 1, dropout=0)
+    return WeightDrop(layer, ['weight_hh_l0'], dropout=wdrop) if wdrop else layer
+
+
+def gru_layer(input_size, hidden_size, index, wdrop):
+    layer = nn.GRU(input_size, hidden_size, 1, dropout=0)
+    return WeightDrop(layer, ['weight_hh_l0'], dropout=wdrop) if wdrop else layer
+
+
+def qrnn_layer(input_size, hidden_size, index, wdrop):
+    from qrnn import QRNNLayer  # imported only when used: its Triton kernel is CUDA's
+    # The first layer looks at two timesteps (window 2), the others at one (Bradbury et al.).
+    layer = QRNNLayer(input_size, hidden_size, save_prev_x=True, zoneout=0, window=2 if index == 0 else 1,
+                      output_gate=True)
+    if wdrop:
+        layer.linear = WeightDrop(layer.linear, ['weight'], dropout=wdrop)
+    return layer
+
+
+# The recurrent cell types (--model): how one layer is built from (input size, hidden size, its index
+# in the stack, the DropConnect rate), and how many tensors its hidden state holds (an LSTM's (h, c):
+# 2). Each layer is its own single-layer RNN, so that locked dropout can sit between layers and
+# DropConnect can act on each hidden-to-hidden matrix. The flags, export and dynamic evaluation read
+# this table: a new cell type is one function and one entry here.
+CELLS = {
+    'LSTM': dict(build=lstm_layer, state_tensors=2),
+    'QRNN': dict(build=qrnn_layer, state_tensors=1),
+    'GRU': dict(build=gru_layer, state_tensors=1),
+}
+
+
+def records_config(init):
+    """Records a constructor's arguments, defaults filled in, as `self.config`: what a checkpoint needs
+    to rebuild the model, never a hand-kept copy of them (a new argument is recorded by itself)."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def recording_init(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        init(self, *args, **kwargs)
+        self.config = {name: value for name, value in bound.arguments.items() if name != 'self'}
+    return recording_init
+
+
 class RNNModel(nn.Module):
+    @records_config
     def __init__(self, rnn_type, ntoken, ninp, nhid, nlayers, dropout=0.5, dropouth=0.5, dropouti=0.5,
                  dropoute=0.1, wdrop=0, tie_weights=False, release=2018, n_experts=1, nhidlast=None,
                  dropoutl=None):
         super().__init__()
-        if rnn_type not in ('LSTM', 'QRNN', 'GRU'):
-            raise ValueError(f"rnn_type must be 'LSTM', 'QRNN' or 'GRU', got {rnn_type!r}")
+        if rnn_type not in CELLS:
+            raise ValueError(f"rnn_type must be one of {', '.join(CELLS)}, got {rnn_type!r}")
         if release not in (2017, 2018):
             raise ValueError(f'release must be 2017 or 2018, got {release!r}')
         if release == 2017 and rnn_type != 'LSTM':
@@ -51,7 +103,7 @@ class RNNModel(nn.Module):
         self.dropoutl = dropouth if dropoutl is None or dropoutl < 0 else dropoutl
         sizes = [ninp] + [nhid] * (nlayers - 1) + [self.nhidlast]
         self.rnns = nn.ModuleList(
-            self._make_layer(rnn_type, sizes[l], sizes[l + 1], l, wdrop) for l in range(nlayers))
+            CELLS[rnn_type]['build'](sizes[l], sizes[l + 1], l, wdrop) for l in range(nlayers))
         if n_experts > 1:
             self.mixture = MixtureOfSoftmaxes(self.nhidlast, ninp, n_experts)
         # Built as Linear(nhid, ntoken) and then tied, as in the original: its default initialisation
@@ -64,16 +116,6 @@ class RNNModel(nn.Module):
         self.init_weights()
 
     @property
-    def config(self):
-        """The constructor arguments: what a checkpoint needs to rebuild this model."""
-        return dict(rnn_type=self.rnn_type, ntoken=self.encoder.num_embeddings, ninp=self.ninp,
-                    nhid=self.nhid, nlayers=self.nlayers, dropout=self.dropout, dropouth=self.dropouth,
-                    dropouti=self.dropouti, dropoute=self.dropoute, wdrop=self.wdrop,
-                    tie_weights=self.tie_weights, release=self.release,
-                    **(dict(n_experts=self.n_experts, nhidlast=self.nhidlast, dropoutl=self.dropoutl)
-                       if self.n_experts > 1 else {}))
-
-    @property
     def report_style(self):
         """Which original's report lines to print: MoS's main.py printed them as the first release
         did (lr to 2 places, no bpc)."""
@@ -82,28 +124,12 @@ class RNNModel(nn.Module):
     def set_dropouts(self, dropout, dropouth, dropouti, dropoute, wdrop):
         """Change the dropout rates of a built model (--resume takes them from the flags)."""
         self.dropout, self.dropouth, self.dropouti, self.dropoute = dropout, dropouth, dropouti, dropoute
+        self.config.update(dropout=dropout, dropouth=dropouth, dropouti=dropouti, dropoute=dropoute)
         if self.wdrop:  # without weight drop at construction there is no WeightDrop to adjust
-            self.wdrop = wdrop
+            self.wdrop = self.config['wdrop'] = wdrop
             for module in self.modules():
                 if isinstance(module, WeightDrop):
                     module.dropout = wdrop
-
-    @staticmethod
-    def _make_layer(rnn_type, input_size, hidden_size, index, wdrop):
-        # Each layer is its own single-layer RNN so that locked dropout can sit between layers and
-        # DropConnect can act on each hidden-to-hidden matrix.
-        if rnn_type == 'QRNN':
-            from qrnn import QRNNLayer
-            # The first layer looks at two timesteps (window 2), the others at one (Bradbury et al.).
-            layer = QRNNLayer(input_size, hidden_size, save_prev_x=True, zoneout=0,
-                              window=2 if index == 0 else 1, output_gate=True)
-            if wdrop:
-                layer.linear = WeightDrop(layer.linear, ['weight'], dropout=wdrop)
-            return layer
-        # The first release passed dropout=dropouth here; torch applies that dropout between stacked
-        # layers only, so on a one-layer LSTM it does nothing (docs/PARITY.md: "The two releases").
-        layer = (nn.LSTM if rnn_type == 'LSTM' else nn.GRU)(input_size, hidden_size, 1, dropout=0)
-        return WeightDrop(layer, ['weight_hh_l0'], dropout=wdrop) if wdrop else layer
 
     def init_weights(self):
         initrange = 0.1
@@ -147,6 +173,6 @@ class RNNModel(nn.Module):
     def init_hidden(self, bsz):
         weight = self.encoder.weight
         sizes = [self.nhid] * (self.nlayers - 1) + [self.nhidlast]
-        if self.rnn_type == 'LSTM':
+        if CELLS[self.rnn_type]['state_tensors'] == 2:
             return [(weight.new_zeros(1, bsz, n), weight.new_zeros(1, bsz, n)) for n in sizes]
         return [weight.new_zeros(1, bsz, n) for n in sizes]

@@ -51,6 +51,8 @@ import argparse
 import math
 
 import torch
+
+import harness
 import torch.nn.functional as F
 
 import utils
@@ -72,7 +74,7 @@ def parse_args(argv=None):
     g.add_argument('--model', type=str, default=None,
                    help='accepted for compatibility; the checkpoint knows its own model type')
     g = parser.add_argument_group('cache pointer (Grave et al. 2016)')
-    g.add_argument('--bptt', type=int, default=5000,
+    harness.declare(g, '--bptt', type=int, default=5000, must=harness.POSITIVE_INT,
                    help='chunk length; the hidden state is carried across chunks (affects speed and memory, '
                         'and, in the original semantics, which tokens use the cache: not a chunk\'s first)')
     g.add_argument('--window', type=int, default=3785, help='number of previous positions in the cache')
@@ -85,8 +87,7 @@ def parse_args(argv=None):
                         'exists (the original skips the first window + 1 tokens and the first of each chunk)')
     g.add_argument('--log', type=str, default=None, metavar='PATH',
                    help='JSON-lines file the results are appended to (default: <save>.pointer.jsonl)')
-    args = parser.parse_args(argv)
-    flags.check_args(argparse.Namespace(bptt=args.bptt, save=args.save))
+    args = harness.parse_args(parser, argv)
     if args.window < 1:
         raise errors.UserError(f'--window must be at least 1, got {args.window}')
     if not 0 <= args.lambdasm < 1:

@@ -4,7 +4,7 @@ epoch loop, the evaluation pass, NT-ASGD (the non-monotone switch rule, the opti
 with ASGD's averaged weights) and perplexity.
 
 Pure computation on models, tensors and optimizers: no argument parsing, no files, no printing
-beyond the `log` a caller hands in. Checkpoints go to checkpoint.py, command-line plumbing to cli.py.
+beyond the `log` a caller hands in. Checkpoints, flags and the run's files are the harness package's.
 """
 import contextlib
 import math
@@ -27,74 +27,66 @@ class NonFiniteLoss(UserError):
     """The training loss became inf or NaN; the message names the epoch and batch."""
 
 
-def train_step(model, criterion, optimizer, params, data, targets, hidden, args, seq_len,
-               autocast=None, clip_foreach=None, forward=None):
-    """One optimisation step of train_epoch on one batch; returns (detached raw loss, new hidden).
+def train_step(model, criterion, optimizer, params, data, targets, hidden, seq_len, bptt, clip, penalties,
+               group=None, forward=None, autocast=None, clip_foreach=None):
+    """One optimisation step on one batch; returns (the detached raw loss, the new hidden state).
 
-    The learning rate is scaled by seq_len / bptt for this step and restored after it; the loss is
-    cross-entropy plus AR and TAR; gradients are clipped to args.clip. benchmark.py times this same
-    step. `autocast` (a context manager factory, e.g. a bf16 torch.autocast) wraps the forward pass
-    and the loss, and `clip_foreach` is passed to clip_grad_norm_; training leaves both at None.
-    `forward` (distributed.py: the DDP wrapper) runs the model's forward when given.
+    The learning rate is scaled by seq_len / bptt for this step and restored after it (section 4.1);
+    the loss is cross-entropy plus the penalties of `regularized_loss` (section 4.6: `penalties`, e.g.
+    dict(alpha=2, beta=1)); gradients are clipped to `clip` (0: no clipping).
+
+    `group` (--small_batch_size; always in MoS mode, as AWD-LSTM-MoS's main.py did) runs the same step
+    over column groups of the batch: each group has its own forward pass, hidden state (its columns of
+    `hidden`) and dropout masks, its loss is weighted by its share of the batch's columns and
+    backpropagated, the gradients add up, and one clipped step follows. The raw loss is then one
+    weighted figure per group, which train_epoch adds up one by one as MoS did. Without `group` the
+    batch is one pass, unweighted (the original's step, exactly).
+
+    `forward` (the DDP wrapper under torchrun) runs the model's forward when given; `autocast` (a
+    context manager factory, e.g. bf16) wraps the forward pass and loss; `clip_foreach` goes to
+    clip_grad_norm_. benchmark.py times this same step.
     """
     base_lr = optimizer.param_groups[0]['lr']
-    optimizer.param_groups[0]['lr'] = base_lr * seq_len / args.bptt
-    hidden = repackage_hidden(hidden)
+    optimizer.param_groups[0]['lr'] = base_lr * seq_len / bptt
     optimizer.zero_grad()
-
-    with (autocast() if autocast is not None else contextlib.nullcontext()):
-        output, hidden, raw_outputs, dropped_outputs = (forward or model)(data, hidden, return_h=True)  # [distributed]
-        raw_loss = criterion(model.decoder.weight, model.decoder.bias, output, targets)
-        loss = with_ar_tar(raw_loss, raw_outputs, dropped_outputs, args)
-    loss.backward()
-    if args.clip:
-        torch.nn.utils.clip_grad_norm_(params, args.clip, foreach=clip_foreach)
+    columns = data.size(1)
+    parts = [slice(None)] if group is None else [slice(start, start + group) for start in range(0, columns, group)]
+    raw_losses, new_hidden = [], []
+    for part in parts:
+        part_hidden = repackage_hidden(hidden if group is None else select_columns(hidden, part))
+        part_targets = targets if group is None else targets.view(data.size(0), columns)[:, part].reshape(-1)
+        with (autocast() if autocast is not None else contextlib.nullcontext()):
+            output, part_hidden, raw_outputs, dropped_outputs = (forward or model)(
+                data if group is None else data[:, part], part_hidden, return_h=True)
+            raw_loss = criterion(model.decoder.weight, model.decoder.bias, output, part_targets)
+            loss = regularized_loss(raw_loss, raw_outputs, dropped_outputs, **penalties)
+        if group is not None:  # the group's share of the batch: its real width (the last may be narrower)
+            width = len(range(columns)[part])
+            loss = loss * (width / columns)
+            raw_loss = raw_loss.detach() * width / columns
+        loss.backward()
+        raw_losses.append(raw_loss.detach())
+        new_hidden.append(part_hidden)
+    if clip:
+        torch.nn.utils.clip_grad_norm_(params, clip, foreach=clip_foreach)
     optimizer.step()
     optimizer.param_groups[0]['lr'] = base_lr
-    return raw_loss.detach(), hidden
+    if group is None:
+        return raw_losses[0], new_hidden[0]
+    return torch.stack(raw_losses), join_columns(new_hidden)
 
 
-def with_ar_tar(raw_loss, raw_outputs, dropped_outputs, args):
+def regularized_loss(raw_loss, raw_outputs, dropped_outputs, alpha=0, beta=0):
     """The training loss (section 4.6): cross-entropy plus activation regularisation (AR: alpha times the
     mean square of the last layer's dropped output) and temporal activation regularisation (TAR: beta
-    times the mean square of the change of its raw output between timesteps)."""
+    times the mean square of the change of its raw output between timesteps). A new penalty is one more
+    keyword here and one more entry in the scripts' `penalties`."""
     loss = raw_loss
-    if args.alpha:  # AR: penalise large activations of the (dropped) last layer output
-        loss = loss + args.alpha * dropped_outputs[-1].pow(2).mean()
-    if args.beta:  # TAR: penalise change between timesteps of the raw last layer output
-        loss = loss + args.beta * (raw_outputs[-1][1:] - raw_outputs[-1][:-1]).pow(2).mean()
+    if alpha:  # AR: penalise large activations of the (dropped) last layer output
+        loss = loss + alpha * dropped_outputs[-1].pow(2).mean()
+    if beta:  # TAR: penalise change between timesteps of the raw last layer output
+        loss = loss + beta * (raw_outputs[-1][1:] - raw_outputs[-1][:-1]).pow(2).mean()
     return loss
-
-
-def train_step_in_groups(model, criterion, optimizer, params, data, targets, hidden, args, seq_len, group,
-                         forward=None):
-    """train_step with the batch processed in column groups of `group` (--small_batch_size, as
-    AWD-LSTM-MoS's main.py did): each group's forward pass has its own hidden state (its columns of
-    `hidden`) and its own dropout masks; each group's loss is weighted group / batch and backpropagated,
-    the gradients add up, and one clipped step follows. Returns (the groups' weighted raw losses, one
-    per group, which train_epoch adds up one by one as MoS did; the new hidden state of all columns)."""
-    base_lr = optimizer.param_groups[0]['lr']
-    optimizer.param_groups[0]['lr'] = base_lr * seq_len / args.bptt
-    optimizer.zero_grad()
-    batch = data.size(1)
-    group = group or batch  # None: the whole batch in one pass
-    targets = targets.view(data.size(0), batch)
-    raw_losses, new_hidden = [], []
-    for start in range(0, batch, group):
-        columns = slice(start, start + group)
-        group_hidden = repackage_hidden(select_columns(hidden, columns))
-        output, group_hidden, raw_outputs, dropped_outputs = (forward or model)(data[:, columns], group_hidden,
-                                                                                return_h=True)
-        raw_loss = criterion(model.decoder.weight, model.decoder.bias, output, targets[:, columns].reshape(-1))
-        loss = with_ar_tar(raw_loss, raw_outputs, dropped_outputs, args) * (group / batch)
-        raw_losses.append(raw_loss.detach() * group / batch)
-        loss.backward()
-        new_hidden.append(group_hidden)
-    if args.clip:
-        torch.nn.utils.clip_grad_norm_(params, args.clip)
-    optimizer.step()
-    optimizer.param_groups[0]['lr'] = base_lr
-    return torch.stack(raw_losses), join_columns(new_hidden)
 
 
 def select_columns(hidden, columns):
@@ -112,15 +104,15 @@ def join_columns(groups):
     return type(first)(join_columns([g[i] for g in groups]) for i in range(len(first)))
 
 
-def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
-                seq_len_cap=None, log=print, progress=None, forward=None, step=train_step):
+def train_epoch(model, criterion, optimizer, params, train_data, rng, epoch, bptt, clip, penalties, log_interval,
+                seq_len_cap=None, group=None, log=print, progress=None, forward=None, step=train_step):
     """One pass over the training stream with truncated BPTT; returns the mean raw training loss.
 
-    Each step: a sampled sequence length, the learning rate scaled by seq_len / bptt (so short
-    sequences do not get the weight of long ones, section 4.1), cross-entropy plus AR and TAR
-    (section 4.6), gradient clipping, an optimizer step. Losses stay on the device between log
-    lines, so the loop never waits for the GPU except to print. `step` takes train_step's arguments
-    and returns what it returns: cuda_graphs.GraphedTrainStep, or train_step with bf16 autocast.
+    Each step: a sequence length sampled around `bptt` (section 4.1, capped at `seq_len_cap`), then
+    `step` (train_step: lr scaled by seq_len / bptt, cross-entropy plus `penalties`, clipping at `clip`,
+    the optimizer's step). Losses stay on the device between log lines, so the loop never waits for
+    the GPU except to print. `step` takes train_step's arguments and returns what it returns: the CUDA
+    graph replay (harness), or train_step with bf16 autocast.
     """
     model.train()
     model.reset()
@@ -131,7 +123,7 @@ def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rn
     first_bad_batch = torch.full((), -1, dtype=torch.long, device=device)
     start_time = time.time()
     batch, i = 0, 0
-    num_batches = len(train_data) // args.bptt
+    num_batches = len(train_data) // bptt
 
     def check_finite():
         bad = int(first_bad_batch)
@@ -140,11 +132,11 @@ def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rn
                                 'try a lower --lr or --clip')
 
     while i < train_data.size(0) - 1 - 1:
-        seq_len = sample_seq_len(rng, args.bptt, seq_len_cap)
+        seq_len = sample_seq_len(rng, bptt, seq_len_cap)
         base_lr = optimizer.param_groups[0]['lr']
         data, targets = get_batch(train_data, i, seq_len=seq_len)
-        raw_loss, hidden = step(model, criterion, optimizer, params, data, targets, hidden, args, seq_len,
-                                forward=forward)  # [distributed]
+        raw_loss, hidden = step(model, criterion, optimizer, params, data, targets, hidden, seq_len, bptt=bptt,
+                                clip=clip, penalties=penalties, group=group, forward=forward)  # [distributed]
         first_bad_batch = torch.where((first_bad_batch < 0) & ~torch.isfinite(raw_loss).all(),
                                       batch + 1, first_bad_batch)
         for part in raw_loss.reshape(-1):  # a grouped step's groups one by one, in MoS's order of sums
@@ -155,12 +147,12 @@ def train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rn
         # The original's log lines, so that logs diff clean against its own: batches counted from 0, a
         # line after each positive multiple of log_interval; the first line thus sums log_interval + 1
         # losses, and every line divides by log_interval.
-        if batch % args.log_interval == 0 and batch > 0:
+        if batch % log_interval == 0 and batch > 0:
             check_finite()
-            cur_loss = interval_loss.item() / args.log_interval
+            cur_loss = interval_loss.item() / log_interval
             elapsed = time.time() - start_time
             log(interval_line(model.report_style, epoch, batch, num_batches, base_lr,
-                              elapsed * 1000 / args.log_interval, cur_loss))
+                              elapsed * 1000 / log_interval, cur_loss))
             interval_loss.zero_()
             start_time = time.time()
         batch += 1

@@ -44,15 +44,15 @@ def correctness(cpu):
         optimizer = training.make_optimizer('sgd', params, 30., 1.2e-6)
         stream = torch.randint(size['ntok'], (tokens,), generator=torch.Generator().manual_seed(1))
         data = batchify(stream, size['batch'], device=device)
-        args = argparse.Namespace(bptt=70 if not cpu else 10, alpha=2., beta=1., clip=0.25, log_interval=10 ** 6)
         losses = []
 
         def recording(*a, **k):
             loss, hidden = step(*a, **k)
             losses.append(float(loss))
             return loss, hidden
-        training.train_epoch(model, criterion, optimizer, params, data, args, 1, np.random.RandomState(3),
-                             log=lambda *a: None, step=recording)
+        training.train_epoch(model, criterion, optimizer, params, data, np.random.RandomState(3), 1,
+                             bptt=70 if not cpu else 10, clip=0.25, penalties=dict(alpha=2., beta=1.),
+                             log_interval=10 ** 6, log=lambda *a: None, step=recording)
         weights = {k: v.detach().double().cpu() for k, v in model.state_dict().items()}
         return torch.tensor(losses, dtype=torch.float64), weights
 

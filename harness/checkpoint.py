@@ -75,7 +75,8 @@ def load_checkpoint(path, map_location=None, resume_state_ok=True):
         model.load_state_dict(ckpt['model'])
         criterion.load_state_dict(ckpt['criterion'])
     except RuntimeError as e:
-        raise UserError(f'{path}: weights do not fit the stored model configuration ({str(e).splitlines()[0]})') from None
+        raise UserError(f'{path}: weights do not fit the stored model configuration '
+                        f'({weights_mismatch(model, criterion, ckpt, e)})') from None
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
         model.to(map_location)
         criterion.to(map_location)
@@ -146,7 +147,24 @@ def load_weights(model, criterion, ckpt, path):
     except RuntimeError as e:
         saved = ckpt.get('model_config', {})
         raise UserError(f'{path}: checkpoint does not fit the model the flags describe '
-                        f'(it was saved with {saved}): {str(e).splitlines()[0]}') from None
+                        f'(it was saved with {saved}): {weights_mismatch(model, criterion, ckpt, e)}') from None
+
+
+def weights_mismatch(model, criterion, ckpt, error):
+    """What keeps saved weights out of a model, named: the model's tensors missing from the checkpoint,
+    the checkpoint's tensors the model has no place for, and tensors of another shape (torch's own
+    message when it is none of these)."""
+    problems = []
+    for part, module in (('model', model), ('criterion', criterion)):
+        expected, saved = module.state_dict(), ckpt[part]
+        missing = [name for name in expected if name not in saved]
+        unexpected = [name for name in saved if name not in expected]
+        reshaped = [f'{name} {tuple(saved[name].shape)} for {tuple(tensor.shape)}' for name, tensor in expected.items()
+                    if name in saved and saved[name].shape != tensor.shape]
+        for what, names in (('missing', missing), ('unexpected', unexpected), ('of another shape', reshaped)):
+            if names:
+                problems.append(f'{part} tensors {what}: {", ".join(names)}')
+    return '; '.join(problems) or first_line(error)
 
 
 def check_vocabulary(ckpt_idx2word, corpus, path, data):

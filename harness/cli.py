@@ -1,11 +1,11 @@
 """What every script's main() shares: run() (bad input ends in one line on stderr), the device and
-the seeds, the corpus batchified for a run, the training step the speed flags ask for, and the epoch
-steps of main.py and finetune.py (train an epoch, evaluate it and keep the best model, test the best).
+the seeds, the corpus batchified for a run, and the training step the speed flags ask for.
 
 The flags live in flags.py, the run's files in run_files.py and ownership.py, its log in run_log.py,
-signals in interrupts.py. Nothing here computes what training.py computes (the parity with the
-original rests on training.py alone), and nothing below the scripts imports this module.
+signals in interrupts.py; a training run's steps in run.py. Nothing here computes what training.py
+computes (the parity with the original rests on training.py alone).
 """
+import functools
 import os
 import re
 import sys
@@ -15,17 +15,10 @@ import numpy as np
 import torch
 
 import data
-from . import corpus_cache
-from . import flags
-from utils import batchify
-from .checkpoint import load_weights
-from errors import UserError
 import training
-from .run_log import progress_bar, report_epoch, report_line
-from training import evaluate
-
-# Valid is evaluated in 10 columns and test in 1, as in the original.
-EVAL_BATCH_SIZE, TEST_BATCH_SIZE = 10, 1
+from errors import UserError
+from utils import batchify
+from . import corpus_cache, cuda_graphs
 
 
 def run(main):
@@ -130,20 +123,16 @@ def load_data(args, batch_sizes, device, log=print):
     return (corpus, *splits)
 
 
-def train_step_for(args, dist=None):
+def train_step_for(args, dist=None, group=None):
     """The training step the speed flags ask for: training.train_step (the default), with bf16
-    autocast, or its CUDA-graph replay (cuda_graphs.GraphedTrainStep)."""
-    import functools
-    from . import cuda_graphs
+    autocast, or its CUDA-graph replay (cuda_graphs.GraphedTrainStep). `group`: the step's column
+    groups (training.train_step), which neither works with yet."""
     autocast = None
     if getattr(args, 'bf16', False):
         # cache_enabled=False: autocast's cache of cast weights must not outlive a captured step.
         autocast = functools.partial(torch.autocast, 'cuda', dtype=torch.bfloat16, cache_enabled=False)
-    if flags.steps_in_groups(args):  # --small_batch_size, and always in MoS mode
-        if autocast is not None or getattr(args, 'cuda_graphs', False):
-            raise UserError('--bf16 and --cuda-graphs do not work with --small_batch_size or --n_experts > 1 yet')
-        return functools.partial(training.train_step_in_groups,
-                                 group=args.small_batch_size if args.small_batch_size > 0 else None)
+    if group is not None and (autocast is not None or getattr(args, 'cuda_graphs', False)):
+        raise UserError('--bf16 and --cuda-graphs do not work with --small_batch_size or --n_experts > 1 yet')
     if getattr(args, 'cuda_graphs', False):
         if dist is not None and dist.world_size > 1:
             raise UserError('--cuda-graphs does not work with several processes (torchrun) yet')
@@ -151,44 +140,3 @@ def train_step_for(args, dist=None):
     if autocast is not None:
         return functools.partial(training.train_step, autocast=autocast)
     return training.train_step
-
-
-def evaluate_best_on_test(owner, path, model, criterion, test_data, bptt):
-    """Load the best saved weights into `model` and report them on test (batch size 1); the checkpoint
-    at `path` must be one the run of `owner` (ownership.RunOwnership) may report."""
-    best = owner.read_best(path)
-    load_weights(model, criterion, best, path)
-    test_loss = evaluate(model, criterion, test_data, 1, bptt)
-    print('=' * 89)
-    print(f'| End of training | {report_line("test", test_loss, model.report_style)}')
-    print('=' * 89)
-    return test_loss
-
-
-def train_one_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng, seq_len_cap, forward, step,
-                    dist):
-    """training.train_epoch with a progress bar, each rank with its own dropout masks; returns the mean
-    raw training loss over all ranks' columns."""
-    dist.seed_ranks(args.seed, epoch)  # [distributed] each rank its own dropout masks
-    with progress_bar(len(train_data) // args.bptt, f'epoch {epoch}') as bar:
-        train_loss = training.train_epoch(model, criterion, optimizer, params, train_data, args, epoch, rng,
-                                          seq_len_cap=seq_len_cap, log=bar.write, progress=bar, forward=forward,
-                                          step=step)  # [distributed]
-    return dist.mean(train_loss)  # [distributed] over all columns
-
-
-def validate(model, criterion, optimizer, params, val_data, bptt, epoch, epoch_start_time, best_val_loss, save_best,
-             dist):
-    """Evaluate the epoch's model on valid, report it, and save it (`save_best()`) when it beats
-    `best_val_loss`; returns (val_loss, best_val_loss). Under ASGD the model is the running average of
-    the iterates (paper section 3): averaged_weights puts the averages in place for the evaluation and
-    the save, and changes nothing under SGD or Adam, which keep none."""
-    with training.averaged_weights(optimizer, params):
-        val_loss = training.evaluate(model, criterion, val_data, EVAL_BATCH_SIZE, bptt)
-        val_loss = dist.shared(val_loss)  # [distributed] rank 0's result, on every rank
-        report_epoch(epoch, epoch_start_time, val_loss, model.report_style)
-        if val_loss < best_val_loss:
-            save_best()
-            print('Saving Averaged!' if training.is_asgd(optimizer) else 'Saving model (new best validation)')
-            best_val_loss = val_loss
-    return val_loss, best_val_loss

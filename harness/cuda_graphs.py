@@ -120,8 +120,11 @@ class GraphedTrainStep:
         self.captures = self.replays = self.eager_steps = 0
 
     # -----------------------------------------------------------------------------------------
-    def __call__(self, model, criterion, optimizer, params, data, targets, hidden, args, seq_len,
-                 autocast=None, clip_foreach=None, forward=None):
+    def __call__(self, model, criterion, optimizer, params, data, targets, hidden, seq_len, group=None,
+                 autocast=None, forward=None, **settings):
+        """training.train_step's arguments (`settings`: bptt, clip, penalties, clip_foreach)."""
+        if group is not None:
+            raise UserError('--cuda-graphs does not work with --small_batch_size or --n_experts > 1 yet')
         if forward is not None:
             raise UserError('--cuda-graphs does not work with several processes (torchrun) yet')
         if getattr(criterion, 'nsplits', 1) > 1:
@@ -140,8 +143,8 @@ class GraphedTrainStep:
 
         def body(step_data, step_targets):
             raw_loss, new_hidden = training.train_step(model, criterion, optimizer, params, step_data,
-                                                       step_targets, self.hidden, args, seq_len,
-                                                       autocast=autocast, clip_foreach=clip_foreach)
+                                                       step_targets, self.hidden, seq_len, autocast=autocast,
+                                                       **settings)
             self._carry_out(model, raw_loss, new_hidden)
 
         if data.size(0) != seq_len:

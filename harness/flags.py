@@ -1,227 +1,148 @@
-"""The command-line flags the training scripts share: their argument groups (with each flag's
-default and help), the values each may take (FLAG_RULES), which may change when a run is continued
-(RESUME_MAY_CHANGE), and the steps that compare flags: given on the command line or left at their
-default, a saved run's flags adopted, a checkpoint's model flags noted.
+"""The mechanics of the command-line flags: declaring a flag once with everything known about it, and
+the steps that read those declarations (checking values, telling given flags from defaults, adopting a
+saved run's flags, noting a checkpoint's model flags).
 
-Each fact about a flag is written here once; its name as typed (`--log-interval`) is read from the
-parser, not written again.
+A script declares each flag once, in its parser, with `declare`: argparse's add_argument plus
+- `must`: the rule its value obeys, a (test, what it must be) pair such as POSITIVE_INT, checked for
+  the command line and for the flags a resume state brings back;
+- `may_change_on_resume`: an exact resume (--resume) continues the saved run with its own settings,
+  except for the flags declared so (--epochs, --save, the device, ...);
+- `from_checkpoint`: the attribute of a loaded model the flag describes; finetune.py takes such flags
+  from the checkpoint (a value given that disagrees is noted and ignored), as the original did.
+The flags the scripts share for their plumbing (--data, --save, the device, the GPU speed options) are
+declared here; the paper's flags (model, regularisation, NT-ASGD) are declared in main.py.
 """
 import argparse
-import functools
 
 import torch
 
 from errors import UserError
+from model import CELLS
+
+# The largest float32: the optimizers turn --lr and --wdecay into float32 scalars, and a larger value
+# (1e39) passes a plain finiteness check, then fails inside the optimizer's first step.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+# Adam's first step is lr / (1 - beta1) = 10 x lr (its bias correction), so its lr must be 10 times smaller.
+ADAM_FIRST_STEP = 1 / (1 - 0.9)
+
+# The rules flags obey: (test, what the message says the value must be).
+RATE = (lambda v: 0 <= v < 1, 'in [0, 1)')
+POSITIVE_INT = (lambda v: isinstance(v, int) and v > 0, 'a positive integer')
+NON_NEGATIVE_INT = (lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0')
+POSITIVE_FLOAT32 = (lambda v: 0 < v <= FLOAT32_MAX, f'positive and finite in float32 (at most {FLOAT32_MAX:.4g})')
+NON_NEGATIVE_FLOAT32 = (lambda v: 0 <= v <= FLOAT32_MAX, f'>= 0 and finite in float32 (at most {FLOAT32_MAX:.4g})')
+CELL = (lambda v: v in CELLS, ' or '.join([', '.join(list(CELLS)[:-1]), list(CELLS)[-1]]))
+SEED = (lambda v: isinstance(v, int) and 0 <= v <= 2 ** 32 - 1, 'an integer in [0, 2**32 - 1]')
+POSITIVE_INT_OR_DEFAULT = (lambda v: isinstance(v, int) and (v > 0 or v == -1), 'a positive integer (or the default -1)')
+
+
+def declare(group, *names, must=None, may_change_on_resume=False, from_checkpoint=None, **argparse_kwargs):
+    """add_argument, with the flag's rule, whether a resume may change it, and which attribute of a loaded
+    model it describes (see the module's docstring); returns the argparse action, which carries them."""
+    action = group.add_argument(*names, **argparse_kwargs)
+    action.must, action.may_change_on_resume, action.from_checkpoint = must, may_change_on_resume, from_checkpoint
+    return action
 
 
 def add_data_args(parser, default_save=None):
     g = parser.add_argument_group('data, checkpoint and device')
-    g.add_argument('--data', type=str, default='data/penn/',
-                   help='folder with train.txt, valid.txt, test.txt (see getdata.sh)')
-    g.add_argument('--save', type=str, default=default_save, help='path of the checkpoint')
+    declare(g, '--data', type=str, default='data/penn/', may_change_on_resume=True,
+            help='folder with train.txt, valid.txt, test.txt (see getdata.sh)')
+    declare(g, '--save', type=str, default=default_save, may_change_on_resume=True, help='path of the checkpoint')
     add_device_args(g)
     return g
 
 
 def add_device_args(parser):
-    parser.add_argument('--cuda', action='store_true',
-                        help='use the GPU; this is already the default when one is present (unlike the '
-                             "original, where passing --cuda turned CUDA off)")
-    parser.add_argument('--cpu', action='store_true', help='run on the CPU even when a GPU is present')
-
-
-def add_model_args(parser):
-    g = parser.add_argument_group('model (AWD-LSTM paper section 5: 3-layer LSTM, 1150 hidden, 400 embedding)')
-    g.add_argument('--model', type=str, default='LSTM', help='recurrent core: LSTM, QRNN or GRU')
-    g.add_argument('--emsize', type=int, default=400, help='size of word embeddings')
-    g.add_argument('--nhid', type=int, default=1150, help='number of hidden units per layer')
-    g.add_argument('--nlayers', type=int, default=3, help='number of layers')
-    g.add_argument('--release', type=int, choices=(2017, 2018), default=2018,
-                   help="which release of the original code to compute as: 2018 (1d466ec, default) or 2017 "
-                        "(acb04a5, the 2017 README's figures: its locked-dropout mask, numpy seeded with 331, "
-                        "the full softmax for any vocabulary; LSTM only). docs/PARITY.md: 'The two releases'")
-    return g
-
-
-def add_dropout_args(parser):
-    g = parser.add_argument_group('regularisation (paper section 4)')
-    g.add_argument('--dropout', type=float, default=0.4, help='locked dropout on the last layer output')
-    g.add_argument('--dropouth', type=float, default=0.3, help='locked dropout between recurrent layers')
-    g.add_argument('--dropouti', type=float, default=0.65, help='locked dropout on the embedded input')
-    g.add_argument('--dropoute', type=float, default=0.1, help='embedding dropout: whole words removed')
-    g.add_argument('--wdrop', type=float, default=0.5, help='DropConnect on the hidden-to-hidden weights')
-    g.add_argument('--alpha', type=float, default=2, help='activation regularisation (AR) weight, eq. 4.6')
-    g.add_argument('--beta', type=float, default=1, help='temporal activation regularisation (TAR) weight')
-    g.add_argument('--wdecay', type=float, default=1.2e-6, help='weight decay (L2) on all parameters')
-    return g
-
-
-def add_training_args(parser, lr=30, epochs=8000):
-    g = parser.add_argument_group('training (paper section 3: NT-ASGD)')
-    g.add_argument('--lr', type=float, default=lr, help='initial learning rate')
-    g.add_argument('--clip', type=float, default=0.25, help='gradient norm clipping (0: off)')
-    g.add_argument('--epochs', type=int, default=epochs, help='upper epoch limit')
-    g.add_argument('--batch_size', type=int, default=80, metavar='N', help='batch size')
-    g.add_argument('--bptt', type=int, default=70, help='mean sequence length of variable-length BPTT')
-    g.add_argument('--nonmono', type=int, default=5, help='non-monotone interval n of NT-ASGD')
-    g.add_argument('--seed', type=int, default=1111, help='random seed (torch and numpy)')
-    g.add_argument('--log-interval', type=int, default=200, metavar='N', help='report interval in batches')
-    return g
-
-
-def add_mixture_args(parser):
-    """AWD-LSTM-MoS (Yang et al. 2018, mos.py) and its training options, with zihangdai/mos's defaults."""
-    g = parser.add_argument_group('Mixture of Softmaxes (AWD-LSTM-MoS, Yang et al. 2018; docs/MOS.md)')
-    g.add_argument('--n_experts', type=int, default=1,
-                   help='number of softmaxes mixed (1: the tied softmax of AWD-LSTM; MoS used 15)')
-    g.add_argument('--nhidlast', type=int, default=-1,
-                   help='units of the last recurrent layer with --n_experts > 1 (default -1: --emsize)')
-    g.add_argument('--dropoutl', type=float, default=-0.2,
-                   help='locked dropout on the mixture\'s latent vectors (negative, the default: --dropouth)')
-    g.add_argument('--small_batch_size', type=int, default=-1,
-                   help='process each batch in column groups of this size, each with its own hidden state '
-                        'and dropout masks, gradients summed into one step (changes the regularisation, not '
-                        'only the memory; default: the whole batch at once)')
-    g.add_argument('--max_seq_len_delta', type=int, default=40,
-                   help='with --n_experts > 1, the sampled BPTT length is capped at bptt + this, as in MoS')
-    g.add_argument('--single_gpu', action='store_true',
-                   help="accepted for MoS's command lines; one process uses one GPU (several: torchrun)")
-    return g
+    declare(parser, '--cuda', action='store_true', may_change_on_resume=True,
+            help='use the GPU; this is already the default when one is present (unlike the '
+                 "original, where passing --cuda turned CUDA off)")
+    declare(parser, '--cpu', action='store_true', may_change_on_resume=True,
+            help='run on the CPU even when a GPU is present')
 
 
 def add_speed_args(parser):
     """--cuda-graphs and --bf16: GPU-only ways to run the same training step faster."""
     g = parser.add_argument_group('GPU speed (experimental; CUDA only)')
-    g.add_argument('--cuda-graphs', action=argparse.BooleanOptionalAction, default=False,
+    declare(g, '--cuda-graphs', may_change_on_resume=True, action=argparse.BooleanOptionalAction, default=False,
                    help='replay the training step as CUDA graphs (cuda_graphs.py): the same kernels with one '
                         'launch per step; off by default until a GPU run has shown it gives the eager numbers')
-    g.add_argument('--bf16', action='store_true',
+    declare(g, '--bf16', may_change_on_resume=True, action='store_true',
                    help='bfloat16 autocast around the forward pass and loss of each training step (evaluation '
                         'stays fp32). Changes the numerics: perplexities are not those of fp32 runs; kept '
                         'experimental until a learning curve on a GPU shows it stays within fp32\'s spread')
     return g
 
 
-def add_schedule_args(parser):
-    """main.py's optimisation schedule: the optimizer, --when, the sequence-length cap and --resume."""
-    g = parser.add_argument_group('optimisation schedule')
-    g.add_argument('--optimizer', type=str, default='sgd', help='sgd (then ASGD, NT-ASGD) or adam')
-    g.add_argument('--when', nargs='+', type=int, default=[-1],
-                   help='epochs at which to save a copy (<save>.e<epoch>) and divide the lr by 10')
-    g.add_argument('--max-seq-len', type=int, default=None, metavar='N',
-                   help='cap on the sampled BPTT length (default: none, as in the original main.py; '
-                        'finetune.py caps at bptt + 10); lowers peak memory')
-    g.add_argument('--resume', type=str, default='',
-                   help='continue a run: from its resume state (<path>.state, or the state file itself) '
-                        'exactly where it stopped; from a checkpoint alone, restart from its weights '
-                        "with the flags' lr and dropouts, as the original did. Without --save the run "
-                        'goes on writing to the files it names')
-    return g
+def declarations(parser):
+    """The parser's flags by destination: {dest: argparse action}."""
+    return {action.dest: action for action in parser._actions if action.option_strings}
 
 
-# The largest float32: the optimizers turn --lr and --wdecay into float32 scalars, and a larger value
-# (1e39) passes a plain finiteness check, then fails inside the optimizer's first step.
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-
-
-# Adam's first step is lr / (1 - beta1) = 10 x lr (its bias correction), so its lr must be 10 times smaller.
-ADAM_FIRST_STEP = 1 / (1 - 0.9)
-
-
-# Which values each numeric flag may take: (flags, test, what the message says).
-FLAG_RULES = [
-    (('dropout', 'dropouth', 'dropouti', 'dropoute', 'wdrop'), lambda v: 0 <= v < 1, 'in [0, 1)'),
-    (('emsize', 'nhid', 'nlayers', 'batch_size', 'bptt', 'epochs', 'log_interval'),
-     lambda v: isinstance(v, int) and v > 0, 'a positive integer'),
-    (('lr',), lambda v: 0 < v <= FLOAT32_MAX, f'positive and finite in float32 (at most {FLOAT32_MAX:.4g})'),
-    # A negative clip makes clip_grad_norm_ flip every gradient: training goes uphill.
-    (('clip',), lambda v: v >= 0, '>= 0 (0: no clipping)'),
-    (('wdecay', 'alpha', 'beta'), lambda v: 0 <= v <= FLOAT32_MAX,
-     f'>= 0 and finite in float32 (at most {FLOAT32_MAX:.4g})'),
-    (('nonmono',), lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0'),
-    (('seed',), lambda v: isinstance(v, int) and 0 <= v <= 2 ** 32 - 1, 'an integer in [0, 2**32 - 1]'),
-    (('n_experts',), lambda v: isinstance(v, int) and v >= 1,
-     'a positive integer (1: the tied softmax; K > 1: a mixture of K softmaxes)'),
-    (('nhidlast', 'small_batch_size'), lambda v: isinstance(v, int) and (v > 0 or v == -1),
-     'a positive integer (or the default -1)'),
-    (('dropoutl',), lambda v: v < 1, 'below 1 (negative: the same as --dropouth)'),
-    (('max_seq_len_delta',), lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0'),
-    (('max_seq_len',), lambda v: v is None or isinstance(v, int) and v >= 5, 'at least 5 (the shortest sampled length)'),
-]
-
-
-# Flags that may differ when continuing a run from its resume state; every other setting is the run's own.
-RESUME_MAY_CHANGE = ('epochs', 'resume', 'save', 'cuda', 'cpu', 'log_interval', 'data', 'cuda_graphs', 'bf16',
-                     'single_gpu')
-
-
-def steps_in_groups(args):
-    """Whether training steps in column groups (--small_batch_size): MoS mode always does (one group of
-    the whole batch by default), as MoS's main.py did; AWD-LSTM only when a smaller group is asked for."""
-    small = getattr(args, 'small_batch_size', -1)
-    return getattr(args, 'n_experts', 1) > 1 or small not in (-1, getattr(args, 'batch_size', None))
-
-
-def seq_len_cap(args, cap):
-    """The cap on sampled BPTT lengths: the script's `cap` (None: none) for AWD-LSTM; in MoS mode MoS's
-    own, bptt + --max_seq_len_delta (main.py's and finetune.py's alike), lowered by --max-seq-len if given."""
-    if getattr(args, 'n_experts', 1) == 1:
-        return cap
-    mos_cap = args.bptt + args.max_seq_len_delta
-    given = getattr(args, 'max_seq_len', None)
-    return mos_cap if given is None else min(given, mos_cap)
-
-
-@functools.cache
-def option_names():
-    """{destination: the flag as typed} for every flag of this module's groups (`log_interval`:
-    `--log-interval`), read from a parser built of them."""
-    parser = argparse.ArgumentParser(add_help=False)
-    for add in (add_data_args, add_model_args, add_dropout_args, add_training_args, add_mixture_args, add_speed_args,
-                add_schedule_args):
-        add(parser)
-    return {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
-
-
-def flag_name(name):
+def flag_name(parser, name):
     """The flag as typed for an argparse destination: `--log-interval` for log_interval."""
-    return option_names().get(name, '--' + name)
+    action = declarations(parser).get(name)
+    return action.option_strings[0] if action is not None else '--' + name
 
 
-def check_args(args):
-    """Impossible flag values become a UserError naming the flag."""
+def may_change_on_resume(parser):
+    return tuple(name for name, action in declarations(parser).items() if getattr(action, 'may_change_on_resume', False))
+
+
+def from_checkpoint(parser):
+    """{dest: the loaded model's attribute} of the flags a fine-tuning takes from its checkpoint."""
+    return {name: action.from_checkpoint for name, action in declarations(parser).items()
+            if getattr(action, 'from_checkpoint', None)}
+
+
+def parse_args(parser, argv=None):
+    """The parsed flags, checked (check_args; the GPU speed options need a GPU)."""
+    args = parser.parse_args(argv)
+    check_args(args, parser)
+    check_speed_args(args)
+    return args
+
+
+def check_args(args, parser):
+    """Impossible flag values become a UserError naming the flag: each declared rule (`must`), for the flags
+    present (a None left by a default of None is not a value), then the rules between flags."""
+    for name, action in declarations(parser).items():
+        rule = getattr(action, 'must', None)
+        if rule is None or not hasattr(args, name) or getattr(args, name) is None and action.default is None:
+            continue
+        test, expected = rule
+        value = getattr(args, name)
+        if not holds(test, value):
+            raise UserError(f'{action.option_strings[0]} must be {expected}, got {value!r}')
+    check_combinations(args)
+
+
+def holds(test, value):
+    try:
+        return bool(test(value)) and not isinstance(value, bool)
+    except TypeError:  # a value of the wrong type, e.g. from a hand-edited resume state
+        return False
+
+
+def check_combinations(args):
+    """The rules between flags (read with getattr: a script has only some of them)."""
     def require(ok, message):
         if not ok:
             raise UserError(message)
-
-    def holds(test, value):
-        try:
-            return bool(test(value)) and not isinstance(value, bool)
-        except TypeError:  # a value of the wrong type, e.g. from a hand-edited resume state
-            return False
-    for names, test, expected in FLAG_RULES:
-        for name in names:
-            if hasattr(args, name):
-                value = getattr(args, name)
-                require(holds(test, value), f'{flag_name(name)} must be {expected}, got {value!r}')
-    if hasattr(args, 'model'):
-        require(args.model in ('LSTM', 'QRNN', 'GRU'), f'--model must be LSTM, QRNN or GRU, got {args.model!r}')
+    model = getattr(args, 'model', None)
     if getattr(args, 'release', None) == 2017:
-        require(getattr(args, 'model', None) in (None, 'LSTM'),
-                f'--release 2017 builds LSTMs only (the first release had no {getattr(args, "model", None)}); '
-                'use --release 2018')
-    if getattr(args, 'n_experts', 1) > 1:
-        require(getattr(args, 'release', 2018) == 2018,
+        require(model in (None, 'LSTM'),
+                f'--release 2017 builds LSTMs only (the first release had no {model}); use --release 2018')
+    if (getattr(args, 'n_experts', None) or 1) > 1:
+        require(getattr(args, 'release', None) in (None, 2018),
                 '--n_experts > 1 (MoS) computes as MoS did, on the 2018 code; it cannot be used with --release 2017')
-        require(getattr(args, 'model', None) in (None, 'LSTM'),
-                f'--n_experts > 1 (MoS) is built on LSTMs only, as MoS was, not --model {getattr(args, "model", None)}')
-    elif getattr(args, 'nhidlast', -1) != -1:
+        require(model in (None, 'LSTM'), f'--n_experts > 1 (MoS) is built on LSTMs only, as MoS was, not --model {model}')
+    elif getattr(args, 'nhidlast', None) not in (None, -1):
         require(args.nhidlast == getattr(args, 'emsize', args.nhidlast),
                 '--nhidlast needs --n_experts > 1: the tied softmax reads the last layer, which has --emsize units')
-    small = getattr(args, 'small_batch_size', -1)
-    if small != -1 and holds(lambda v: v > 0, small) and holds(lambda v: v > 0, getattr(args, 'batch_size', None)):
-        require(args.batch_size % small == 0,
-                f'--small_batch_size {small} must divide --batch_size {args.batch_size}')
+    small, batch = getattr(args, 'small_batch_size', -1), getattr(args, 'batch_size', None)
+    if small not in (-1, None) and holds(lambda v: v > 0, small) and holds(lambda v: v > 0, batch):
+        require(batch % small == 0, f'--small_batch_size {small} must divide --batch_size {batch}')
     if hasattr(args, 'optimizer'):
         require(args.optimizer in ('sgd', 'adam'), f'--optimizer must be sgd or adam, got {args.optimizer!r}')
         if args.optimizer == 'adam' and holds(lambda v: v > 0, getattr(args, 'lr', None)):
@@ -236,10 +157,10 @@ def check_args(args):
         require(args.save.strip() != '', '--save must not be empty')
 
 
-def check_resumed_args(args, path):
+def check_resumed_args(args, parser, path):
     """Flags taken from a resume state are checked as those of the command line are."""
     try:
-        check_args(args)
+        check_args(args, parser)
     except UserError as e:
         raise UserError(f'{path}: the run settings saved in it are invalid: {e}') from None
 
@@ -251,10 +172,10 @@ def check_speed_args(args):
             raise UserError(f'{flag} needs a CUDA GPU')
 
 
-def run_flags(args):
+def run_flags(args, parser):
     """Every setting of a run, keyed by its flag as typed (`--log-interval`): what the ranks of one
     data-parallel run compare at start-up."""
-    return {flag_name(name): value for name, value in sorted(vars(args).items())}
+    return {flag_name(parser, name): value for name, value in sorted(vars(args).items())}
 
 
 def given_flags(parser, argv=None):
@@ -278,13 +199,12 @@ def adopt_run_args(args, saved_args, may_change, given):
     return ignored
 
 
-def note_model_flags(args, model_config, flags=('model', 'emsize', 'nhid', 'nlayers')):
-    """Scripts that load a checkpoint build the model it describes; a model flag given on the command
-    line (not None) that disagrees is noted and replaced by the checkpoint's value. Dropout flags
-    (named as in the model's config) may be listed too."""
-    config_name = {'model': 'rnn_type', 'emsize': 'ninp'}
-    for flag in flags:
-        saved = model_config[config_name.get(flag, flag)]
+def note_model_flags(args, model, flags):
+    """Fine-tuning uses the checkpoint's model: a flag of `flags` ({dest: the model's attribute}) given on
+    the command line (not None) that disagrees with the loaded `model` is noted, and every one of them
+    takes the model's value."""
+    for flag, attribute in flags.items():
+        saved = getattr(model, attribute)
         given = getattr(args, flag, None)
         if given is not None and given != saved:
             print(f'note: --{flag} {given} ignored: the checkpoint holds a model with {flag} {saved}')

@@ -12,6 +12,7 @@ os.environ.setdefault('MKL_NUM_THREADS', '1')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+import harness  # noqa: E402
 from harness import recipes  # noqa: E402
 MIRROR = os.path.join(os.path.dirname(REPO), 'shared', 'data')
 
@@ -94,7 +95,7 @@ def trained(tmp_path_factory):
     assert train(corpus, save) == 0
     tuned = str(folder / 'tuned.pt')
     assert finetune.main(['--data', corpus, '--save', save, '--out', tuned, '--epochs', '1', *TINY]) == 0
-    return corpus, save, finetune.finetune_state_path(tuned)
+    return corpus, save, harness.finetune_state_path(tuned)
 
 
 def pytest_configure(config):

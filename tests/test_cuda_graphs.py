@@ -2,7 +2,6 @@
 training.train_step's losses and weights bit for bit, over epochs of variable-length steps with every
 dropout on, clipping, AR/TAR, an lr change and the switch to ASGD; the graphs are dropped when the lr
 or the optimizer changes. On a GPU (skipped without one): graphs against eager over 200 steps."""
-import argparse
 import contextlib
 import copy
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 from harness import cuda_graphs
+import harness
 import training
 from utils import batchify
 from model import RNNModel
@@ -39,7 +39,7 @@ def train(step, rnn_type='LSTM', schedule=('sgd', 'sgd', 'asgd'), device='cpu', 
     Returns (per-step losses, final weights, the step object)."""
     model, criterion = build(rnn_type, device, dropouts, size)
     params = list(model.parameters()) + list(criterion.parameters())
-    args = argparse.Namespace(bptt=bptt, alpha=2.0, beta=1.0, clip=0.25, log_interval=1000)
+    settings = dict(bptt=bptt, clip=0.25, penalties=dict(alpha=2.0, beta=1.0), log_interval=1000)
     data = stream(*epochs_data, device=device)
     rng = np.random.RandomState(seed)
     torch.manual_seed(seed)
@@ -54,7 +54,7 @@ def train(step, rnn_type='LSTM', schedule=('sgd', 'sgd', 'asgd'), device='cpu', 
     for epoch, name in enumerate(schedule, start=1):
         if optimizer is None or training.optimizer_name(optimizer) != name:
             optimizer = training.make_optimizer(name, params, 1.0 if name != 'adam' else 1e-2, 1.2e-6)
-        training.train_epoch(model, criterion, optimizer, params, data, args, epoch, rng, log=lambda *a: None,
+        training.train_epoch(model, criterion, optimizer, params, data, rng, epoch, **settings, log=lambda *a: None,
                              step=recording)
         if epoch == 1:
             optimizer.param_groups[0]['lr'] /= 10.
@@ -102,7 +102,7 @@ def test_graphs_are_dropped_when_the_lr_or_the_optimizer_changes():
     step = cuda_graphs.GraphedTrainStep()
     model, criterion = build(dropouts=(0, 0, 0, 0, 0))
     params = list(model.parameters()) + list(criterion.parameters())
-    args = argparse.Namespace(bptt=10, alpha=2.0, beta=1.0, clip=0.25)
+    settings = dict(bptt=10, clip=0.25, penalties=dict(alpha=2.0, beta=1.0))
     data = stream(200, 4)
     optimizer = training.make_optimizer('sgd', params, 1.0, 0)
     hidden = model.init_hidden(4)
@@ -112,7 +112,7 @@ def test_graphs_are_dropped_when_the_lr_or_the_optimizer_changes():
         nonlocal hidden
         for i in range(n):
             _, hidden = step(model, criterion, optimizer, params, data[i:i + 10], data[i + 1:i + 11].reshape(-1),
-                             hidden, args, 10)
+                             hidden, 10, **settings)
     run(2)
     assert step.setting == (optimizer, 1.0)
     step.graphs[((10, 4), 10)] = 'a captured graph'  # what a GPU would hold after the first step
@@ -133,8 +133,8 @@ def test_refuses_the_split_softmax():
     data = stream(100, 2)
     with pytest.raises(UserError, match='split softmax'):
         cuda_graphs.GraphedTrainStep()(model, criterion, training.make_optimizer('sgd', params, 1., 0), params,
-                                       data[:5], data[1:6].reshape(-1), model.init_hidden(2),
-                                       argparse.Namespace(bptt=5, alpha=0, beta=0, clip=0), 5)
+                                       data[:5], data[1:6].reshape(-1), model.init_hidden(2), 5,
+                                       bptt=5, clip=0, penalties={})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,13 +212,12 @@ class StandInGraph:
 
 def steps_at(step, model, criterion, optimizer, params, data, rows, seq_len=10, hidden=None):
     """One step per start row in `rows`, each on data[start:start + seq_len] (shorter at the end of data)."""
-    args = argparse.Namespace(bptt=10, alpha=2.0, beta=1.0, clip=0.25)
     hidden = model.init_hidden(data.size(1)) if hidden is None else hidden
     model.train()
     for i in rows:
         n = min(seq_len, data.size(0) - 1 - i)
         _, hidden = step(model, criterion, optimizer, params, data[i:i + n], data[i + 1:i + 1 + n].reshape(-1),
-                         hidden, args, seq_len)
+                         hidden, seq_len, bptt=10, clip=0.25, penalties=dict(alpha=2.0, beta=1.0))
     return hidden
 
 
@@ -293,9 +292,8 @@ def test_a_short_last_batch_runs_eagerly_and_is_never_captured():
     assert list(step.graphs) == [((10, 4), 10)] and list(step.inputs) == [(10, 4)]
     assert not any(call[0] == 'capture_begin' for call in calls.log[-3:])
     # Through train_epoch, every graph kept is of a full-length batch.
-    args = argparse.Namespace(bptt=10, alpha=2.0, beta=1.0, clip=0.25, log_interval=1000)
-    training.train_epoch(model, criterion, optimizer, params, stream(1200, 4), args, 1, np.random.RandomState(7),
-                         log=lambda *a: None, step=step)
+    training.train_epoch(model, criterion, optimizer, params, stream(1200, 4), np.random.RandomState(7), 1, bptt=10,
+                         clip=0.25, penalties=dict(alpha=2.0, beta=1.0), log_interval=1000, log=lambda *a: None, step=step)
     assert step.captures > 1 and all(shape[0] == seq_len for shape, seq_len in step.graphs)
 
 
@@ -359,7 +357,7 @@ def test_gpu_flags_are_refused_on_the_cpu_with_one_line(script, flag, tmp_path):
 def test_no_cuda_graphs_is_accepted_and_the_default_step_is_train_step(tmp_path):
     from harness import cli
     import main
-    args = main.parse_args(['--no-cuda-graphs', '--cpu', '--save', str(tmp_path / 'm.pt')])
+    args = harness.parse_args(main.build_parser(), ['--no-cuda-graphs', '--cpu', '--save', str(tmp_path / 'm.pt')])
     assert args.cuda_graphs is False and args.bf16 is False
     assert cli.train_step_for(args) is training.train_step
-    assert main.parse_args(['--save', str(tmp_path / 'm.pt')]).cuda_graphs is False
+    assert harness.parse_args(main.build_parser(), ['--save', str(tmp_path / 'm.pt')]).cuda_graphs is False

@@ -109,6 +109,21 @@ def test_finetune_on_two_ranks_is_the_one_process_finetune(tmp_path, tiny_corpus
     assert_close_weights(str(tmp_path / 'two.pt.finetune.state'), str(tmp_path / 'one.pt.finetune.state'))
 
 
+@pytest.mark.parametrize('extra', [['--batch_size', '12', '--small_batch_size', '4'],
+                                   ['--batch_size', '12', '--small_batch_size', '12', '--n_experts', '2']],
+                         ids=['groups-of-4', 'mos-one-group'])
+def test_column_groups_on_two_ranks_are_the_one_process_run(tmp_path, tiny_corpus, extra):
+    """--small_batch_size under torchrun: each rank has 6 of the 12 columns (groups of 4 and 2; in MoS mode
+    one group of 6), and each group's loss is weighted by its real share of the rank's columns, so that the
+    ranks' averaged gradients are the one-process step's."""
+    flags = NO_DROPOUT + ['--lr', '10'] + extra + (['--dropoutl', '0'] if '--n_experts' in extra else [])
+    one, two = str(tmp_path / 'one.pt'), str(tmp_path / 'two.pt')
+    assert main.main(tiny_run(tiny_corpus, one, epochs=2, extra=flags)) == 0
+    torchrun('main.py', tiny_run(tiny_corpus, two, epochs=2, extra=flags))
+    assert_close_records(epochs(two + '.jsonl'), epochs(one + '.jsonl'))
+    assert_close_weights(two + '.state', one + '.state')
+
+
 def worker_pid(parent, rank):
     """The pid of torchrun's worker of `rank` (a child of the torchrun process)."""
     for entry in os.listdir('/proc'):

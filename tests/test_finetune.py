@@ -4,6 +4,8 @@ import shutil
 import pytest
 import torch
 
+import harness
+
 from harness import checkpoint
 from harness import interrupts
 import errors
@@ -24,7 +26,7 @@ def run(corpus, save, *flags):
 
 
 def epoch_losses(out):
-    log = finetune.finetune_log_path(out)
+    log = harness.finetune_log_path(out)
     return [(r['epoch'], r['valid_loss']) for r in read_jsonl(log) if 'epoch' in r]
 
 
@@ -40,9 +42,9 @@ def test_resume_continues_exactly(trained, tmp_path):
     a, b = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
     for key in a['model']:
         assert torch.equal(a['model'][key], b['model'][key]), key
-    final = [r for r in read_jsonl(finetune.finetune_log_path(straight)) if r.get('final')]
+    final = [r for r in read_jsonl(harness.finetune_log_path(straight)) if r.get('final')]
     assert len(final) == 1 and final[0]['test_loss'] > 0
-    assert os.path.isfile(finetune.finetune_state_path(straight))
+    assert os.path.isfile(harness.finetune_state_path(straight))
     assert not os.path.exists(save + '.finetune.state')  # main's checkpoint and state are untouched
 
 
@@ -55,7 +57,7 @@ def test_overwrites_save_by_default_with_the_better_averaged_model(trained, tmp_
     assert run(corpus, copy, '--epochs', '1', '--lr', '5', '--tied') == 0
     out = capsys.readouterr().out
     assert 'Saving Averaged!' in out and '| End of training | test loss' in out
-    records = read_jsonl(finetune.finetune_log_path(copy))
+    records = read_jsonl(harness.finetune_log_path(copy))
     assert records[1]['valid_loss'] < records[0]['valid_loss']
     after = torch.load(copy, weights_only=True)
     assert after['optimizer_name'] == 'asgd' and after['args']['out'] == copy
@@ -75,7 +77,7 @@ def test_keeps_save_untouched_when_fine_tuning_does_not_improve(trained, tmp_pat
     # An lr far too high: the averaged model is worse on valid (2.80 -> 114 here), so nothing is saved.
     assert run(corpus, copy, '--epochs', '1', '--lr', '2000') == 0
     out = capsys.readouterr().out
-    records = read_jsonl(finetune.finetune_log_path(copy))
+    records = read_jsonl(harness.finetune_log_path(copy))
     assert records[1]['valid_loss'] > records[0]['valid_loss']
     assert 'Saving Averaged!' not in out
     with open(copy, 'rb') as f:
@@ -91,7 +93,7 @@ def test_nonmono_stop_still_evaluates_test(trained, tmp_path, capsys):
     assert run(corpus, save, '--epochs', '30', '--nonmono', '1', '--lr', '60', '--out', out) == 0
     text = capsys.readouterr().out
     assert 'Done!' in text and '| End of training | test loss' in text
-    records = read_jsonl(finetune.finetune_log_path(out))
+    records = read_jsonl(harness.finetune_log_path(out))
     assert records[-1]['final'] and len(records) < 32
     # Resuming a finished run goes straight to test.
     assert run(corpus, save, '--epochs', '40', '--out', out, '--resume') == 0
@@ -110,7 +112,7 @@ def test_sigterm_keeps_last_completed_epoch(trained, tmp_path, monkeypatch):
 
     monkeypatch.setattr(training, 'train_epoch', preempted_at_epoch_2)
     assert run(corpus, save, '--epochs', '3', '--out', out) == 143
-    state = torch.load(finetune.finetune_state_path(out), weights_only=True)
+    state = torch.load(harness.finetune_state_path(out), weights_only=True)
     assert state['epoch'] == 1
 
 
@@ -133,7 +135,7 @@ def test_finetune_keeps_the_checkpoints_dropouts_and_says_so(tmp_path, capsys):
     text = capsys.readouterr().out
     assert f"--dropouth 0.05 ignored" in text and '--wdrop' not in text.split('Args:')[0]
     config = checkpoint.read_checkpoint(out)['model_config'] if os.path.exists(out) else None
-    state = checkpoint.read_checkpoint(finetune.finetune_state_path(out))
+    state = checkpoint.read_checkpoint(harness.finetune_state_path(out))
     for key in ('dropout', 'dropouth', 'dropouti', 'dropoute', 'wdrop'):
         assert state['model_config'][key] == saved[key], key
         assert state['args'][key] == saved[key], key

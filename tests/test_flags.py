@@ -9,6 +9,7 @@ import dynamiceval
 import finetune
 import generate
 import main as train_script
+import harness
 from harness import checkpoint
 from harness import cli
 import errors
@@ -118,7 +119,7 @@ def test_the_resume_note_names_only_flags_given_on_the_command_line(trained, tmp
     capsys.readouterr()
     assert resume() == 0
     assert 'ignored flags' not in capsys.readouterr().out  # nothing given but what may change
-    state = checkpoint.state_path(out) if script == 'main' else finetune.finetune_state_path(out)
+    state = checkpoint.state_path(out) if script == 'main' else harness.finetune_state_path(out)
     # Given, and different from the run's: noted (an abbreviation counts); given with the run's value: not.
     assert resume('--lr', '7', '--nonmon', '4', '--clip', '0.25', '--resume', state, '--epochs', '3') == 0
     assert 'ignored flags: lr, nonmono\n' in capsys.readouterr().out
@@ -134,12 +135,12 @@ def test_the_resume_note_names_only_flags_given_on_the_command_line(trained, tmp
 def test_impossible_flags(flags, match):
     import main
     with pytest.raises(errors.UserError, match=match):
-        main.parse_args(flags)
+        harness.parse_args(main.build_parser(), flags)
 
 
 def test_when_beyond_epochs_is_legal():
     import main
-    assert main.parse_args(['--when', '300', '400', '--epochs', '1']).when == [300, 400]
+    assert harness.parse_args(main.build_parser(), ['--when', '300', '400', '--epochs', '1']).when == [300, 400]
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -152,10 +153,10 @@ def test_when_beyond_epochs_is_legal():
 def test_mixture_of_softmaxes_bad_flags(argv, message):
     import main
     with pytest.raises(errors.UserError, match=message):
-        main.parse_args(argv)
+        harness.parse_args(main.build_parser(), argv)
 
 
 def test_mixture_of_softmaxes_refuses_the_split_softmax():
     import main
     with pytest.raises(errors.UserError, match="needs the split softmax"):
-        main.build_model(main.parse_args(['--n_experts', '3', '--emsize', '4', '--nhid', '4']), 80000)
+        main.build_model(harness.parse_args(main.build_parser(), ['--n_experts', '3', '--emsize', '4', '--nhid', '4']), 80000)

@@ -13,6 +13,7 @@ from harness import run_log
 import errors
 import main
 import main as train_script
+import harness
 import training
 from conftest import PUBLISHED_MAIN, REPO, TINY, read_jsonl, tiny_run, write_corpus
 from reliability_helpers import epochs_of, train
@@ -32,11 +33,11 @@ def test_published_command_lines_run_with_tiny_overrides(tmp_path, tiny_corpus, 
     ckpt = checkpoint.load_checkpoint(save)
     expected_model = 'QRNN' if '--model QRNN' in command else 'LSTM'
     assert ckpt['model'].rnn_type == expected_model
-    assert ckpt['args']['seed'] == main.parse_args(shlex.split(command)).seed
+    assert ckpt['args']['seed'] == harness.parse_args(main.build_parser(), shlex.split(command)).seed
 
 
 def test_epoch_prefix_means_epochs():
-    assert main.parse_args(['--epoch', '300']).epochs == 300
+    assert harness.parse_args(main.build_parser(), ['--epoch', '300']).epochs == 300
 
 
 def test_short_ptb_slice_lowers_valid_perplexity(tmp_path, ptb_mirror):

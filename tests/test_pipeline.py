@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+import harness
 from harness import checkpoint
 from harness import cli
 from harness import run_log
@@ -29,7 +30,7 @@ def test_pipeline_end_to_end(tmp_path, capsys, rnn_type):
     assert main_records[-1]['final']
 
     assert finetune.main([*common, '--epochs', '2', *TINY]) == 0
-    ft_records = read_jsonl(finetune.finetune_log_path(save))
+    ft_records = read_jsonl(harness.finetune_log_path(save))
     assert [r.get('epoch') for r in ft_records] == [0, 1, 2, None] and ft_records[-1]['final']
     assert os.path.isfile(save + '.finetune.state') and os.path.isfile(save + '.state')
     # The file holds the best model seen: evaluated afresh on valid it gives the lowest of the losses

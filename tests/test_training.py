@@ -47,13 +47,12 @@ def spec_loss(model, criterion, data, targets, alpha, beta):
     return cross_entropy, cross_entropy + alpha * ar + beta * tar
 
 
-def run_train_step(model, criterion, data, targets, lr, **flags):
-    args = argparse.Namespace(**{'alpha': 2.0, 'beta': 1.0, 'bptt': 12, 'clip': 0, **flags})
+def run_train_step(model, criterion, data, targets, lr, alpha=2.0, beta=1.0, bptt=12, clip=0):
     params = list(model.parameters()) + list(criterion.parameters())
     optimizer = torch.optim.SGD(params, lr=lr)
     torch.manual_seed(5)  # the dropout masks
     raw_loss, _ = training.train_step(model, criterion, optimizer, params, data, targets,
-                                      model.init_hidden(BATCH), args, SEQ_LEN)
+                                      model.init_hidden(BATCH), SEQ_LEN, bptt, clip, dict(alpha=alpha, beta=beta))
     return raw_loss, optimizer
 
 
@@ -127,7 +126,7 @@ def record_seq_lens(monkeypatch):
     real = training.train_step
 
     def recording(*args, **kwargs):
-        seen.append(args[-1] if len(args) == 9 else kwargs['seq_len'])
+        seen.append(args[7] if len(args) > 7 else kwargs['seq_len'])
         return real(*args, **kwargs)
 
     monkeypatch.setattr(training, 'train_step', recording)
@@ -210,7 +209,7 @@ def logged_interval_lines(monkeypatch, losses, log_interval, release=2018):
     """train_epoch's log lines when the steps return `losses` in turn (the step itself stubbed)."""
     steps = iter(losses)
 
-    def fake_step(model, criterion, optimizer, params, data, targets, hidden, args, seq_len, forward=None):
+    def fake_step(model, criterion, optimizer, params, data, targets, hidden, seq_len, **settings):
         return torch.tensor(next(steps)), hidden
     monkeypatch.setattr(training, 'sample_seq_len', lambda rng, bptt, cap=None: 5)
     torch.manual_seed(0)
@@ -218,10 +217,9 @@ def logged_interval_lines(monkeypatch, losses, log_interval, release=2018):
     criterion = SplitCrossEntropyLoss(EMSIZE, splits=[])
     params = list(model.parameters())
     train_data = torch.zeros(5 * len(losses) + 1, BATCH, dtype=torch.long)  # exactly len(losses) steps of 5
-    args = argparse.Namespace(bptt=5, log_interval=log_interval)
     lines = []
-    training.train_epoch(model, criterion, torch.optim.SGD(params, lr=2.5), params, train_data, args, 1,
-                         np.random.RandomState(0), log=lines.append, step=fake_step)
+    training.train_epoch(model, criterion, torch.optim.SGD(params, lr=2.5), params, train_data, np.random.RandomState(0),
+                         1, bptt=5, clip=0, penalties={}, log_interval=log_interval, log=lines.append, step=fake_step)
     return lines
 
 
@@ -242,3 +240,28 @@ def test_first_release_interval_lines_have_its_format(monkeypatch):
     assert len(lines) == 2
     assert lines[0].startswith('| epoch   1 |     2/    5 batches | lr 2.50 | ms/batch ')
     assert lines[0].endswith(f'| loss {1.5 / 2:5.2f} | ppl {np.exp(0.75):8.2f}')
+
+
+def test_a_grouped_step_weights_each_group_by_its_real_width_so_it_is_the_whole_batch_step():
+    """Without dropout, the step over column groups is the whole-batch step: each group's loss weighted by
+    its share of the columns. With 6 columns (a torchrun rank's half of 12) and groups of 4, the last group
+    is 2 columns wide: weighting it 4/6 (as by --small_batch_size) would scale the step by 8/6."""
+    torch.manual_seed(0)
+    model = RNNModel('LSTM', NTOKENS, EMSIZE, NHID, 2, dropout=0, dropouth=0, dropouti=0, dropoute=0, wdrop=0,
+                     tie_weights=True)
+    criterion = SplitCrossEntropyLoss(EMSIZE, splits=[])
+    data = torch.randint(NTOKENS, (SEQ_LEN, 6), generator=torch.Generator().manual_seed(1))
+    targets = torch.randint(NTOKENS, (SEQ_LEN * 6,), generator=torch.Generator().manual_seed(2))
+    results = []
+    for group in (None, 4, 6, 3):
+        m, c = copy.deepcopy(model), copy.deepcopy(criterion)
+        params = list(m.parameters()) + list(c.parameters())
+        optimizer = torch.optim.SGD(params, lr=1.0)
+        raw_loss, hidden = training.train_step(m, c, optimizer, params, data, targets, m.init_hidden(6), SEQ_LEN,
+                                               SEQ_LEN, 0, dict(alpha=2.0, beta=1.0), group=group)
+        results.append((float(raw_loss.sum()), [p.detach().clone() for p in params], hidden))
+    whole_loss, whole_params, whole_hidden = results[0]
+    for loss, params, hidden in results[1:]:
+        assert abs(loss - whole_loss) < 1e-5
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(params, whole_params))
+        assert all(torch.allclose(a, b, atol=1e-6) for h, w in zip(hidden, whole_hidden) for a, b in zip(h, w))
