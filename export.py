@@ -15,6 +15,7 @@ repository); ONNX (dynamic sequence and batch axes) with onnxruntime. Formats an
 """
 import argparse
 import os
+import shutil
 import tempfile
 import warnings
 from typing import List, Tuple
@@ -127,7 +128,7 @@ def state_names(lm, prefix):
 
 
 # ---------------------------------------------------------------------------------------------
-# The model's own computation, for the check
+# The check: an exported file against the model's own computation
 
 
 def own_computation(model, criterion, chunks):
@@ -154,98 +155,102 @@ def sample_chunks(ntokens):
     return [torch.randint(ntokens, shape, generator=generator) for shape in SAMPLE_SHAPES]
 
 
-def largest_difference(got, expected):
-    """max |got - expected| over matching tensors; a UserError-worthy text if their shapes differ."""
+def torchscript_results(path, chunks, start):
+    """What a TorchScript file computes on the sample chunks, per entry: (log-probabilities per chunk,
+    the states after each chunk, flat; None where the entry returns none). `start`: the zero state."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)  # torch 2.13: "torch.jit.load is deprecated"
+        scripted = torch.jit.load(path)
+    with torch.no_grad():
+        streamed, carried, state = [], [], start
+        for ids in chunks:
+            logprobs, state = scripted.stream(ids, state)
+            streamed.append(logprobs)
+            carried.extend(state)
+        return {'forward': ([scripted(chunks[0])], None), 'stream': (streamed, carried)}
+
+
+def onnx_results(path, chunks, start, streaming):
+    """What an ONNX file computes on the sample chunks, as torchscript_results gives it."""
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4  # its errors are raised, and reported in one line by run_exported
+    session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    if not streaming:
+        return {'forward': ([torch.from_numpy(session.run(None, {'ids': chunks[0].numpy()})[0])], None)}
+    names = [i.name for i in session.get_inputs()[1:]]
+    streamed, carried, state = [], [], [t.numpy() for t in start]
+    for ids in chunks:
+        logprobs, *state = session.run(None, {'ids': ids.numpy(), **dict(zip(names, state))})
+        streamed.append(torch.from_numpy(logprobs))
+        carried.extend(torch.from_numpy(t) for t in state)
+    return {'stream': (streamed, carried)}
+
+
+def differences(results, expected):
+    """Per entry of `results` (torchscript_results, onnx_results) and per quantity ('log-probabilities',
+    'state'), the largest absolute difference from the model's own (`expected`, own_computation's);
+    a text instead of a number where the counts or shapes of the tensors differ."""
+    found = {}
+    for entry, (logprobs, state) in results.items():
+        wanted = expected[:len(logprobs)]
+        for what, got, want in (('log-probabilities', logprobs, [lp for lp, _ in wanted]),
+                                ('state', state, [t for _, chunk_state in wanted for t in chunk_state])):
+            if got is not None:
+                found[entry, what] = largest_difference(got, want)
+    return found
+
+
+def largest_difference(got, want):
+    """max |got - want| over corresponding tensors, or a text saying how their counts or shapes differ."""
+    if len(got) != len(want):
+        return f'{len(got)} tensors where the model gives {len(want)}'
     worst = 0.0
-    for a, b in zip(got, expected):
-        a = torch.as_tensor(a)
-        if a.shape != b.shape:
-            return None, f'gives shape {tuple(a.shape)} where the model gives {tuple(b.shape)}'
+    for a, b in zip(got, want):
+        if tuple(a.shape) != tuple(b.shape):
+            return f'shape {tuple(a.shape)} where the model gives {tuple(b.shape)}'
         worst = max(worst, (a.double() - b.double()).abs().max().item())
-    return worst, None
+    return worst
 
 
-def check_same(name, got_logprobs, got_state, expected):
-    """Raise the one-line refusal unless an exported file's log-probabilities and state (per sample
-    chunk) equal the model's own (`expected`, as own_computation gives them)."""
-    for what, got, want in (('log-probabilities', got_logprobs, [lp for lp, _ in expected]),
-                            ('state', got_state, [t for _, state in expected for t in state])):
-        if got is None:
-            continue
-        if len(got) != len(want):
+def check_results(name, results, expected):
+    """The one-line refusal unless every entry's log-probabilities and state are the model's own to
+    CHECK_TOLERANCE."""
+    for (entry, what), difference in differences(results, expected).items():
+        if isinstance(difference, str) or not difference <= CHECK_TOLERANCE:
+            where = f'the {what}' + ('' if entry == 'forward' else ' of its stream entry')
+            detail = (f'{where}: {difference}' if isinstance(difference, str) else
+                      f'max |diff| {difference:.3g}{" nats" if what == "log-probabilities" else ""} in {where}')
             raise UserError(f'{name}: the exported model does not compute what the checkpoint\'s model computes '
-                            f'(it gives {len(got)} {what} tensors, the model {len(want)}); nothing written')
-        worst, shape_error = largest_difference(got, want)
-        if shape_error:
-            raise UserError(f'{name}: the exported model does not compute what the checkpoint\'s model computes '
-                            f'(its {what} {shape_error}); nothing written')
-        if not worst <= CHECK_TOLERANCE:
-            unit = ' nats' if what == 'log-probabilities' else ''
-            raise UserError(f'{name}: the exported model does not compute what the checkpoint\'s model computes '
-                            f'(max |diff| {worst:.3g}{unit} in the {what}); nothing written')
+                            f'({detail}); nothing written')
 
 
-def zero_state_like(expected):
-    """Zeros in the shapes of the state own_computation gives: the state the model starts from."""
-    return [torch.zeros_like(t) for t in expected[0][1]]
-
-
-def run_exported(name, run):
-    """run() with an exported file's own failures (a shape the trace fixed, an operator the runtime
+def run_exported(name, results):
+    """results() with an exported file's own failures (a shape the trace fixed, an operator the runtime
     lacks) as the one-line refusal."""
     try:
-        with torch.no_grad():
-            return run()
+        return results()
     except Exception as e:  # noqa: BLE001: whatever the exported file raises, it is refused
         raise UserError(f'{name}: the exported model fails on a batch of another shape than the tracing example\'s '
-                        f'({first_line(e)}); nothing written') from None
+                        f'({runtime_error_line(e)}); nothing written') from None
 
 
-def check_torchscript(name, path, expected, chunks):
-    scripted = torch.jit.load(path)
-
-    def run():
-        logprobs = [scripted(chunks[0])]
-        state = zero_state_like(expected)
-        streamed, carried = [], []
-        for ids in chunks:
-            out, state = scripted.stream(ids, state)
-            streamed.append(out)
-            carried.extend(state)
-        return logprobs, streamed, carried
-
-    logprobs, streamed, carried = run_exported(name, run)
-    check_same(name, logprobs, None, expected[:1])
-    check_same(name + ' stream', streamed, carried, expected)
-
-
-def check_onnx(name, path, expected, chunks, streaming):
-    import onnxruntime
-    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
-
-    def run():
-        if not streaming:
-            return [torch.from_numpy(session.run(None, {'ids': chunks[0].numpy()})[0])], None
-        inputs = session.get_inputs()[1:]
-        state = [t.numpy() for t in zero_state_like(expected)]
-        logprobs, carried = [], []
-        for ids in chunks:
-            out, *state = session.run(None, {'ids': ids.numpy(), **{i.name: s for i, s in zip(inputs, state)}})
-            logprobs.append(torch.from_numpy(out))
-            carried.extend(torch.from_numpy(s) for s in state)
-        return logprobs, carried
-
-    logprobs, carried = run_exported(name, run)
-    check_same(name, logprobs, carried, expected if streaming else expected[:1])
+def runtime_error_line(error):
+    """The line of an exported model's error that says what failed: the TorchScript interpreter's
+    message opens with 'The following operation failed' and a trace, and ends with the error itself."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith('The following operation failed') and len(lines) > 1:
+        return lines[-1]
+    return first_line(error)
 
 
 # ---------------------------------------------------------------------------------------------
 # Tracing and writing
 
 
-def traced(name, trace):
-    """trace() with a model that cannot be traced as the one-line refusal. The tracer's warnings (a
-    Python value fixed by the trace) are not shown: the check on other shapes decides."""
+def exported(name, export):
+    """export() (tracing, saving) with a model that cannot be exported as the one-line refusal. The
+    tracer's warnings (a Python value fixed by the trace) are not shown: the check on other shapes decides."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', torch.jit.TracerWarning)
@@ -253,33 +258,40 @@ def traced(name, trace):
             # and that an LSTM exported at batch 2 may fail at other batch sizes: the check runs it at others.
             warnings.simplefilter('ignore', (DeprecationWarning, UserWarning))
             with torch.no_grad():
-                return trace()
+                return export()
     except Exception as e:  # noqa: BLE001: whatever the tracer or exporter raises, nothing is written
         raise UserError(f'{name}: the checkpoint\'s model cannot be exported ({first_line(e)}); nothing written') from None
 
 
-def export_checked(path, write, check):
-    """write(tmp) into a private temporary folder, check(tmp), then the file written atomically to `path`:
-    a file that fails its check is never seen at `path` (nor is an earlier file there replaced)."""
+def export_checked(name, path, write, results_of, expected):
+    """write(tmp) into a private temporary folder, check what results_of(tmp) computes against the model's
+    own (`expected`), then copy the file atomically to `path`: a file that fails its check is never seen
+    at `path`, nor is an earlier file there replaced."""
     with tempfile.TemporaryDirectory() as folder:
         tmp = os.path.join(folder, os.path.basename(path) or 'model')
         write(tmp)
-        check(tmp)
-        with open(tmp, 'rb') as f:
-            content = f.read()
-    atomic_io.atomic_write(path, lambda f: f.write(content))
+        check_results(name, run_exported(name, lambda: results_of(tmp)), expected)
+        with open(tmp, 'rb') as checked:
+            atomic_io.atomic_write(path, lambda f: shutil.copyfileobj(checked, f))
+
+
+def zero_state_like(expected):
+    """Zeros in the shapes of the state own_computation gives: the state the model starts from."""
+    return [torch.zeros_like(t) for t in expected[0][1]]
 
 
 def export_torchscript(lm, path, expected, chunks):
+    """torch.jit.trace_module of InferenceLM's forward and stream."""
     name = f'--torchscript {path}'
     ids = torch.zeros(EXAMPLE_SHAPE, dtype=torch.long)
 
     def write(tmp):
-        module = traced(name, lambda: torch.jit.trace_module(
+        module = exported(name, lambda: torch.jit.trace_module(
             lm, {'forward': (ids,), 'stream': (ids, lm.zero_state(ids.size(1)))}, strict=False, check_trace=False))
-        traced(name, lambda: torch.jit.save(module, tmp))
+        exported(name, lambda: torch.jit.save(module, tmp))
 
-    export_checked(path, write, lambda tmp: check_torchscript(name, tmp, expected, chunks))
+    export_checked(name, path, write, lambda tmp: torchscript_results(tmp, chunks, zero_state_like(expected)),
+                   expected)
 
 
 def export_onnx(lm, path, expected, chunks, streaming):
@@ -291,14 +303,15 @@ def export_onnx(lm, path, expected, chunks, streaming):
         input_names, output_names = ['ids', *state_names(lm, 'state_in_')], ['logprobs', *state_names(lm, 'state_out_')]
     else:
         module, args, input_names, output_names = lm, (ids,), ['ids'], ['logprobs']
-    dynamic_axes = {name: {0: 'seq_len', 1: 'batch'} if name in ('ids', 'logprobs') else {1: 'batch'}
-                    for name in input_names + output_names}
+    dynamic_axes = {tensor: {0: 'seq_len', 1: 'batch'} if tensor in ('ids', 'logprobs') else {1: 'batch'}
+                    for tensor in input_names + output_names}
 
     def write(tmp):
-        traced(name, lambda: torch.onnx.export(module, args, tmp, input_names=input_names, output_names=output_names,
-                                               dynamic_axes=dynamic_axes, dynamo=False))
+        exported(name, lambda: torch.onnx.export(module, args, tmp, input_names=input_names, output_names=output_names,
+                                                 dynamic_axes=dynamic_axes, dynamo=False))
 
-    export_checked(path, write, lambda tmp: check_onnx(name, tmp, expected, chunks, streaming))
+    export_checked(name, path, write, lambda tmp: onnx_results(tmp, chunks, zero_state_like(expected), streaming),
+                   expected)
 
 
 # ---------------------------------------------------------------------------------------------

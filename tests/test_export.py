@@ -243,7 +243,7 @@ def test_a_python_loop_over_time_is_refused(tmp_path, monkeypatch, flag, name):
     edit_forward(monkeypatch, running_average)
     save = random_checkpoint(str(tmp_path / 'm.pt'), WORDS)
     out = str(tmp_path / name)
-    refused(['--checkpoint', save, flag, out], out, 'fails on a batch of another shape|does not compute')
+    refused(['--checkpoint', save, flag, out], out, 'fails on a batch of another shape than the tracing example')
 
 
 class Doubled(torch.autograd.Function):
@@ -329,3 +329,19 @@ def test_an_exported_model_given_as_a_checkpoint_is_named_as_such(tmp_path):
         text.write_text('the cat sees a dog .\n')
         with pytest.raises(errors.UserError, match=message):
             score.main(['--checkpoint', ts, '--text', str(text)])
+
+
+def test_the_check_names_the_difference_it_found():
+    logprobs = torch.log_softmax(torch.randn(2, 3, 5), -1)
+    state = [torch.zeros(1, 3, 4), torch.ones(1, 3, 4)]
+    expected = [(logprobs, state)]
+    export.check_results('--onnx m.onnx', {'stream': ([logprobs + 5e-5], [state[0], state[1] - 5e-5])}, expected)
+    cases = [({'forward': ([logprobs + 0.25], None)}, r'max \|diff\| 0.25 nats in the log-probabilities\)'),
+             ({'stream': ([logprobs], [state[0], state[1] * 3])}, r'max \|diff\| 2 in the state of its stream entry\)'),
+             ({'stream': ([logprobs], state[:1])}, r'the state of its stream entry: 1 tensors where the model gives 2\)'),
+             ({'forward': ([logprobs[:1]], None)}, r'the log-probabilities: shape \(1, 3, 5\) where the model '
+                                                   r'gives \(2, 3, 5\)\)')]
+    for results, message in cases:
+        with pytest.raises(errors.UserError, match=r"^--onnx m.onnx: the exported model does not compute what the "
+                                                   r"checkpoint's model computes \(" + r'.*' + message + '; nothing written$'):
+            export.check_results('--onnx m.onnx', results, expected)
