@@ -45,21 +45,20 @@ KINDS = {
 
 def own(model, criterion, chunks):
     """The model's own log-probabilities (seq_len, batch, vocabulary) for consecutive chunks of one
-    batch of texts, as the scripts compute them, and the state after the last (flat: per layer h[, c],
-    then a QRNN's remembered input)."""
+    batch of texts, and the state after the last (flat: per layer h[, c], then a QRNN's remembered
+    input): the whole text in one call from a zero state, as the scripts compute it, cut into the
+    chunks' lengths (so the exported stream entry's carried state is checked too)."""
     model.eval()
     model.reset()
-    hidden = model.init_hidden(chunks[0].size(1))
-    results = []
+    ids = torch.cat(chunks)
     with torch.no_grad():
-        for ids in chunks:
-            output, hidden = model(ids, hidden)
-            results.append(criterion.logprob(model.decoder.weight, model.decoder.bias, output).view(*ids.shape, -1))
+        output, hidden = model(ids, model.init_hidden(ids.size(1)))
+        logprobs = criterion.logprob(model.decoder.weight, model.decoder.bias, output).view(*ids.shape, -1)
     state = [t for layer in hidden for t in (layer if isinstance(layer, tuple) else (layer,))]
     if model.rnn_type == 'QRNN':
         state.append(model.rnns[0].prevX)
     model.reset()
-    return results, state
+    return list(logprobs.split([len(chunk) for chunk in chunks])), state
 
 
 def own_of(save, chunks):
@@ -85,6 +84,11 @@ def test_torchscript_computes_what_the_model_computes(tmp_path, kind):
     assert export.main(['--checkpoint', save, '--torchscript', out]) == 0
     chunks = chunks_of()
     expected, final = own_of(save, chunks)
+    # The check's reference (export.own_computation) is this one.
+    ckpt = checkpoint.load_checkpoint(save, resume_state_ok=False)
+    checked = export.own_computation(ckpt['model'], ckpt['criterion'], chunks)
+    assert all(close(a, b) for (a, _), b in zip(checked, expected))
+    assert all(close(a, b) for a, b in zip(checked[-1][1], final)) and len(checked[-1][1]) == len(final)
     lm = torch.jit.load(out)
     with torch.no_grad():
         assert close(lm(chunks[0]), expected[0])
@@ -345,3 +349,14 @@ def test_the_check_names_the_difference_it_found():
         with pytest.raises(errors.UserError, match=r"^--onnx m.onnx: the exported model does not compute what the "
                                                    r"checkpoint's model computes \(" + r'.*' + message + '; nothing written$'):
             export.check_results('--onnx m.onnx', results, expected)
+
+
+def test_onnx_export_without_onnxruntime_says_what_to_install(tmp_path, monkeypatch):
+    # onnxruntime checks the file before it is kept: without it nothing is exported, and it says so first.
+    save = random_checkpoint(str(tmp_path / 'm.pt'), WORDS)
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # `import onnxruntime` raises ImportError
+    monkeypatch.setattr(checkpoint, 'load_checkpoint', lambda *a, **k: pytest.fail('no work before the refusal'))
+    with pytest.raises(errors.UserError, match=r'^ONNX export needs the onnxruntime package: '
+                                               r'pip install -r requirements-export.txt$'):
+        export.main(['--checkpoint', save, '--onnx-stream', str(tmp_path / 'm.onnx')])
+    assert not (tmp_path / 'm.onnx').exists()
