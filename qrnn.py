@@ -56,8 +56,10 @@ Public API
     A stack of ``QRNNLayer``s; ``forward(input, hidden=None) -> (output, h_n)``.
 """
 
+import functools
 import os
 import warnings
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -82,19 +84,29 @@ BACKENDS = ("loop", "sequential", "scan", "triton")
 # Reference implementations
 # ---------------------------------------------------------------------------
 
-def forget_mult_loop(f, z, c0=None):
+def forget_mult_loop(f, z, c0: Optional[torch.Tensor] = None):
     """c_t = f_t * c_{t-1} + (1 - f_t) * z_t, t = 0..T-1, c_{-1} = c0 (zeros if None).
 
     f, z: (T, *shape); c0: shape or None.  Returns c: (T, *shape).
     Plain autograd loop over time: the reference the other back-ends are
-    tested against.
+    tested against.  Written in the subset of Python that TorchScript
+    compiles: ``forget_mult`` runs its compiled form while a model is
+    traced (export.py), where the loop over time must stay a loop.
     """
     c = torch.zeros_like(f[0]) if c0 is None else c0
-    out = []
+    out: List[torch.Tensor] = []
     for t in range(f.shape[0]):
         c = f[t] * c + (1 - f[t]) * z[t]
         out.append(c)
     return torch.stack(out, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def forget_mult_loop_scripted():
+    """``forget_mult_loop`` compiled by TorchScript (once, on first use): inside a traced model its loop
+    runs for the sequence length of each call, where tracing the Python loop would fix the length
+    to the example's (and the other back-ends, autograd Functions, cannot be exported at all)."""
+    return torch.jit.script(forget_mult_loop)
 
 
 def forget_mult_backward_reference(f, z, c, grad_c, c0=None):
@@ -441,7 +453,8 @@ def forget_mult(f, z, c0=None, backend=None):
 
     backend: None / "auto" picks "triton" for CUDA tensors when available
     (float32/16/bf16; disable with QRNN_NO_TRITON=1), else "scan" on CUDA,
-    else "sequential".  See the module docstring for the others.
+    else "sequential"; while a model is traced (torch.jit.trace, export.py),
+    the TorchScript-compiled "loop".  See the module docstring for the others.
     """
     if f.shape != z.shape:
         raise ValueError(f"f and z must have the same shape, got {tuple(f.shape)} and {tuple(z.shape)}")
@@ -450,6 +463,9 @@ def forget_mult(f, z, c0=None, backend=None):
     if c0 is not None and c0.shape != f.shape[1:]:
         raise ValueError(f"c0 must have shape {tuple(f.shape[1:])}, got {tuple(c0.shape)}")
     if backend is None or backend == "auto":
+        if torch.jit.is_tracing():  # export.py: the one back-end a trace can keep as a loop
+            f, z, c0 = _common_dtype(f, z, c0)
+            return forget_mult_loop_scripted()(f, z, c0)
         if f.is_cuda:
             backend = "triton" if _triton_usable_for(f, z, c0) else "scan"
         else:

@@ -14,6 +14,7 @@ No training logic, argument parsing or printing here; data.py must not import it
 import argparse
 import os
 import uuid
+import zipfile
 
 import numpy as np
 import torch
@@ -106,10 +107,15 @@ def read_checkpoint(path):
     fields a checkpoint has."""
     if not path:
         raise UserError('no checkpoint given (--save)')
+    if os.path.isdir(path):
+        raise UserError(f'{path}: is a folder, not a checkpoint file')
     if not os.path.isfile(path):
         raise UserError(f'{path}: checkpoint not found')
     if not is_torch_file(path):
         raise UserError(f'{path}: not a readable checkpoint (truncated or not a torch file)')
+    if is_torchscript_archive(path):
+        raise UserError(f'{path}: an exported TorchScript model (export.py), not a checkpoint: give the checkpoint '
+                        'it was exported from')
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
@@ -137,6 +143,17 @@ def is_torch_file(path):
     with open(path, 'rb') as f:
         head = f.read(4)
     return head.startswith(b'PK\x03\x04') or head[:1] == b'\x80'
+
+
+def is_torchscript_archive(path):
+    """Whether a zip archive is torch.jit.save's (export.py's --torchscript): its code/ and constants.pkl
+    tell it from torch.save's archives, which torch.load would otherwise hand to torch.jit.load."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(name.endswith('/constants.pkl') or '/code/' in name for name in names)
 
 
 def load_weights(model, criterion, ckpt, path):

@@ -31,6 +31,10 @@ def check_output(path, flag, inputs=(), replaced=False):
     file if it exists: a device node or FIFO there (`--save /dev/null`) would itself be replaced."""
     if os.path.isdir(path):
         raise UserError(f'{path}: is a folder ({flag} names the file to write)')
+    if replaced and is_stream(path):
+        # Named for what it is before its folder is looked at: /dev/stdout on a pipe resolves to
+        # /proc/PID/fd/pipe:[N], no file at all, in a read-only folder.
+        check_replaceable(path, f'{path} ({flag})')
     if not replaced and os.path.exists(path):
         # Written in place (opened for writing or appending): its folder plays no part. /dev/stdout on a
         # pipe resolves into /proc/PID/fd, a read-only folder, and to a name that is no file at all.

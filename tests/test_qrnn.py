@@ -567,3 +567,14 @@ def test_triton_kernel_interpreter(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.setitem(qrnn._TRITON, "kernels", qrnn._load_triton_kernels())
     _check_triton_against_loop(torch.device("cpu"))
+
+
+def test_a_traced_forget_mult_keeps_its_loop_over_time():
+    # Traced (export.py), forget_mult runs the TorchScript-compiled forget_mult_loop: the trace of 5 steps
+    # computes any other number of steps, and saves (the autograd-Function back-ends could not be saved).
+    torch.manual_seed(0)
+    traced = torch.jit.trace(lambda f, z, c0: qrnn.forget_mult(f, z, c0),
+                             (torch.rand(5, 2, 3), torch.randn(5, 2, 3), torch.randn(2, 3)))
+    f, z, c0 = torch.rand(9, 4, 3), torch.randn(9, 4, 3), torch.randn(4, 3)
+    torch.testing.assert_close(traced(f, z, c0), qrnn.forget_mult_loop(f, z, c0), atol=0, rtol=0)
+    assert 'prim::Loop' in str(traced.inlined_graph)
