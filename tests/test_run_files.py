@@ -326,7 +326,8 @@ FILE_SIZE_LIMITED_SAVE = '''
 import resource, sys
 sys.path.insert(0, sys.argv[1])
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # Python ignores SIGXFSZ: the write fails with EFBIG
-import torch, atomic_io, errors
+import torch, errors
+from harness import atomic_io
 try:
     atomic_io.atomic_torch_save({'x': torch.zeros(100000)}, sys.argv[2])
 except errors.UserError as e:
