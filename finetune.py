@@ -24,7 +24,8 @@ import argparse
 import harness
 import training
 from harness import declare
-from main import add_dropout_args, add_mixture_args, add_model_args, add_training_args, column_group, seq_len_cap
+from main import (add_dropout_args, add_mixture_args, add_model_args, add_training_args, column_group, penalties,
+                  seq_len_cap)
 from model import RNNModel
 
 # The original finetune.py's model flags, where none was given (see construction_draws).
@@ -83,7 +84,6 @@ def finetune(run, args):
     params = run.place(model, criterion, column_group(args))
     # ASGD with t0=0, lambd=0: every step from the first one enters the average (section 3).
     optimizer = run.restore(training.make_optimizer('asgd', params, args.lr, args.wdecay))
-    penalties = dict(alpha=args.alpha, beta=args.beta)  # AR and TAR (section 4.6)
     history, best_val_loss, done = run.history, run.best_val_loss, run.done
     if not run.resumed_exactly:  # the bar to beat is the loaded model itself
         best_val_loss = run.evaluate_loaded(model, criterion, val_data)
@@ -97,7 +97,7 @@ def finetune(run, args):
             # Sequence lengths capped at bptt + 10, as in the original fine-tuning (MoS: bptt + delta).
             with run.epoch(epoch, train_data) as progress:
                 train_loss = training.train_epoch(
-                    model, criterion, optimizer, params, train_data, run.rng, epoch, args.bptt, args.clip, penalties,
+                    model, criterion, optimizer, params, train_data, run.rng, epoch, args.bptt, args.clip, penalties(args),
                     args.log_interval, seq_len_cap(args, args.bptt + 10), column_group(args), log=progress.write,
                     progress=progress, forward=run.forward, step=run.step)
             with training.averaged_weights(optimizer, params):  # the average of the iterates is the model

@@ -115,6 +115,11 @@ def add_schedule_args(parser):
     return g
 
 
+def penalties(args):
+    """The weights of the training loss's penalties (training.regularized_loss): AR and TAR, section 4.6."""
+    return dict(alpha=args.alpha, beta=args.beta)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(description='AWD-LSTM language model training (NT-ASGD)')
     harness.add_data_args(parser)
@@ -188,14 +193,13 @@ def train(run, args):
     params = run.place(model, criterion, column_group(args))  # --resume's weights; on the device
     optimizer = run.restore(training.make_optimizer(run.saved_optimizer or args.optimizer, params, args.lr,
                                                     args.wdecay))  # an exact resume's state
-    penalties = dict(alpha=args.alpha, beta=args.beta)  # AR and TAR (section 4.6)
     history, best_val_loss = run.history, run.best_val_loss
 
     with run.interruptible():  # Ctrl-C ends training early and the best model is still tested
         for epoch in range(run.next_epoch, args.epochs + 1):
             with run.epoch(epoch, train_data) as progress:
                 train_loss = training.train_epoch(
-                    model, criterion, optimizer, params, train_data, run.rng, epoch, args.bptt, args.clip, penalties,
+                    model, criterion, optimizer, params, train_data, run.rng, epoch, args.bptt, args.clip, penalties(args),
                     args.log_interval, seq_len_cap(args, args.max_seq_len), column_group(args), log=progress.write,
                     progress=progress, forward=run.forward, step=run.step)
             # The epoch's record names what it trained with, not the switch or lr cut that follows it.
