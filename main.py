@@ -171,11 +171,12 @@ def column_group(args):
 
 def seq_len_cap(args, cap):
     """The cap on sampled BPTT lengths: the script's `cap` (None: none) for AWD-LSTM; in MoS mode MoS's
-    own, bptt + --max_seq_len_delta, lowered by --max-seq-len if given."""
+    own, bptt + --max_seq_len_delta, lowered by main.py's --max-seq-len if given (finetune.py has none)."""
     if args.n_experts == 1:
         return cap
     mos_cap = args.bptt + args.max_seq_len_delta
-    return mos_cap if args.max_seq_len is None else min(args.max_seq_len, mos_cap)
+    given = getattr(args, 'max_seq_len', None)
+    return mos_cap if given is None else min(given, mos_cap)
 
 
 # ---------------------------------------------------------------------------------------------
