@@ -67,3 +67,19 @@ def target_logprobs(model, criterion, output, targets):
         logprob = criterion.logprob(weight, bias, output[start:start + rows])
         parts.append(logprob.gather(1, targets[start:start + rows].unsqueeze(1)).squeeze(1))
     return torch.cat(parts)
+
+
+def last_layer_outputs(model, ids, bptt, device):
+    """The last recurrent layer's output after each token of `ids` read as one stream (batch 1, hidden
+    state carried over bptt-long chunks, evaluation mode: no dropout), as a float tensor (tokens,
+    features) on the CPU. For AWD-LSTM-MoS it is the layer's own output, before the mixture."""
+    source = torch.tensor(ids, dtype=torch.long, device=device).view(-1, 1)
+    model.eval()
+    model.reset()
+    hidden = model.init_hidden(1)
+    rows = []
+    with torch.no_grad():
+        for start in range(0, source.size(0), bptt):
+            _, hidden, raw_outputs, _ = model(source[start:start + bptt], hidden, return_h=True)
+            rows.append(raw_outputs[-1].squeeze(1).float().cpu())
+    return torch.cat(rows)
