@@ -1,6 +1,7 @@
-"""Export a trained model for inference: TorchScript and/or ONNX.
+"""Export a trained model for inference: TorchScript and/or ONNX, or a model directory to share.
 
     python export.py --checkpoint PTB.pt --torchscript PTB.ts [--onnx PTB.onnx] [--onnx-stream PTB.stream.onnx]
+    python export.py --checkpoint PTB.pt --pretrained PTB-model    # config.json, model.safetensors, ...
 
 The exported model is the checkpoint's in evaluation mode: no dropout of any kind, the weight-dropped
 hidden-to-hidden matrices as the plain weights they were trained as, the (split) softmax of the
@@ -8,7 +9,7 @@ criterion included. Its forward takes word ids int64 (seq_len, batch) and return
 float32 (seq_len, batch, vocabulary) from a zero state; the streaming entry also takes and returns the
 hidden state. TorchScript loads with torch.jit.load alone (no code of this repository); ONNX (dynamic
 sequence and batch axes) with onnxruntime. LSTM and GRU models (the QRNN's scan is not exported).
-Formats and entries: docs/SCORING.md.
+Formats and entries: docs/SCORING.md; the model directory (harness/model_dir.py): docs/PYTHON.md.
 """
 import argparse
 import os
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from harness import atomic_io
 from harness import checkpoint
 from harness import cli
+from harness import model_dir
 from harness import run_files
 from errors import UserError
 from weight_drop import WeightDrop
@@ -175,11 +177,15 @@ def parse_args(argv=None):
     parser.add_argument('--onnx', type=str, default=None, metavar='OUT', help='ONNX file to write (zero state)')
     parser.add_argument('--onnx-stream', type=str, default=None, metavar='OUT',
                         help='ONNX file of the streaming entry (takes and returns the hidden state)')
+    parser.add_argument('--pretrained', type=str, default=None, metavar='DIR',
+                        help='model directory to write (config.json, model.safetensors, vocab.txt, README.md), '
+                             'read by every script and lm.py as a checkpoint')
     args = parser.parse_args(argv)
     outputs = [(flag, path) for flag, path in
                (('--torchscript', args.torchscript), ('--onnx', args.onnx), ('--onnx-stream', args.onnx_stream)) if path]
-    if not outputs:
-        raise UserError('nothing to export: give --torchscript OUT, --onnx OUT and/or --onnx-stream OUT')
+    if not outputs and not args.pretrained:
+        raise UserError('nothing to export: give --torchscript OUT, --onnx OUT, --onnx-stream OUT and/or '
+                        '--pretrained DIR')
     if len({os.path.realpath(p) for _, p in outputs}) < len(outputs):
         raise UserError('the outputs must be different files')
     return args, outputs
@@ -224,6 +230,11 @@ def main(argv=None):
         run_files.check_output(path, flag, inputs=[args.checkpoint], replaced=True)
     if args.onnx or args.onnx_stream:
         require_onnx()
+    if args.pretrained:
+        model_dir.export(args.checkpoint, args.pretrained)
+        print(f'| model directory written to {args.pretrained}')
+        if not outputs:
+            return 0
     ckpt = checkpoint.load_checkpoint(args.checkpoint, map_location='cpu', resume_state_ok=False)
     lm = InferenceLM(ckpt['model'], ckpt['criterion'])
     ids = torch.zeros(5, 2, dtype=torch.long)  # an example input for the exporter; the axes stay dynamic
