@@ -195,3 +195,40 @@ def test_a_log_that_is_a_pipe_or_terminal_is_written_as_it_is(tmp_path):
     os.close(write_end)
     assert lines_and_record(os.read(read_end, 10000)) == ([], {'valid_loss': 5.0})
     os.close(read_end)
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance
+
+def test_the_first_record_of_each_log_carries_provenance(tmp_path, monkeypatch):
+    import datetime
+    import shutil
+    import torch
+    monkeypatch.setattr(sys, 'argv', ['main.py', '--data', 'data/my corpus', '--epochs', '3'])
+    before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    path = str(tmp_path / 'p.jsonl')
+    log = run_log.JsonLog(path, 'r')
+    log.write(epoch=1, valid_loss=5.0)
+    log.write(epoch=2, valid_loss=4.0)
+    first, second = read_jsonl(path)
+    assert 'provenance' not in second and second == {'run': 'r', 'epoch': 2, 'valid_loss': 4.0}
+    facts = first.pop('provenance')
+    assert first == {'run': 'r', 'epoch': 1, 'valid_loss': 5.0} and set(facts) == PROVENANCE_FIELDS
+    assert facts['command'] == f"{os.path.basename(sys.executable)} main.py --data 'data/my corpus' --epochs 3"
+    assert facts['python'] == '.'.join(map(str, sys.version_info[:3])) and facts['torch'] == torch.__version__
+    if not torch.cuda.is_available():
+        assert facts['cuda'] is None and facts['cudnn'] is None and facts['device']
+    assert before <= datetime.datetime.fromisoformat(facts['started']) <= datetime.datetime.now(datetime.timezone.utc)
+    if shutil.which('git') and os.path.exists(os.path.join(REPO, '.git')):  # a worktree's .git is a file
+        head = subprocess.run(['git', '-C', REPO, 'rev-parse', 'HEAD'], capture_output=True, text=True).stdout.strip()
+        changed = subprocess.run(['git', '-C', REPO, 'status', '--porcelain', '--untracked-files=no'],
+                                 capture_output=True, text=True).stdout.strip()
+        assert facts['git_commit'] == head and facts['git_dirty'] == bool(changed)
+
+
+def test_provenance_without_git_or_outside_a_checkout(tmp_path, monkeypatch):
+    assert run_log.git_state(str(tmp_path)) == (None, None)  # not a git checkout
+    monkeypatch.setenv('PATH', str(tmp_path))  # git not installed
+    assert run_log.git_state(REPO) == (None, None)
+    facts = run_log.provenance()
+    assert facts['git_commit'] is None and facts['git_dirty'] is None
