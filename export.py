@@ -230,12 +230,12 @@ def main(argv=None):
         run_files.check_output(path, flag, inputs=[args.checkpoint], replaced=True)
     if args.onnx or args.onnx_stream:
         require_onnx()
+    ckpt = checkpoint.load_checkpoint(args.checkpoint, map_location='cpu', resume_state_ok=False)
     if args.pretrained:
-        model_dir.export(args.checkpoint, args.pretrained)
+        model_dir.export(args.pretrained, ckpt, args.checkpoint)
         print(f'| model directory written to {args.pretrained}')
         if not outputs:
             return 0
-    ckpt = checkpoint.load_checkpoint(args.checkpoint, map_location='cpu', resume_state_ok=False)
     lm = InferenceLM(ckpt['model'], ckpt['criterion'])
     ids = torch.zeros(5, 2, dtype=torch.long)  # an example input for the exporter; the axes stay dynamic
     if args.torchscript:

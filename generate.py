@@ -18,7 +18,7 @@ import torch
 from harness import checkpoint
 from harness import cli
 import data
-import sampling
+import scoring
 from harness import flags
 from harness import run_files
 import errors
@@ -50,7 +50,7 @@ def parse_args(argv=None):
     flags.add_device_args(parser)
     args = parser.parse_args(argv)
     flags.check_args(argparse.Namespace(log_interval=args.log_interval, seed=args.seed))
-    sampling.check_sampling(args.words, args.temperature, args.top_k, args.top_p)
+    scoring.check_sampling(args.words, args.temperature, args.top_k, args.top_p)
     if args.prompt is not None and not args.prompt.split():
         raise errors.UserError('--prompt has no words')
     return args
@@ -86,7 +86,7 @@ def main(argv=None):
     # Seeded after the model is built (building it draws its initial weights; the original unpickled its
     # model, which draws nothing), so that the start word is the original's first draw.
     cli.set_seed(args.seed)
-    sampled = sampling.sample_ids(model, criterion, len(idx2word), prompt, args.words, args.temperature,
+    sampled = scoring.sample_ids(model, criterion, len(idx2word), prompt, args.words, args.temperature,
                                   args.top_k, args.top_p)
     written = 0  # words written so far: the original's layout breaks the line after every 20th
     try:

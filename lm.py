@@ -16,7 +16,6 @@ import math
 import torch
 
 import data
-import sampling
 import scoring
 from errors import UserError
 from harness import checkpoint
@@ -105,11 +104,11 @@ class LanguageModel:
         """`prompt` followed by `words` sampled words, separated by spaces (<eos> written as a word, as
         generate.py writes it): generate.py's words for the same --seed, --prompt and settings. A `seed`
         reseeds torch (CPU and CUDA) first; None draws from torch's current random state."""
-        sampling.check_sampling(words, temperature, top_k, top_p)
+        scoring.check_sampling(words, temperature, top_k, top_p)
         prompt_ids = self.prompt_ids(prompt)
         if seed is not None:
             cli.set_seed(seed)
-        sampled = sampling.sample_ids(self.model, self.criterion, len(self.idx2word), prompt_ids, words,
+        sampled = scoring.sample_ids(self.model, self.criterion, len(self.idx2word), prompt_ids, words,
                                       temperature, top_k, top_p)
         return ' '.join(prompt.split() + [self.idx2word[i] for i in sampled])
 

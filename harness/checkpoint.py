@@ -18,6 +18,7 @@ import uuid
 import numpy as np
 import torch
 
+from . import model_dir
 from .atomic_io import atomic_torch_save, digest_matches, with_digest
 from errors import UserError, first_line
 from model import RNNModel
@@ -106,7 +107,6 @@ def read_checkpoint(path):
     if not path:
         raise UserError('no checkpoint given (--save)')
     if os.path.isdir(path):  # a model directory (export.py --pretrained): the same dict, from its files
-        from . import model_dir  # imported here: model_dir reads checkpoints through this module
         return upgrade(model_dir.read_model_dir(path))
     if not os.path.isfile(path):
         raise UserError(f'{path}: checkpoint not found')

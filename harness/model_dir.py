@@ -1,6 +1,7 @@
 """A model directory: a trained model in the form people share models in (the Hugging Face Hub's),
 written by `export.py --checkpoint X.pt --pretrained DIR` and read wherever a checkpoint is
-(checkpoint.read_checkpoint takes a folder through read_model_dir):
+(checkpoint.read_checkpoint takes a folder through read_model_dir; this module imports no checkpoint
+code, so that the two do not import each other):
 
     DIR/config.json        the model's and the loss's configuration, the training flags and command
                            line, the run's figures and provenance, a digest of the weights and words
@@ -21,7 +22,6 @@ import os
 import shutil
 import tempfile
 
-from . import checkpoint
 from .atomic_io import atomic_write_text, content_digest
 from errors import UserError, first_line
 
@@ -44,14 +44,14 @@ def safetensors_torch():
 # Writing
 
 
-def export(checkpoint_path, folder):
-    """Write the model directory `folder` of the checkpoint at `checkpoint_path`, with the figures and
-    provenance of its run's JSON log when one is beside it. Checks the target before reading anything."""
+def export(folder, ckpt, checkpoint_path):
+    """Write the model directory `folder` of a checkpoint as checkpoint.load_checkpoint returned it
+    (its weights thus known to fit its configuration), with the figures and provenance of its run's
+    JSON log when one is beside `checkpoint_path`."""
     check_target(folder)
     safetensors_torch()
-    ckpt = checkpoint.read_checkpoint(checkpoint_path)
-    checkpoint.refuse_resume_state(ckpt, checkpoint_path)
-    write_model_dir(folder, ckpt, run_summary(checkpoint_path, ckpt.get('run')))
+    raw = {**ckpt, 'model': ckpt['model_state'], 'criterion': ckpt['criterion_state']}
+    write_model_dir(folder, raw, run_summary(checkpoint_path, ckpt.get('run')))
 
 
 def check_target(folder):
@@ -286,7 +286,7 @@ def read_model_dir(folder):
         if part not in parts:
             raise UserError(f'{folder}: damaged model directory: {WEIGHTS} holds {key!r}, neither model.* nor criterion.*')
         parts[part][name] = tensor
-    ckpt = {'format': checkpoint.CHECKPOINT_FORMAT, 'model_config': config['model_config'],
+    ckpt = {'model_config': config['model_config'],
             'criterion_config': config['criterion_config'], **parts, 'optimizer': None, 'optimizer_name': None,
             'args': config['training_args'], 'idx2word': idx2word, 'run': config.get('run')}
     if weights_digest(ckpt) != config['digest']:
