@@ -107,6 +107,23 @@ def test_the_scripts_give_the_same_results_on_the_directory(exported, tmp_path, 
     assert a.hidden_states('the cat sees').equal(b.hidden_states('the cat sees'))
 
 
+@pytest.mark.slow
+def test_finetune_and_dynamiceval_give_the_same_results_on_the_directory(exported, tmp_path):
+    import dynamiceval
+    import finetune
+    from conftest import TINY
+    corpus, save, pretrained = exported
+    finals = []
+    for name, model in (('pt', save), ('dir', pretrained)):
+        out = str(tmp_path / f'{name}.pt')
+        assert finetune.main(['--data', corpus, '--save', model, '--out', out, '--epochs', '1', *TINY]) == 0
+        finals.append({k: v for k, v in read_jsonl(finetune.finetune_log_path(out))[-1].items() if k.endswith('_loss')})
+    assert finals[0] == finals[1] and finals[0]['test_loss'] > 0
+    results = [dynamiceval.evaluate_checkpoint(dynamiceval.parse_args(['--data', corpus, '--save', model, '--cpu']),
+                                               log=lambda *a: None)[0] for model in (save, pretrained)]
+    assert results[0] == results[1]
+
+
 def test_exporting_again_replaces_the_directory(tmp_path):
     first = random_checkpoint(str(tmp_path / 'a.pt'), ['<eos>', 'a', 'b'], seed=1)
     second = random_checkpoint(str(tmp_path / 'b.pt'), ['<eos>', 'a', 'b', 'c'], seed=2)
