@@ -27,6 +27,8 @@ class LanguageModel:
 
     def __init__(self, path, device='cpu'):
         self.device = torch.device(device)
+        if self.device.type == 'cuda' and not torch.cuda.is_available():
+            raise UserError(f'device {device!r}: no GPU is available to this torch (use the default, the CPU)')
         ckpt = checkpoint.load_checkpoint(path, map_location=self.device, resume_state_ok=False)
         self.path = path
         self.model, self.criterion = ckpt['model'].eval(), ckpt['criterion']
@@ -43,7 +45,7 @@ class LanguageModel:
         """(ids per line, unknown flags per line, number of unknown words) of lines given as word lists
         (data.line_words'), in this model's vocabulary: a word it lacks becomes `unknown`."""
         if unknown != '<unk>' and unknown not in self.word2idx:
-            raise UserError(f'--unk {unknown!r} is not a word of the checkpoint\'s vocabulary')
+            raise UserError(f'--unk {unknown!r} (unknown=) is not a word of the checkpoint\'s vocabulary')
         encoded = []
         for number, words in enumerate(lines, start=1):
             try:
@@ -67,6 +69,8 @@ class LanguageModel:
     def token_logprobs(self, ids, batch_size=64):
         """The natural-log probability of every token of each line (ids per line, each ending in <eos>),
         each line from a zero state and conditioned on <eos>: a list of float64 tensors."""
+        if batch_size < 1:
+            raise UserError(f'--batch-size (batch_size=) must be a positive integer, got {batch_size}')
         if '<eos>' not in self.word2idx:
             raise UserError(f'{self.path}: its vocabulary has no <eos> to start each line with')
         return scoring.line_logprobs(self.model, self.criterion, ids, self.word2idx['<eos>'], batch_size)

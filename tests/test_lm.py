@@ -111,6 +111,11 @@ def test_bad_input_is_one_line(trained, tmp_path):
         LanguageModel(str(tmp_path / 'none.pt'))
     with pytest.raises(errors.UserError, match='resume state'):
         LanguageModel(save + '.state')
+    with pytest.raises(errors.UserError, match='batch_size'):
+        lm.score(['the cat'], batch_size=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(errors.UserError, match="device 'cuda': no GPU"):
+            LanguageModel(save, device='cuda')
 
 
 def test_torch_hub_loads_it(trained):
