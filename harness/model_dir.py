@@ -15,7 +15,7 @@ the embedding's name alone and config.json's `tied` restores it.
 
 A folder is written whole into a temporary sibling and then renamed into place, so a reader sees the
 old directory or the new one, never a mix. Writing never replaces a folder that is not a model
-directory (an empty one aside). Uploading: docs/PYTHON.md.
+directory (an empty one aside), nor one that holds other files too. Uploading: docs/PYTHON.md.
 """
 import json
 import os
@@ -27,6 +27,7 @@ from errors import UserError, first_line
 
 FORMAT = 'awd-lstm-model-dir-1'
 CONFIG, WEIGHTS, VOCABULARY, CARD = 'config.json', 'model.safetensors', 'vocab.txt', 'README.md'
+FILES = (CONFIG, WEIGHTS, VOCABULARY, CARD)
 REQUIREMENTS = 'requirements-export.txt'
 
 
@@ -55,12 +56,17 @@ def export(folder, ckpt, checkpoint_path):
 
 
 def check_target(folder):
-    """A UserError unless `folder` may be written: absent, empty, or a model directory (replaced)."""
+    """A UserError unless `folder` may be written: absent, empty, or a model directory holding its own
+    files alone (replaced whole)."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f'{folder}: exists and is not a folder (--pretrained names the folder to write)')
     if os.path.isdir(folder) and os.listdir(folder) and not is_model_dir(folder):
         raise UserError(f'{folder}: a folder that is not a model directory (no {CONFIG} of this code): '
                         'not overwritten; name a new folder')
+    others = sorted(set(os.listdir(folder)) - set(FILES)) if os.path.isdir(folder) else []
+    if others:  # replacing the folder would delete them
+        raise UserError(f'{folder}: a model directory that holds other files too ({", ".join(others)}): not '
+                        'overwritten; name a new folder')
     parent = os.path.dirname(os.path.abspath(folder))
     if not os.path.isdir(parent):
         raise UserError(f'{parent}: folder does not exist (--pretrained {folder})')

@@ -139,6 +139,12 @@ def test_exporting_again_replaces_the_directory(tmp_path):
     assert LanguageModel(target).idx2word == ['<eos>', 'a', 'b', 'c']
     assert sorted(os.listdir(tmp_path)) == ['a.pt', 'b.pt', 'shared']  # no staging or old folder left
     assert oct(os.stat(target).st_mode & 0o777) == oct(model_dir.folder_mode())
+    # A file of someone else's in the directory (a clone's .gitattributes): replacing would delete it.
+    with open(os.path.join(target, '.gitattributes'), 'w') as f:
+        f.write('*.safetensors filter=lfs\n')
+    with pytest.raises(errors.UserError, match=r'holds other files too \(.gitattributes\): not overwritten'):
+        export.main(['--checkpoint', first, '--pretrained', target])
+    assert LanguageModel(target).idx2word == ['<eos>', 'a', 'b', 'c']
 
 
 def one_line_error(argv, capsys):
