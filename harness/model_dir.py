@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 
-from .atomic_io import atomic_write_text, content_digest
+from .atomic_io import atomic_write, atomic_write_text, content_digest
 from errors import UserError, first_line
 
 FORMAT = 'awd-lstm-model-dir-1'
@@ -93,8 +93,7 @@ def write_model_dir(folder, ckpt, run):
     try:
         os.chmod(staging, folder_mode())  # mkdtemp's 0700 would keep the shared folder from others
         data = safetensors_torch().save(tensors, metadata={'format': 'pt'})
-        with open(os.path.join(staging, WEIGHTS), 'wb') as f:
-            f.write(data)
+        atomic_write(os.path.join(staging, WEIGHTS), lambda f: f.write(data))  # fsync'd before the rename
         atomic_write_text(''.join(word + '\n' for word in ckpt['idx2word']), os.path.join(staging, VOCABULARY))
         atomic_write_text(json.dumps(config, indent=2, default=str) + '\n', os.path.join(staging, CONFIG))
         atomic_write_text(model_card(config), os.path.join(staging, CARD))
@@ -119,8 +118,13 @@ def replace_folder(staging, folder):
     if os.path.isdir(folder):
         old = tempfile.mkdtemp(prefix='.' + os.path.basename(os.path.abspath(folder)) + '.old.',
                                dir=os.path.dirname(os.path.abspath(folder)))
-        os.rename(folder, os.path.join(old, 'dir'))
-        os.rename(staging, folder)
+        aside = os.path.join(old, 'dir')
+        os.rename(folder, aside)
+        try:
+            os.rename(staging, folder)
+        except OSError:
+            os.rename(aside, folder)  # the old directory back where it was
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(staging, folder)
