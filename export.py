@@ -1,6 +1,7 @@
-"""Export a trained model for inference: TorchScript and/or ONNX.
+"""Export a trained model for inference: TorchScript and/or ONNX, or a model directory to share.
 
     python export.py --checkpoint PTB.pt --torchscript PTB.ts [--onnx PTB.onnx] [--onnx-stream PTB.stream.onnx]
+    python export.py --checkpoint PTB.pt --pretrained PTB-model    # config.json, model.safetensors, ...
 
 The exported model is not written anew here: it is a trace of the checkpoint's own RNNModel.forward in
 evaluation mode (no dropout of any kind) followed by its criterion's own `logprob` (the full, split or
@@ -12,6 +13,7 @@ Before a file is kept it is loaded back (torch.jit.load; onnxruntime) and run on
 shapes than the tracing example's; its log-probabilities and state must equal the model's own (to
 CHECK_TOLERANCE), else nothing is written. TorchScript loads with torch.jit.load alone (no code of this
 repository); ONNX (dynamic sequence and batch axes) with onnxruntime. Formats and entries: docs/SCORING.md.
+The model directory of --pretrained (harness/model_dir.py): docs/PYTHON.md.
 """
 import argparse
 import os
@@ -26,6 +28,7 @@ import torch.nn as nn
 from harness import atomic_io
 from harness import checkpoint
 from harness import cli
+from harness import model_dir
 from harness import run_files
 from errors import UserError, first_line
 
@@ -326,13 +329,17 @@ def parse_args(argv=None):
     parser.add_argument('--onnx', type=str, default=None, metavar='OUT', help='ONNX file to write (zero state)')
     parser.add_argument('--onnx-stream', type=str, default=None, metavar='OUT',
                         help='ONNX file of the streaming entry (takes and returns the hidden state)')
+    parser.add_argument('--pretrained', type=str, default=None, metavar='DIR',
+                        help='model directory to write (config.json, model.safetensors, vocab.txt, README.md), '
+                             'read by every script and lm.py as a checkpoint')
     args = parser.parse_args(argv)
     if not args.checkpoint:
         raise UserError('--checkpoint: no checkpoint given')
     outputs = [(flag, path) for flag, path in
                (('--torchscript', args.torchscript), ('--onnx', args.onnx), ('--onnx-stream', args.onnx_stream)) if path]
-    if not outputs:
-        raise UserError('nothing to export: give --torchscript OUT, --onnx OUT and/or --onnx-stream OUT')
+    if not outputs and not args.pretrained:
+        raise UserError('nothing to export: give --torchscript OUT, --onnx OUT, --onnx-stream OUT and/or '
+                        '--pretrained DIR')
     if len({os.path.realpath(p) for _, p in outputs}) < len(outputs):
         raise UserError('the outputs must be different files')
     return args, outputs
@@ -358,6 +365,11 @@ def main(argv=None):
     if args.onnx or args.onnx_stream:
         require_onnx()
     ckpt = checkpoint.load_checkpoint(args.checkpoint, map_location='cpu', resume_state_ok=False)
+    if args.pretrained:
+        model_dir.export(args.pretrained, ckpt, args.checkpoint)
+        print(f'| model directory written to {args.pretrained}')
+        if not outputs:
+            return 0
     model, criterion = ckpt['model'], ckpt['criterion']
     chunks = sample_chunks(len(ckpt['idx2word']))
     expected = own_computation(model, criterion, chunks)

@@ -20,6 +20,7 @@ import harness
 from harness import checkpoint
 from harness import cli
 import data
+import scoring
 from harness import flags
 from harness import run_files
 import errors
@@ -51,14 +52,7 @@ def parse_args(argv=None):
                              'layout, <eos> as a word and 20 words a line)')
     flags.add_device_args(parser)
     args = harness.parse_args(parser, argv)
-    if args.words < 1:
-        raise errors.UserError(f'--words must be positive, got {args.words}')
-    if not args.temperature >= 1e-3:
-        raise errors.UserError(f'--temperature has to be greater or equal 1e-3, got {args.temperature}')
-    if args.top_k is not None and args.top_k < 1:
-        raise errors.UserError(f'--top-k must be at least 1, got {args.top_k}')
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise errors.UserError(f'--top-p must be in (0, 1], got {args.top_p}')
+    scoring.check_sampling(args.words, args.temperature, args.top_k, args.top_p)
     if args.prompt is not None and not args.prompt.split():
         raise errors.UserError('--prompt has no words')
     return args
@@ -77,28 +71,6 @@ def prompt_ids(prompt, word2idx):
     return ids
 
 
-def filtered_probs(logprob, temperature, top_k=None, top_p=None):
-    """The distribution to sample from: the model's, tempered, then cut to its top_k likeliest words
-    and to the nucleus of top_p (Holtzman et al. 2019: the smallest set of likeliest words whose
-    probability reaches top_p), renormalised."""
-    probs = torch.softmax(logprob / temperature, 0)
-    if top_k is not None and top_k < probs.numel():
-        kept = torch.zeros_like(probs)
-        values, indices = probs.topk(top_k)
-        probs = kept.scatter(0, indices, values)
-    if top_p is not None and top_p < 1:
-        values, indices = probs.sort(descending=True)
-        mass_before = values.cumsum(0) / values.sum() - values / values.sum()
-        probs = torch.zeros_like(probs).scatter(0, indices, values * (mass_before < top_p))
-    return probs / probs.sum()
-
-
-def feed_prompt(model, ids, hidden, device):
-    """Run the prompt through the model; returns (its last output, the hidden state after it)."""
-    output, hidden = model(torch.tensor(ids, dtype=torch.long, device=device).view(-1, 1), hidden)
-    return output[-1:], hidden
-
-
 def main(argv=None):
     args = parse_args(argv)
     # Before any work: the output must be writable and must not be the checkpoint or the corpus.
@@ -113,34 +85,19 @@ def main(argv=None):
     idx2word = corpus.dictionary.idx2word
 
     prompt = prompt_ids(args.prompt, corpus.dictionary.word2idx) if args.prompt is not None else None
-    model.eval()
-    model.reset()
-    hidden = model.init_hidden(1)
     # Seeded after the model is built (building it draws its initial weights; the original unpickled its
     # model, which draws nothing), so that the start word is the original's first draw.
     cli.set_seed(args.seed)
-    word = original_start_word(len(idx2word)).to(device)
-    shaped = args.top_k is not None or args.top_p is not None
+    sampled = scoring.sample_ids(model, criterion, len(idx2word), prompt, args.words, args.temperature,
+                                  args.top_k, args.top_p)
     written = 0  # words written so far: the original's layout breaks the line after every 20th
     try:
-        with open(args.outf, 'w') as outf, torch.no_grad():
-            output = None
-            if prompt is not None:
-                output, hidden = feed_prompt(model, prompt, hidden, device)
-                for text in args.prompt.split():
-                    outf.write(word_with_separator(text, written, args.corpus_layout))
-                    written += 1
-            for i in range(args.words):
-                if output is None:
-                    output, hidden = model(word, hidden)
-                if shaped:
-                    logprob = criterion.logprob(model.decoder.weight, model.decoder.bias, output)[0]
-                    word = torch.multinomial(filtered_probs(logprob, args.temperature, args.top_k, args.top_p), 1)
-                else:
-                    word = sample_next_word(model, criterion, output, args.temperature)
-                word = word.view(1, 1).to(device)
-                output = None
-                outf.write(word_with_separator(idx2word[word.item()], written, args.corpus_layout))
+        with open(args.outf, 'w') as outf:
+            for text in (args.prompt.split() if args.prompt is not None else []):
+                outf.write(word_with_separator(text, written, args.corpus_layout))
+                written += 1
+            for i, word in enumerate(sampled):
+                outf.write(word_with_separator(idx2word[word], written, args.corpus_layout))
                 written += 1
                 if i % args.log_interval == 0:
                     print(f'| Generated {i}/{args.words} words')
@@ -148,26 +105,6 @@ def main(argv=None):
         raise errors.UserError(f'{args.outf}: could not be written ({write_failure(e)})') from None
     print(f'| Generated {args.words} words to {args.outf}')
     return 0
-
-
-def original_start_word(ntokens):
-    """The start word as the original drew it: torch.rand(1, 1) * ntokens, truncated (on the CPU)."""
-    return torch.rand(1, 1).mul(ntokens).long()
-
-
-def sample_next_word(model, criterion, output, temperature):
-    """One word drawn from the model's distribution at `temperature`, as the original drew it: the
-    multinomial, on the CPU, of exp(logits / temperature), unnormalised. The split softmax (which the
-    original's generate.py did not support) and weights that overflow or vanish there (a very low
-    temperature, where the original failed) are drawn from the normalised softmax instead."""
-    if criterion.nsplits == 1:
-        weights = torch.nn.functional.linear(output, model.decoder.weight, model.decoder.bias)
-        weights = weights.squeeze().div(temperature).exp().cpu()
-        if torch.isfinite(weights).all() and weights.sum() > 0:
-            return torch.multinomial(weights, 1)[0]
-    # The model returns its last hidden layer; the (split) softmax belongs to the criterion.
-    logprob = criterion.logprob(model.decoder.weight, model.decoder.bias, output)[0]
-    return torch.multinomial(torch.softmax(logprob / temperature, 0).cpu(), 1)[0]
 
 
 def word_with_separator(text, index, corpus_layout):

@@ -16,12 +16,11 @@ import math
 import sys
 
 from harness import atomic_io
-from harness import checkpoint
 from harness import cli
 import data
+from lm import LanguageModel
 from harness import flags
 from harness import run_files
-import scoring
 from errors import UserError
 from harness.run_log import report_line
 
@@ -59,35 +58,18 @@ def read_input(path):
         raise UserError(f'{path}: text file not found') from None
 
 
-def encode_lines(lines, idx2word, unknown):
-    """(ids per line, unknown flags per line, number of unknown words) in the checkpoint's vocabulary."""
-    word2idx = {w: i for i, w in enumerate(idx2word)}
-    if unknown != '<unk>' and unknown not in word2idx:
-        raise UserError(f'--unk {unknown!r} is not a word of the checkpoint\'s vocabulary')
-    encoded = []
-    for number, words in enumerate(lines, start=1):
-        try:
-            encoded.append(data.encode(words, word2idx, unknown))
-        except data.DataError as e:
-            raise UserError(f'line {number}: {e}; pass --unk WORD to stand a vocabulary word in for it') from None
-    ids, unknown_flags = [e[0] for e in encoded], [e[1] for e in encoded]
-    return ids, unknown_flags, sum(sum(f) for f in unknown_flags)
-
-
-def stream_summary(model, criterion, ids, oov, bptt, device):
+def stream_summary(lm, ids, oov):
     """{tokens, oov, loss, ppl, bpc} of the text read as one stream (main.py's test figure)."""
-    stream = [i for line in ids for i in line]
-    if len(stream) < 2:
-        raise UserError(f'the text has {len(stream)} token: too short to score as a stream (at least 2)')
-    loss = scoring.stream_loss(model, criterion, stream, bptt, device)
-    return {'tokens': len(stream), 'oov': oov, 'loss': loss, 'ppl': math.exp(loss), 'bpc': loss / math.log(2)}
+    loss = lm.stream_loss(ids)
+    return {'tokens': sum(len(line) for line in ids), 'oov': oov, 'loss': loss, 'ppl': math.exp(loss),
+            'bpc': loss / math.log(2)}
 
 
-def sentence_rows(lines, unknown_flags, logprobs):
-    """The TSV of --sentences: a header, then one row per line."""
+def sentence_rows(lines, unknown_flags, totals):
+    """The TSV of --sentences: a header, then one row per line (`totals`: LanguageModel.line_totals)."""
     yield 'logprob\ttokens\toov\ttext'
-    for words, flags_, logprob in zip(lines, unknown_flags, logprobs):
-        yield f'{float(logprob.sum()):.6f}\t{len(words)}\t{sum(flags_)}\t{" ".join(words[:-1])}'
+    for words, flags_, total in zip(lines, unknown_flags, totals):
+        yield f'{total:.6f}\t{len(words)}\t{sum(flags_)}\t{" ".join(words[:-1])}'
 
 
 def token_rows(lines, unknown_flags, logprobs):
@@ -125,25 +107,22 @@ def main(argv=None):
         lines = data.read_text(raw, name)
     except data.DataError as e:
         raise UserError(str(e)) from None
-    device = cli.choose_device(args)
-    ckpt = checkpoint.load_checkpoint(args.checkpoint, map_location=device, resume_state_ok=False)
-    model, criterion, idx2word = ckpt['model'], ckpt['criterion'], ckpt['idx2word']
-    ids, unknown_flags, oov = encode_lines(lines, idx2word, args.unk)
+    lm = LanguageModel(args.checkpoint, device=cli.choose_device(args))
+    ids, unknown_flags, oov = lm.encode(lines, args.unk)
     if oov:
         print(f'note: {oov} word(s) not in the vocabulary scored as {args.unk}', file=sys.stderr)
     if args.sentences or args.per_token:
-        if '<eos>' not in idx2word:
-            raise UserError(f'{args.checkpoint}: its vocabulary has no <eos> to start each line with')
-        logprobs = scoring.line_logprobs(model, criterion, ids, idx2word.index('<eos>'), args.batch_size)
-        rows = (sentence_rows if args.sentences else token_rows)(lines, unknown_flags, logprobs)
+        logprobs = lm.token_logprobs(ids, args.batch_size)
+        rows = (sentence_rows(lines, unknown_flags, lm.line_totals(logprobs)) if args.sentences
+                else token_rows(lines, unknown_flags, logprobs))
         write_result(''.join(row + '\n' for row in rows), args.out)
         return 0
-    summary = stream_summary(model, criterion, ids, oov, ckpt['args'].get('bptt', 70), device)
+    summary = stream_summary(lm, ids, oov)
     if args.json:
         write_result(json.dumps(summary) + '\n', args.out)
     else:
         write_result(f'| {name} | tokens {summary["tokens"]} | unknown words {oov} | '
-                     f'{report_line("text", summary["loss"], model.release)}\n', args.out)
+                     f'{report_line("text", summary["loss"], lm.release)}\n', args.out)
     return 0
 
 

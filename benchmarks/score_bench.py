@@ -20,8 +20,7 @@ import torch  # noqa: E402
 from harness import checkpoint  # noqa: E402
 import data  # noqa: E402
 from harness import corpus_cache  # noqa: E402
-import scoring  # noqa: E402
-import score  # noqa: E402
+from lm import LanguageModel  # noqa: E402
 from model import RNNModel  # noqa: E402
 from splitcross import SplitCrossEntropyLoss  # noqa: E402
 
@@ -43,15 +42,14 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         save = os.path.join(folder, 'ptb-random.pt')
         checkpoint.save_checkpoint(save, model, criterion, None, {'bptt': 70}, idx2word)
-        ckpt = checkpoint.load_checkpoint(save, map_location='cpu', resume_state_ok=False)
-    ids, _, _ = score.encode_lines(lines, ckpt['idx2word'], '<unk>')
-    eos = idx2word.index('<eos>')
+        lm = LanguageModel(save)  # what score.py scores with
+    ids, _, _ = lm.encode(lines)
     start = time.perf_counter()
-    batched = scoring.line_logprobs(ckpt['model'], ckpt['criterion'], ids, eos, batch_size=64)
+    batched = lm.token_logprobs(ids, batch_size=64)
     batched_s = time.perf_counter() - start
     subset = ids[:args.alone_lines]
     start = time.perf_counter()
-    alone = scoring.line_logprobs(ckpt['model'], ckpt['criterion'], subset, eos, batch_size=1)
+    alone = lm.token_logprobs(subset, batch_size=1)
     alone_s = time.perf_counter() - start
     worst = max(float((a.sum() - b.sum()).abs() / b.sum().abs()) for a, b in zip(alone, batched))
     batched_rate, alone_rate = len(ids) / batched_s, len(subset) / alone_s

@@ -19,6 +19,7 @@ import zipfile
 import numpy as np
 import torch
 
+from . import model_dir
 from .atomic_io import atomic_torch_save, digest_matches, with_digest
 from errors import UserError, first_line
 from model import RNNModel
@@ -102,13 +103,13 @@ def build_criterion(config, release=2018):
 
 
 def read_checkpoint(path):
-    """The raw dict of a checkpoint, its tensors on the CPU, with a UserError for anything that is not
-    one of ours: unreadable, carrying pickled code, damaged (its digest does not match), or missing
-    fields a checkpoint has."""
+    """The raw dict of a checkpoint (or of a model directory, harness/model_dir.py), its tensors on the
+    CPU, with a UserError for anything that is not one of ours: unreadable, carrying pickled code,
+    damaged (its digest does not match), or missing fields a checkpoint has."""
     if not path:
         raise UserError('no checkpoint given (--save)')
-    if os.path.isdir(path):
-        raise UserError(f'{path}: is a folder, not a checkpoint file')
+    if os.path.isdir(path):  # a model directory (export.py --pretrained): the same dict, from its files
+        return upgrade(model_dir.read_model_dir(path))
     if not os.path.isfile(path):
         raise UserError(f'{path}: checkpoint not found')
     if not is_torch_file(path):

@@ -1,11 +1,17 @@
 """What a run prints and logs: the report lines (loss, perplexity, bpc as the original printed them),
 the JSON-lines log (<save>.jsonl, appended to, one record per epoch), and the progress bar.
 """
+import datetime
 import json
 import math
 import os
+import platform
+import shlex
+import subprocess
 import sys
 import time
+
+import torch
 
 from .atomic_io import atomic_write, write_failure
 from errors import UserError
@@ -34,6 +40,9 @@ class JsonLog:
     """A JSON-lines log, appended to and never truncated: one record per call, flushed at once so a
     crash loses nothing written.
 
+    The first record each JsonLog writes (each process of a run: a resumed run's too) carries
+    `provenance` (provenance()); readers of epochs and figures (plot.py, the resume above) pass over it.
+
     Runs that share a log (a new run on an old --save, a restart from a checkpoint) are told apart by
     `run`, the id each record carries. Numbers that are not finite are written as null, so that
     strict JSON parsers read every line. A resumed run passes `resumed_after` (the epoch of its
@@ -43,6 +52,9 @@ class JsonLog:
 
     def __init__(self, path, run=None, resumed_after=None):
         self.path, self.run = path, run
+        # Taken now (the start time is this process's), written with the first record: a run's log
+        # says which code, on which software and machine, by which command produced its figures.
+        self.provenance = provenance()
         self._end_a_cut_off_line()
         if resumed_after is not None:
             self._forget_records_after(resumed_after)
@@ -52,6 +64,9 @@ class JsonLog:
             raise UserError(f'{path}: cannot write the log ({e.strerror})') from None
 
     def write(self, **record):
+        if self.provenance is not None:
+            record = {**record, 'provenance': self.provenance}
+            self.provenance = None
         if self.run is not None:
             record = {'run': self.run, **record}
         try:
@@ -157,3 +172,57 @@ def progress_bar(total, desc):
     """tqdm over the batches of an epoch, silent when stdout is not a terminal (logs, CI)."""
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, leave=False, disable=not sys.stdout.isatty(), dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance: where a run's figures came from
+
+# The checkout this code runs from: the git commit recorded is this folder's.
+CODE_FOLDER = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def provenance():
+    """The facts that tell where a run came from, as plain JSON values: the command line, Python and
+    torch versions, CUDA and cuDNN versions and the GPU's name (None for CUDA and cuDNN without one,
+    the CPU's name then), the git commit of this code's checkout and whether tracked files had
+    uncommitted changes (None for both outside a git checkout or without git), the start time (UTC)."""
+    cuda = torch.cuda.is_available()
+    commit, dirty = git_state(CODE_FOLDER)
+    return {
+        'command': shlex.join([os.path.basename(sys.executable or 'python'), *sys.argv]),
+        'cwd': os.getcwd(),
+        'python': platform.python_version(),
+        'torch': torch.__version__,
+        'cuda': torch.version.cuda if cuda else None,
+        'cudnn': torch.backends.cudnn.version() if cuda else None,
+        'device': torch.cuda.get_device_name() if cuda else cpu_name(),
+        'git_commit': commit,
+        'git_dirty': dirty,
+        'started': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+    }
+
+
+def cpu_name():
+    """The processor's model name (Linux's /proc/cpuinfo), else what platform says of the machine."""
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or 'cpu'
+
+
+def git_state(folder):
+    """(commit, whether tracked files differ from it) of the git checkout at `folder`; (None, None)
+    when it is not one, git is not installed or does not answer in time."""
+    def git(*args):
+        return subprocess.run(['git', '-C', folder, *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    try:
+        commit = git('rev-parse', 'HEAD')
+        dirty = bool(git('status', '--porcelain', '--untracked-files=no'))
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit, dirty

@@ -291,7 +291,7 @@ def test_an_empty_checkpoint_flag_or_a_folder_is_named_as_such(tmp_path, monkeyp
     with pytest.raises(errors.UserError, match=r'^--checkpoint: no checkpoint given$'):
         export.main(['--checkpoint', '', '--torchscript', str(tmp_path / 'm.ts')])
     monkeypatch.undo()
-    with pytest.raises(errors.UserError, match=f'^{tmp_path}: is a folder, not a checkpoint file$'):
+    with pytest.raises(errors.UserError, match=f'^{tmp_path}: a folder without config.json: not a model directory'):
         export.main(['--checkpoint', str(tmp_path), '--torchscript', str(tmp_path / 'm.ts')])
     assert not (tmp_path / 'm.ts').exists()
 

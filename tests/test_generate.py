@@ -3,6 +3,7 @@ import pytest
 from harness import corpus_cache
 import errors
 import generate
+import scoring
 from pipeline_helpers import other_corpus, train_tiny
 
 
@@ -72,12 +73,12 @@ def test_prompt_greedy_is_the_same_for_every_seed(trained, tmp_path):
 def test_top_k_and_top_p_keep_the_likeliest_words():
     import torch
     logprob = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
-    assert generate.filtered_probs(logprob, 1.0, top_k=2).tolist() == pytest.approx([0.625, 0.375, 0, 0])
+    assert scoring.filtered_probs(logprob, 1.0, top_k=2).tolist() == pytest.approx([0.625, 0.375, 0, 0])
     # The nucleus of 0.8 is the two likeliest words (0.5 + 0.3 reaches it); of 0.81, three.
-    assert generate.filtered_probs(logprob, 1.0, top_p=0.8).tolist() == pytest.approx([0.625, 0.375, 0, 0])
-    assert (generate.filtered_probs(logprob, 1.0, top_p=0.81) > 0).tolist() == [True, True, True, False]
-    assert generate.filtered_probs(logprob, 1.0, top_p=1.0).tolist() == pytest.approx([0.5, 0.3, 0.15, 0.05])
-    tempered = generate.filtered_probs(logprob, 0.5, top_k=3)
+    assert scoring.filtered_probs(logprob, 1.0, top_p=0.8).tolist() == pytest.approx([0.625, 0.375, 0, 0])
+    assert (scoring.filtered_probs(logprob, 1.0, top_p=0.81) > 0).tolist() == [True, True, True, False]
+    assert scoring.filtered_probs(logprob, 1.0, top_p=1.0).tolist() == pytest.approx([0.5, 0.3, 0.15, 0.05])
+    tempered = scoring.filtered_probs(logprob, 0.5, top_k=3)
     assert tempered[0] > 0.5 / 0.95 and tempered[3] == 0
 
 

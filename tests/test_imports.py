@@ -15,9 +15,10 @@ INSIDE = sorted(f'{PACKAGE}.{name[:-3]}' for name in os.listdir(os.path.join(REP
                 if name.endswith('.py') and name != '__init__.py')
 MODULES = ROOT + [PACKAGE] + INSIDE
 
-# What a user runs. No module below them imports one (benchmark.py and finetune.py read main.py's flags).
+# What a user runs (lm.py: what a user imports, a trained model from Python). No module below them
+# imports one (benchmark.py and finetune.py read main.py's flags).
 SCRIPTS = {'main', 'finetune', 'pointer', 'generate', 'score', 'export', 'dynamiceval', 'plot', 'benchmark',
-           'hubconf', 'prepare'}
+           'hubconf', 'prepare', 'lm'}
 # The paper's modules and the computation they share: what a researcher edits. They stand alone.
 RESEARCH = set(ROOT) - SCRIPTS
 # The leaves: imported from everywhere, they import (at most) errors.py.

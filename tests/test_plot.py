@@ -70,6 +70,15 @@ def test_curves_of_a_main_log():
     assert lr_drops == [4]
 
 
+def test_provenance_changes_no_curve(tmp_path):
+    # The first record of each process of a run carries its provenance (run_log.provenance): a
+    # resumed run's first record is an epoch in the middle of the log.
+    with_provenance = [{**r, 'provenance': run_log.provenance()} if r.get('epoch') in (1, 3) else r for r in MAIN_LOG]
+    assert plot.curves(with_provenance) == plot.curves(MAIN_LOG)
+    log = write_log(tmp_path / 'p.jsonl', with_provenance)
+    assert plot.log_curves(log, 'p') == [('p', plot.curves(MAIN_LOG))]
+
+
 def test_curves_of_a_finetune_log():
     epochs, train, valid, asgd_switch, lr_drops = plot.curves(FINETUNE_LOG)
     assert epochs == [0, 1, 2]
@@ -114,6 +123,7 @@ def test_the_log_of_a_real_main_run(tmp_path):
     # --when 1 divides the lr after epoch 1: epoch 2 is the first trained with the lower lr.
     assert main.main(tiny_run(corpus, save, epochs=2, extra=['--when', '1'])) == 0
     log = run_log.json_log_path(save)
+    assert 'provenance' in plot.read_log(log)[0]  # the run's first record says where it came from
     epochs, train, valid, _, lr_drops = plot.curves(plot.read_log(log))
     assert epochs == [1, 2] and None not in train + valid
     assert lr_drops == [2]

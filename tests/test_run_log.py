@@ -86,7 +86,9 @@ def test_appending_to_a_log_whose_last_line_was_cut_off(tmp_path, capsys, cut):
     run_log.JsonLog(path, 'r').write(epoch=4, valid_loss=5.4)
     lines = open(path).read().splitlines()
     kept = records + ([] if cut == 'partial record' else [json.loads(last)])
-    assert [json.loads(line) for line in lines] == kept + [{'run': 'r', 'epoch': 4, 'valid_loss': 5.4}]
+    written = [json.loads(line) for line in lines]
+    assert written[-1].pop('provenance')['command']  # this process's first record: provenance()
+    assert written == kept + [{'run': 'r', 'epoch': 4, 'valid_loss': 5.4}]
     assert ('dropped its last line' in capsys.readouterr().out) == (cut == 'partial record')
 
 
@@ -122,9 +124,26 @@ def test_resume_after_kill_9_leaves_one_record_per_epoch_and_no_temporaries(tmp_
     assert epochs_of(save) == [1, 2, 3]
     assert not temporaries(tmp_path)
     assert train(small_corpus, straight, epochs=3) == 0
-    strip = lambda path: [{k: v for k, v in r.items() if k not in ('seconds', 'run')}
+    strip = lambda path: [{k: v for k, v in r.items() if k not in ('seconds', 'run', 'provenance')}
                           for r in read_jsonl(run_log.json_log_path(path))]
     assert strip(save) == strip(straight)
+    # Each process's first record carries its provenance: the killed one's epoch 1, the resumed one's
+    # redone epoch 2; the resume dropped the killed process's epoch 2 record and nothing else.
+    assert [r['epoch'] for r in read_jsonl(run_log.json_log_path(save)) if 'provenance' in r] == [1, 2]
+
+
+def lines_and_record(content):
+    """(the lines before the last, the last as a record less its provenance) of a file that ends in a
+    newline: a JsonLog's first record carries the provenance of the process that wrote it."""
+    assert content.endswith(b'\n')
+    *lines, last = content[:-1].split(b'\n')
+    record = json.loads(last)
+    assert set(record.pop('provenance')) == PROVENANCE_FIELDS
+    return lines, record
+
+
+PROVENANCE_FIELDS = {'command', 'cwd', 'python', 'torch', 'cuda', 'cudnn', 'device', 'git_commit', 'git_dirty',
+                     'started'}
 
 
 def test_a_file_that_is_not_this_codes_log_is_never_cut(tmp_path, capsys):
@@ -133,11 +152,11 @@ def test_a_file_that_is_not_this_codes_log_is_never_cut(tmp_path, capsys):
     notes = tmp_path / 'notes.txt'
     notes.write_bytes(b'my results\nlast line without newline')
     run_log.JsonLog(str(notes)).write(valid_loss=5.0)
-    assert notes.read_bytes() == b'my results\nlast line without newline\n{"valid_loss": 5.0}\n'
+    assert lines_and_record(notes.read_bytes()) == ([b'my results', b'last line without newline'], {'valid_loss': 5.0})
     one_line = tmp_path / 'one.txt'
     one_line.write_bytes(b'no newline at all')
     run_log.JsonLog(str(one_line)).write(valid_loss=5.0)
-    assert one_line.read_bytes() == b'no newline at all\n{"valid_loss": 5.0}\n'
+    assert lines_and_record(one_line.read_bytes()) == ([b'no newline at all'], {'valid_loss': 5.0})
     assert 'dropped' not in capsys.readouterr().out
 
 
@@ -174,5 +193,42 @@ def test_a_log_that_is_a_pipe_or_terminal_is_written_as_it_is(tmp_path):
     log.write(valid_loss=5.0)
     log.file.close()
     os.close(write_end)
-    assert os.read(read_end, 1000) == b'{"valid_loss": 5.0}\n'
+    assert lines_and_record(os.read(read_end, 10000)) == ([], {'valid_loss': 5.0})
     os.close(read_end)
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance
+
+def test_the_first_record_of_each_log_carries_provenance(tmp_path, monkeypatch):
+    import datetime
+    import shutil
+    import torch
+    monkeypatch.setattr(sys, 'argv', ['main.py', '--data', 'data/my corpus', '--epochs', '3'])
+    before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    path = str(tmp_path / 'p.jsonl')
+    log = run_log.JsonLog(path, 'r')
+    log.write(epoch=1, valid_loss=5.0)
+    log.write(epoch=2, valid_loss=4.0)
+    first, second = read_jsonl(path)
+    assert 'provenance' not in second and second == {'run': 'r', 'epoch': 2, 'valid_loss': 4.0}
+    facts = first.pop('provenance')
+    assert first == {'run': 'r', 'epoch': 1, 'valid_loss': 5.0} and set(facts) == PROVENANCE_FIELDS
+    assert facts['command'] == f"{os.path.basename(sys.executable)} main.py --data 'data/my corpus' --epochs 3"
+    assert facts['python'] == '.'.join(map(str, sys.version_info[:3])) and facts['torch'] == torch.__version__
+    if not torch.cuda.is_available():
+        assert facts['cuda'] is None and facts['cudnn'] is None and facts['device']
+    assert before <= datetime.datetime.fromisoformat(facts['started']) <= datetime.datetime.now(datetime.timezone.utc)
+    if shutil.which('git') and os.path.exists(os.path.join(REPO, '.git')):  # a worktree's .git is a file
+        head = subprocess.run(['git', '-C', REPO, 'rev-parse', 'HEAD'], capture_output=True, text=True).stdout.strip()
+        changed = subprocess.run(['git', '-C', REPO, 'status', '--porcelain', '--untracked-files=no'],
+                                 capture_output=True, text=True).stdout.strip()
+        assert facts['git_commit'] == head and facts['git_dirty'] == bool(changed)
+
+
+def test_provenance_without_git_or_outside_a_checkout(tmp_path, monkeypatch):
+    assert run_log.git_state(str(tmp_path)) == (None, None)  # not a git checkout
+    monkeypatch.setenv('PATH', str(tmp_path))  # git not installed
+    assert run_log.git_state(REPO) == (None, None)
+    facts = run_log.provenance()
+    assert facts['git_commit'] is None and facts['git_dirty'] is None
