@@ -68,14 +68,11 @@ import types
 
 import torch
 
+import harness
+
 import utils
-from harness import cli
-from harness import flags
-from harness import cuda_graphs
-from harness import distributed
 import errors
 import main as training_script
-from harness import recipes
 import training
 
 # Sizes of the real corpora (tokens with <eos>; vocabulary), used for the synthetic stand-in.
@@ -136,7 +133,7 @@ def parse_args(argv=None):
     parser.add_argument('--nproc', nargs='+', type=int, default=None, metavar='N',
                         help='data-parallel scaling: run once per process count N (N > 1 through torchrun, one GPU '
                              'per process; gloo on the CPU) and report tokens/s per rank and in all')
-    flags.add_device_args(parser)
+    harness.add_device_args(parser)
     args = parser.parse_args(argv)
     if args.batches < 1:
         raise errors.UserError(f'--batches must be positive, got {args.batches}')
@@ -160,7 +157,7 @@ def parse_args(argv=None):
 def recipe_config(name, opts):
     """The recipe's training flags as a namespace (what main.py would have in `args`)."""
     recipe = RECIPES[name]
-    cfg = dict(vars(training_script.build_parser().parse_args(recipes.argv(recipe['recipe']))), **recipe['changed'])
+    cfg = dict(vars(training_script.build_parser().parse_args(harness.recipes.argv(recipe['recipe']))), **recipe['changed'])
     if opts.small:
         cfg.update(SMALL)
     if opts.batch_size is not None:
@@ -170,11 +167,11 @@ def recipe_config(name, opts):
 
 def load_streams(name, cfg, opts, device):
     """(train, valid, vocabulary size, description): batchified as main.py does."""
-    corpus = recipes.RECIPES[RECIPES[name]['recipe']]['corpus']
+    corpus = harness.recipes.RECIPES[RECIPES[name]['recipe']]['corpus']
     folder = opts.data or os.path.join('data', corpus)
     if not opts.synthetic and os.path.isdir(folder):
         ns = types.SimpleNamespace(data=folder)
-        dictionary_corpus, train, valid, _ = cli.load_data(ns, (cfg.batch_size, EVAL_BATCH_SIZE, 1), device,
+        dictionary_corpus, train, valid, _ = harness.load_data(ns, (cfg.batch_size, EVAL_BATCH_SIZE, 1), device,
                                                            log=lambda *a: None)
         return train, valid, len(dictionary_corpus.dictionary), folder
     sizes = CORPORA[corpus]
@@ -258,7 +255,7 @@ def peak_memory(device):
     return rss / (2 ** 20 if sys.platform == 'darwin' else 2 ** 10), 'rss'
 
 
-def run_config(name, option, opts, device, streams, dist=distributed.Distributed()):
+def run_config(name, option, opts, device, streams, dist=harness.Distributed()):
     cfg = recipe_config(name, opts)
     if option in ('tf32', 'fp32') and device.type != 'cuda':
         raise Skip(f'{option} only changes CUDA math (TF32); nothing to compare on {device.type}')
@@ -271,7 +268,7 @@ def run_config(name, option, opts, device, streams, dist=distributed.Distributed
     if device.type == 'cuda':
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    rng = cli.set_seed(cfg.seed)
+    rng = harness.set_seed(cfg.seed)
     with contextlib.redirect_stdout(io.StringIO()):  # main.py's model, without its 'Using [splits]' line
         model, criterion = training_script.build_model(cfg, ntokens)
     model, criterion = model.to(device), criterion.to(device)
@@ -289,7 +286,7 @@ def run_config(name, option, opts, device, streams, dist=distributed.Distributed
     if option.startswith('graphs'):
         if dist.world_size > 1:
             raise Skip('--cuda-graphs does not work with several processes')
-        step = cuda_graphs.GraphedTrainStep()
+        step = harness.GraphedTrainStep()
         if device.type != 'cuda':
             notes.append('no CUDA: the static-buffer step ran without capture (code path only)')
     stepper = Stepper(model, criterion, optimizer, params, train, cfg, rng, autocast,
@@ -323,7 +320,7 @@ def run_config(name, option, opts, device, streams, dist=distributed.Distributed
         valid_extrapolated=chunks < total_chunks,
         peak_mem_mb=mem, peak_mem_kind=mem_kind, train_loss=train_loss, valid_loss=valid_loss,
         small=opts.small, config=vars(cfg), data=streams[3], notes=notes)
-    if isinstance(step, cuda_graphs.GraphedTrainStep):
+    if isinstance(step, harness.GraphedTrainStep):
         record.update(graphs_captured=step.captures, graph_replays=step.replays, eager_steps=step.eager_steps)
     profile_table = None
     if profile is not None:
@@ -474,10 +471,10 @@ def scaling(opts, argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     opts = parse_args(argv)
-    if opts.nproc is not None and distributed.world_from_env() is None:
+    if opts.nproc is not None and harness.world_from_env() is None:
         return scaling(opts, argv)
-    dist = distributed.setup(opts)  # under torchrun: this process is one rank; only rank 0 prints and writes
-    device = cli.choose_device(opts)
+    dist = harness.setup_distributed(opts)  # under torchrun: this process is one rank; only rank 0 prints and writes
+    device = harness.choose_device(opts)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     out = dist.if_main(open, opts.json, 'a') if opts.json else None
@@ -512,4 +509,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    cli.run(main)
+    harness.run_script(main)

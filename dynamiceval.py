@@ -71,10 +71,6 @@ import torch.nn as nn
 
 import harness
 import utils
-from harness import checkpoint
-from harness import cli
-from harness import flags
-from harness import run_log
 import errors
 import training
 from model import CELLS
@@ -103,7 +99,7 @@ def parse_args(argv=None):
                    help='accepted for compatibility: LSTM/QRNN/GRU is ignored (the checkpoint knows its '
                         'type, as in pointer.py); any other value is taken as the checkpoint path when '
                         '--save is not given (the flag of the authors\' dynamiceval.py)')
-    flags.add_device_args(g)
+    harness.add_device_args(g)
     g.add_argument('--gpu', type=int, default=None, metavar='N',
                    help="the authors' flag: GPU N (cuda:N), or the CPU when N is negative")
     g.add_argument('--QRNN', action='store_true',
@@ -348,9 +344,9 @@ GRIDFAST_TOKENS = 30000
 
 
 def choose_device(args):
-    """The authors' --gpu N (negative: the CPU), else cli.choose_device."""
+    """The authors' --gpu N (negative: the CPU), else harness.choose_device."""
     if args.gpu is None:
-        return cli.choose_device(args)
+        return harness.choose_device(args)
     if args.gpu < 0:
         return torch.device('cpu')
     if not torch.cuda.is_available() or args.gpu >= torch.cuda.device_count():
@@ -387,12 +383,12 @@ def evaluate_checkpoint(args, log=print):
     """The whole run for parsed arguments: returns {'valid': loss, 'test': loss} (those evaluated, this
     code's convention), the hyper-parameters actually used ('lr', 'lamb', 'epsilon': after --paper-scale
     or --grid) and {'valid': ppl, 'test': ppl}, the authors' figures (DynamicEvaluator.evaluate_both)."""
-    cli.set_seed(args.seed)
+    harness.set_seed(args.seed)
     device = choose_device(args)
-    ckpt = checkpoint.load_checkpoint(args.save, map_location=device, resume_state_ok=False)
-    corpus, train_data, val_data, test_data = cli.load_data(
+    ckpt = harness.load_checkpoint(args.save, map_location=device, resume_state_ok=False)
+    corpus, train_data, val_data, test_data = harness.load_data(
         args, (args.batch_size, args.eval_batch_size, args.eval_batch_size), device, log=log)
-    checkpoint.check_vocabulary(ckpt['idx2word'], corpus, args.save, args.data)
+    harness.check_vocabulary(ckpt['idx2word'], corpus, args.save, args.data)
     model, criterion = ckpt['model'], ckpt['criterion']
     model.to(device)
     criterion.to(device)
@@ -411,7 +407,7 @@ def evaluate_checkpoint(args, log=print):
             total = (train_data.size(0) - 1 + args.bptt - 1) // args.bptt
             if args.max_batches > 0:
                 total = min(total, args.max_batches)
-            with run_log.progress_bar(total, 'gradient statistics') as bar:
+            with harness.progress_bar(total, 'gradient statistics') as bar:
                 ms, nbatches = gradient_statistics(model, criterion, params, train_data, args.bptt,
                                                    args.max_batches, progress=bar)
             log(f'| gradient statistics | {nbatches} segments of {args.bptt} x {args.batch_size} tokens '
@@ -439,13 +435,13 @@ def evaluate_checkpoint(args, log=print):
                 continue
             start = time.time()
             nseg = (data_source.size(0) - 1 + args.bptt - 1) // args.bptt
-            with run_log.progress_bar(nseg, f'dynamic evaluation ({name})') as bar:
+            with harness.progress_bar(nseg, f'dynamic evaluation ({name})') as bar:
                 # Each split starts from the trained weights (the evaluator restores them).
                 results[name], authors[name] = evaluator.evaluate_both(data_source, args.bptt, progress=bar)
             check_result(name, results[name], lr)
             log(f'| {name} | {time.time() - start:.1f}s | {name} ppl {authors[name]:8.2f} (the authors\' '
                 f'convention: mean over the tokens scored) | sum / N, as main.py: '
-                f'{run_log.report_line(name, results[name], model.release)}')
+                f'{harness.report_line(name, results[name], model.release)}')
     except torch.cuda.OutOfMemoryError:
         raise errors.UserError('GPU out of memory: try a smaller --batch_size or --max-batches') from None
     return results, {'lr': lr, 'lamb': lamb, 'epsilon': epsilon, 'release': model.release}, authors
@@ -467,7 +463,7 @@ def main(argv=None):
     results, settings, authors = evaluate_checkpoint(args)
     print('=' * 89)
     print('| End of dynamic evaluation | ' + ' | '.join(f'{k} ppl {v:8.2f}' for k, v in authors.items())
-          + ' | sum / N, as main.py: ' + ' | '.join(run_log.report_line(k, v, settings['release']) for k, v in results.items()))
+          + ' | sum / N, as main.py: ' + ' | '.join(harness.report_line(k, v, settings['release']) for k, v in results.items()))
     print('=' * 89)
     for line in authors_result_lines(authors, args.grid or args.gridfast):
         print(line)
@@ -475,4 +471,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    cli.run(main)
+    harness.run_script(main)

@@ -23,13 +23,10 @@ import warnings
 from typing import List, Tuple
 
 import torch
+
+import harness
 import torch.nn as nn
 
-from harness import atomic_io
-from harness import checkpoint
-from harness import cli
-from harness import model_dir
-from harness import run_files
 from errors import UserError, first_line
 
 ONNX_REQUIREMENTS = 'requirements-export.txt'
@@ -275,7 +272,7 @@ def export_checked(name, path, write, results_of, expected):
         write(tmp)
         check_results(name, run_exported(name, lambda: results_of(tmp)), expected)
         with open(tmp, 'rb') as checked:
-            atomic_io.atomic_write(path, lambda f: shutil.copyfileobj(checked, f))
+            harness.atomic_write(path, lambda f: shutil.copyfileobj(checked, f))
 
 
 def zero_state_like(expected):
@@ -361,12 +358,12 @@ def require_onnx():
 def main(argv=None):
     args, outputs = parse_args(argv)
     for flag, path in outputs:  # before any work
-        run_files.check_output(path, flag, inputs=[args.checkpoint], replaced=True)
+        harness.check_output(path, flag, inputs=[args.checkpoint], replaced=True)
     if args.onnx or args.onnx_stream:
         require_onnx()
-    ckpt = checkpoint.load_checkpoint(args.checkpoint, map_location='cpu', resume_state_ok=False)
+    ckpt = harness.load_checkpoint(args.checkpoint, map_location='cpu', resume_state_ok=False)
     if args.pretrained:
-        model_dir.export(args.pretrained, ckpt, args.checkpoint)
+        harness.export_model_dir(args.pretrained, ckpt, args.checkpoint)
         print(f'| model directory written to {args.pretrained}')
         if not outputs:
             return 0
@@ -387,4 +384,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    cli.run(main)
+    harness.run_script(main)

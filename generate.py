@@ -17,14 +17,9 @@ import torch
 
 import harness
 
-from harness import checkpoint
-from harness import cli
 import data
 import scoring
-from harness import flags
-from harness import run_files
 import errors
-from harness.atomic_io import write_failure
 
 
 def parse_args(argv=None):
@@ -50,7 +45,7 @@ def parse_args(argv=None):
     parser.add_argument('--corpus-layout', action='store_true',
                         help="write a line break for each <eos>, as the corpus files are (default: the original's "
                              'layout, <eos> as a word and 20 words a line)')
-    flags.add_device_args(parser)
+    harness.add_device_args(parser)
     args = harness.parse_args(parser, argv)
     scoring.check_sampling(args.words, args.temperature, args.top_k, args.top_p)
     if args.prompt is not None and not args.prompt.split():
@@ -74,20 +69,20 @@ def prompt_ids(prompt, word2idx):
 def main(argv=None):
     args = parse_args(argv)
     # Before any work: the output must be writable and must not be the checkpoint or the corpus.
-    run_files.check_output(args.outf, '--outf', inputs=[args.checkpoint, *run_files.data_files(args.data)])
-    device = cli.choose_device(args)
-    ckpt = checkpoint.load_checkpoint(args.checkpoint, map_location=device, resume_state_ok=False)
+    harness.check_output(args.outf, '--outf', inputs=[args.checkpoint, *harness.data_files(args.data)])
+    device = harness.choose_device(args)
+    ckpt = harness.load_checkpoint(args.checkpoint, map_location=device, resume_state_ok=False)
     model, criterion = ckpt['model'], ckpt['criterion']
     if args.model is not None and args.model != model.rnn_type:
         print(f'note: --model {args.model} ignored: the checkpoint holds a {model.rnn_type} model')
-    corpus, *_ = cli.load_data(args, (1, 1, 1), torch.device('cpu'))
-    checkpoint.check_vocabulary(ckpt['idx2word'], corpus, args.checkpoint, args.data)
+    corpus, *_ = harness.load_data(args, (1, 1, 1), torch.device('cpu'))
+    harness.check_vocabulary(ckpt['idx2word'], corpus, args.checkpoint, args.data)
     idx2word = corpus.dictionary.idx2word
 
     prompt = prompt_ids(args.prompt, corpus.dictionary.word2idx) if args.prompt is not None else None
     # Seeded after the model is built (building it draws its initial weights; the original unpickled its
     # model, which draws nothing), so that the start word is the original's first draw.
-    cli.set_seed(args.seed)
+    harness.set_seed(args.seed)
     sampled = scoring.sample_ids(model, criterion, len(idx2word), prompt, args.words, args.temperature,
                                   args.top_k, args.top_p)
     written = 0  # words written so far: the original's layout breaks the line after every 20th
@@ -102,7 +97,7 @@ def main(argv=None):
                 if i % args.log_interval == 0:
                     print(f'| Generated {i}/{args.words} words')
     except OSError as e:  # a full disk: Python's write names no file
-        raise errors.UserError(f'{args.outf}: could not be written ({write_failure(e)})') from None
+        raise errors.UserError(f'{args.outf}: could not be written ({harness.write_failure(e)})') from None
     print(f'| Generated {args.words} words to {args.outf}')
     return 0
 
@@ -116,4 +111,4 @@ def word_with_separator(text, index, corpus_layout):
 
 
 if __name__ == '__main__':
-    cli.run(main)
+    harness.run_script(main)

@@ -15,11 +15,11 @@ import math
 
 import torch
 
+import harness
+
 import data
 import scoring
 from errors import UserError
-from harness import checkpoint
-from harness import cli
 
 
 class LanguageModel:
@@ -29,7 +29,7 @@ class LanguageModel:
         self.device = torch.device(device)
         if self.device.type == 'cuda' and not torch.cuda.is_available():
             raise UserError(f'device {device!r}: no GPU is available to this torch (use the default, the CPU)')
-        ckpt = checkpoint.load_checkpoint(path, map_location=self.device, resume_state_ok=False)
+        ckpt = harness.load_checkpoint(path, map_location=self.device, resume_state_ok=False)
         self.path = path
         self.model, self.criterion = ckpt['model'].eval(), ckpt['criterion']
         self.idx2word = list(ckpt['idx2word'])
@@ -111,7 +111,7 @@ class LanguageModel:
         scoring.check_sampling(words, temperature, top_k, top_p)
         prompt_ids = self.prompt_ids(prompt)
         if seed is not None:
-            cli.set_seed(seed)
+            harness.set_seed(seed)
         sampled = scoring.sample_ids(self.model, self.criterion, len(self.idx2word), prompt_ids, words,
                                       temperature, top_k, top_p)
         return ' '.join(prompt.split() + [self.idx2word[i] for i in sampled])

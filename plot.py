@@ -18,8 +18,8 @@ import math
 import os
 import sys
 
-from harness import cli
 import errors
+import harness
 import training
 
 
@@ -236,4 +236,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    cli.run(main)
+    harness.run_script(main)

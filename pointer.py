@@ -56,11 +56,6 @@ import harness
 import torch.nn.functional as F
 
 import utils
-from harness import checkpoint
-from harness import cli
-from harness import flags
-from harness import run_files
-from harness import run_log
 import errors
 
 # Elements per intermediate tensor of a block (32 MiB in float32); a few live at once.
@@ -70,7 +65,7 @@ BLOCK_BUDGET = 2 ** 23
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Evaluate a saved AWD-LSTM with the continuous cache pointer '
                                                  '(Grave et al. 2016) on valid and test')
-    g = flags.add_data_args(parser)
+    g = harness.add_data_args(parser)
     g.add_argument('--model', type=str, default=None,
                    help='accepted for compatibility; the checkpoint knows its own model type')
     g = parser.add_argument_group('cache pointer (Grave et al. 2016)')
@@ -216,37 +211,37 @@ def main(argv=None):
     args = parse_args(argv)
     if args.save:  # a read-only folder is found now, not after the whole evaluation
         try:
-            run_files.check_output(args.log, '--log', inputs=[args.save, *run_files.data_files(args.data)])
-            run_log.check_appendable(args.log)
+            harness.check_output(args.log, '--log', inputs=[args.save, *harness.data_files(args.data)])
+            harness.check_appendable(args.log)
         except errors.UserError as e:
             raise errors.UserError(f'{e}: give --log PATH to write the results elsewhere') from None
-    device = cli.choose_device(args)
-    ckpt = checkpoint.load_checkpoint(args.save, map_location=device, resume_state_ok=False)
+    device = harness.choose_device(args)
+    ckpt = harness.load_checkpoint(args.save, map_location=device, resume_state_ok=False)
     model, criterion = ckpt['model'], ckpt['criterion']
     if args.model is not None and args.model != model.rnn_type:
         print(f'note: --model {args.model} ignored: the checkpoint holds a {model.rnn_type} model')
     print('Args:', args)
-    corpus, _, val_data, test_data = cli.load_data(args, (1, 1, 1), torch.device('cpu'))
-    checkpoint.check_vocabulary(ckpt['idx2word'], corpus, args.save, args.data)
+    corpus, _, val_data, test_data = harness.load_data(args, (1, 1, 1), torch.device('cpu'))
+    harness.check_vocabulary(ckpt['idx2word'], corpus, args.save, args.data)
 
     results = {}
     for split, data in (('valid', val_data), ('test', test_data)):
         data = data.to(device)
-        with run_log.progress_bar(len(data) - 1, f'pointer {split}') as bar:
+        with harness.progress_bar(len(data) - 1, f'pointer {split}') as bar:
             try:
                 loss, vocab_loss = pointer_loss(model, criterion, data, args.bptt, args.window, args.theta,
                                                 args.lambdasm, args.cache_from_start, progress=bar)
             except torch.cuda.OutOfMemoryError:
                 raise errors.UserError('GPU out of memory: try a smaller --bptt') from None
         check_finite(split, loss, vocab_loss, args.theta)
-        print(f'| {split} without the cache | {run_log.report_line(split, vocab_loss, model.release)}')
-        results.update(run_log.loss_record(split, loss), **{f'{split}_nocache_loss': vocab_loss})
+        print(f'| {split} without the cache | {harness.report_line(split, vocab_loss, model.release)}')
+        results.update(harness.loss_record(split, loss), **{f'{split}_nocache_loss': vocab_loss})
 
     print('=' * 89)
     for split in ('valid', 'test'):
-        print(f'| End of pointer | {run_log.report_line(split, results[split + "_loss"], model.release)}')
+        print(f'| End of pointer | {harness.report_line(split, results[split + "_loss"], model.release)}')
     print('=' * 89)
-    run_log.JsonLog(args.log).write(
+    harness.JsonLog(args.log).write(
         checkpoint=args.save, data=args.data, bptt=args.bptt, window=args.window, theta=args.theta,
         lambdasm=args.lambdasm, cache_from_start=args.cache_from_start, **results)
     print(f'results appended to {args.log}')
@@ -254,4 +249,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    cli.run(main)
+    harness.run_script(main)

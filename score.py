@@ -15,14 +15,10 @@ import json
 import math
 import sys
 
-from harness import atomic_io
-from harness import cli
 import data
+import harness
 from lm import LanguageModel
-from harness import flags
-from harness import run_files
 from errors import UserError
-from harness.run_log import report_line
 
 
 def parse_args(argv=None):
@@ -40,7 +36,7 @@ def parse_args(argv=None):
     parser.add_argument('--batch-size', type=int, default=64,
                         help='lines scored at once by --sentences and --per-token (the result does not depend on it)')
     parser.add_argument('--out', type=str, default='-', help='file to write the result to (default -: standard output)')
-    flags.add_device_args(parser)
+    harness.add_device_args(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise UserError(f'--batch-size must be a positive integer, got {args.batch_size}')
@@ -86,28 +82,28 @@ def write_result(text, out):
     written atomically (the file that was there stays whole until the new one is complete)."""
     if out == '-':
         sys.stdout.write(text)
-    elif run_files.is_stream(out):
+    elif harness.is_stream(out):
         try:
             with open(out, 'w') as f:
                 f.write(text)
         except OSError as e:  # /dev/full: Python's write names no file
-            raise UserError(f'{out}: could not be written ({atomic_io.write_failure(e)})') from None
+            raise UserError(f'{out}: could not be written ({harness.write_failure(e)})') from None
     else:
-        atomic_io.atomic_write_text(text, out)
+        harness.atomic_write_text(text, out)
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.out != '-':
         # Before any work: the output must be writable and must not be the checkpoint or the text.
-        run_files.check_output(args.out, '--out', inputs=[args.checkpoint, args.text],
-                               replaced=not run_files.is_stream(args.out))
+        harness.check_output(args.out, '--out', inputs=[args.checkpoint, args.text],
+                               replaced=not harness.is_stream(args.out))
     raw, name = read_input(args.text)
     try:
         lines = data.read_text(raw, name)
     except data.DataError as e:
         raise UserError(str(e)) from None
-    lm = LanguageModel(args.checkpoint, device=cli.choose_device(args))
+    lm = LanguageModel(args.checkpoint, device=harness.choose_device(args))
     ids, unknown_flags, oov = lm.encode(lines, args.unk)
     if oov:
         print(f'note: {oov} word(s) not in the vocabulary scored as {args.unk}', file=sys.stderr)
@@ -122,9 +118,9 @@ def main(argv=None):
         write_result(json.dumps(summary) + '\n', args.out)
     else:
         write_result(f'| {name} | tokens {summary["tokens"]} | unknown words {oov} | '
-                     f'{report_line("text", summary["loss"], lm.release)}\n', args.out)
+                     f'{harness.report_line("text", summary["loss"], lm.release)}\n', args.out)
     return 0
 
 
 if __name__ == '__main__':
-    cli.run(main)
+    harness.run_script(main)

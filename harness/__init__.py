@@ -12,7 +12,9 @@ training.py and the modules beside them, and the scripts call the names below a 
   `read_checkpoint`, `check_vocabulary`; output files checked before any work (`check_output`,
   `data_files`, `is_stream`) and written atomically (`atomic_write`, `atomic_write_text`,
   `write_failure`); report lines and logs (`report_line`, `loss_record`, `progress_bar`, `JsonLog`,
-  `check_appendable`).
+  `check_appendable`); `export_model_dir` (a shareable model directory, model_dir.py).
+- Benchmarks: `recipes` (the published command lines and figures), `GraphedTrainStep`, `Distributed`,
+  `world_from_env`, `setup_distributed`.
 
 Inside: checkpoint.py (the checkpoint format, its digest, resume states), resume.py, ownership.py
 (run ids), run_files.py (locks, output checks), run_log.py, interrupts.py (Ctrl-C, SIGTERM),
@@ -21,7 +23,12 @@ recipes.py (the published command lines and figures). docs/ARCHITECTURE.md draws
 """
 from .atomic_io import atomic_write, atomic_write_text, write_failure
 from .checkpoint import check_vocabulary, load_checkpoint, read_checkpoint
+from . import recipes
 from .cli import choose_device, load_data, set_seed
+from .cuda_graphs import GraphedTrainStep
+from .distributed import Distributed, world_from_env
+from .distributed import setup as setup_distributed
+from .model_dir import export as export_model_dir
 from .cli import run as run_script
 from .flags import (CELL, FLOAT32_MAX, NON_NEGATIVE_FLOAT32, NON_NEGATIVE_INT, POSITIVE_FLOAT32, POSITIVE_INT,
                     POSITIVE_INT_OR_DEFAULT, RATE, SEED, add_data_args, add_device_args, add_speed_args, declare,
@@ -30,7 +37,8 @@ from .run import TrainingRun, finetune_log_path, finetune_state_path
 from .run_files import check_output, data_files, is_stream
 from .run_log import JsonLog, check_appendable, loss_record, progress_bar, report_line
 
-__all__ = ['atomic_write', 'atomic_write_text', 'write_failure', 'check_vocabulary', 'load_checkpoint',
+__all__ = ['recipes', 'GraphedTrainStep', 'Distributed', 'world_from_env', 'setup_distributed', 'export_model_dir',
+           'atomic_write', 'atomic_write_text', 'write_failure', 'check_vocabulary', 'load_checkpoint',
            'read_checkpoint', 'choose_device', 'load_data', 'set_seed', 'run_script', 'CELL', 'FLOAT32_MAX',
            'NON_NEGATIVE_FLOAT32', 'NON_NEGATIVE_INT', 'POSITIVE_FLOAT32', 'POSITIVE_INT', 'POSITIVE_INT_OR_DEFAULT',
            'RATE', 'SEED', 'add_data_args', 'add_device_args', 'add_speed_args', 'declare', 'parse_args',
