@@ -1,9 +1,9 @@
 """The error every script reports as one line: UserError (bad flags, data or checkpoint), and
 first_line, which shortens an exception's message for such a line.
 
-It lives alone, below everything, because checkpoint.py, data.py, training.py and cli.py all raise it
-and cli.py imports the first three: defined in any of them it would need an import back. It must stay
-a leaf: no project imports, nothing but what an error message needs.
+It lives alone, below everything, because the paper's modules (data.py, training.py) and the harness
+package all raise it, and the paper's modules must not import the package. It must stay a leaf: no
+project imports, nothing but what an error message needs.
 """
 
 

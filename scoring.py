@@ -5,7 +5,7 @@ implementation generate.py and lm.LanguageModel.generate share, so that the same
 give the same words from either).
 
 Pure computation on a model, its criterion and word ids, as training.py is: no files, no printing, no
-seeding (the caller seeds torch first: generate.py and lm.py with harness.cli.set_seed).
+seeding (the caller seeds torch first: generate.py and lm.py with harness.set_seed).
 """
 import torch
 
