@@ -23,11 +23,12 @@ import warnings
 from typing import List, Tuple
 
 import torch
-
-import harness
 import torch.nn as nn
 
+import harness
+
 from errors import UserError, first_line
+from model import CELLS
 
 ONNX_REQUIREMENTS = 'requirements-export.txt'
 
@@ -64,7 +65,7 @@ class InferenceLM(nn.Module):
         self.model = model.eval()
         self.criterion = criterion.eval()
         self.input_layers = [rnn for rnn in model.rnns if remembers_input(rnn)]
-        self.hidden_parts = 2 if model.rnn_type == 'LSTM' else 1
+        self.hidden_parts = CELLS[model.rnn_type]['state_tensors']  # an LSTM's (h, c): 2
 
     def zero_state(self, batch: int) -> List[torch.Tensor]:
         """The state a model starts from: its init_hidden, and zeros for each remembered input (what a

@@ -138,9 +138,10 @@ class RNNModel(nn.Module):
         nn.init.uniform_(self.decoder.weight, -initrange, initrange)
 
     def reset(self):
-        """Forget the QRNN's remembered previous input (between training and evaluation passes)."""
-        if self.rnn_type == 'QRNN':
-            for layer in self.rnns:
+        """Forget what a layer remembers between calls (a QRNN's previous input), between training and
+        evaluation passes."""
+        for layer in self.rnns:
+            if hasattr(layer, 'reset'):
                 layer.reset()
 
     def forward(self, input, hidden, return_h=False):

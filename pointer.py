@@ -51,9 +51,9 @@ import argparse
 import math
 
 import torch
+import torch.nn.functional as F
 
 import harness
-import torch.nn.functional as F
 
 import utils
 import errors

@@ -246,3 +246,20 @@ def test_evaluation_scripts_refuse_a_resume_state_and_name_the_checkpoint(traine
     with pytest.raises(errors.UserError, match='a resume state of ') as refused:
         script.main(evaluation_argv(script, corpus, state, tmp_path))
     assert str(refused.value).startswith(f'{state}: ') and str(refused.value).endswith(f'use the checkpoint {best}')
+
+
+def test_a_checkpoint_that_does_not_fit_its_model_names_the_tensors(trained, tmp_path):
+    """Weights missing, unexpected or of another shape are named, not cut off in torch's message."""
+    _, save, _ = trained
+    raw = checkpoint.read_checkpoint(save)
+    weights = dict(raw['model'])
+    weights.pop('decoder.bias')
+    weights['projection.weight'] = torch.zeros(2, 2)
+    weights['encoder.weight'] = weights['encoder.weight'][:-1]
+    bad = hand_made({**raw, 'model': weights}, str(tmp_path / 'bad.pt'), digest=True)
+    with pytest.raises(errors.UserError) as caught:
+        checkpoint.load_checkpoint(bad)
+    assert str(caught.value) == (
+        f'{bad}: weights do not fit the stored model configuration (model tensors missing: decoder.bias; '
+        f'model tensors unexpected: projection.weight; model tensors of another shape: encoder.weight '
+        f'{tuple(weights["encoder.weight"].shape)} for {tuple(raw["model"]["encoder.weight"].shape)})')

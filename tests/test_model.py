@@ -126,3 +126,28 @@ def test_releases_build_the_same_initial_weights():
     torch.manual_seed(4)
     b = RNNModel('LSTM', 20, 6, 8, 3, wdrop=0.5, tie_weights=True).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_config_is_every_constructor_argument_as_passed_and_rebuilds_the_model():
+    """RNNModel.config is recorded from the constructor's arguments (defaults filled in), never kept by
+    hand: a new argument is in it without further code, and RNNModel(**config) builds the same model."""
+    import inspect
+    model = RNNModel('GRU', 20, 6, 8, 2, dropout=0.2, wdrop=0.3, tie_weights=True)
+    arguments = set(inspect.signature(RNNModel.__init__).parameters) - {'self'}
+    assert set(model.config) == arguments
+    assert model.config['rnn_type'] == 'GRU' and model.config['dropout'] == 0.2 and model.config['nhidlast'] is None
+    again = RNNModel(**model.config)
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert again.config == model.config
+
+
+def test_a_cell_type_is_one_entry_in_cells(monkeypatch):
+    """A new recurrent cell is a layer builder and an entry in CELLS: the model builds it and sizes its state."""
+    import model as model_module
+    entry = dict(build=lambda input_size, hidden_size, index, wdrop: torch.nn.RNN(input_size, hidden_size),
+                 state_tensors=1)
+    monkeypatch.setattr(model_module, 'CELLS', dict(model_module.CELLS, RNN=entry))
+    model = RNNModel('RNN', 20, 6, 8, 2, tie_weights=True)
+    out, hidden = model(torch.randint(0, 20, (3, 2)), model.init_hidden(2))
+    assert all(isinstance(r, torch.nn.RNN) for r in model.rnns)
+    assert out.shape == (6, 6) and [h.shape for h in hidden] == [(1, 2, 8), (1, 2, 6)]
