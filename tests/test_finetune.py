@@ -161,3 +161,16 @@ def test_release_2017_is_accepted_and_the_checkpoints_release_kept(tmp_path, cap
     assert run(corpus, save, '--out', str(tmp_path / 'ft.pt'), '--epochs', '1', '--release', '2017') == 0
     assert 'note: --release 2017 ignored: the checkpoint holds a model with release 2018' in capsys.readouterr().out
     assert checkpoint.read_checkpoint(str(tmp_path / 'ft.pt'))['model_config']['release'] == 2018
+
+
+def test_the_mixtures_flags_are_the_checkpoints_and_a_disagreeing_one_is_noted(tmp_path, capsys):
+    """--n_experts, --nhidlast and --dropoutl describe the model (declared from_checkpoint, as --emsize is):
+    fine-tuning an AWD-LSTM with --n_experts 3 fine-tunes the AWD-LSTM, and says that it ignored the flag."""
+    corpus, save = train_tiny(str(tmp_path), epochs=1)
+    capsys.readouterr()
+    out = str(tmp_path / 'ft.pt')
+    assert run(corpus, save, '--out', out, '--epochs', '1', '--n_experts', '3', '--dropoutl', '0.1') == 0
+    text = capsys.readouterr().out
+    assert 'note: --n_experts 3 ignored: the checkpoint holds a model with n_experts 1' in text
+    assert 'note: --dropoutl 0.1 ignored' in text
+    assert checkpoint.read_checkpoint(out)['model_config'].get('n_experts', 1) == 1
