@@ -235,7 +235,8 @@ class Stepper:
         data, targets = utils.get_batch(self.train, self.i, seq_len=seq_len)
         cfg = self.cfg
         loss, self.hidden = self.train_step(self.model, self.criterion, self.optimizer, self.params, data, targets,
-                                            self.hidden, seq_len, cfg.bptt, cfg.clip, dict(alpha=cfg.alpha, beta=cfg.beta),
+                                            self.hidden, seq_len, bptt=cfg.bptt, clip=cfg.clip,
+                                            penalties=training_script.penalties(cfg),
                                             group=training_script.column_group(cfg), autocast=self.autocast,
                                             clip_foreach=self.clip_foreach, forward=self.forward)
         self.i += seq_len

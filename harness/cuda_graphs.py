@@ -120,7 +120,7 @@ class GraphedTrainStep:
         self.captures = self.replays = self.eager_steps = 0
 
     # -----------------------------------------------------------------------------------------
-    def __call__(self, model, criterion, optimizer, params, data, targets, hidden, seq_len, group=None,
+    def __call__(self, model, criterion, optimizer, params, data, targets, hidden, seq_len, *, group=None,
                  autocast=None, forward=None, **settings):
         """training.train_step's arguments (`settings`: bptt, clip, penalties, clip_foreach)."""
         if group is not None:
