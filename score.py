@@ -51,6 +51,8 @@ def parse_args(argv=None):
 def read_input(path):
     """The raw bytes of the text: a file, or standard input for `-`."""
     if path == '-':
+        if sys.stdin is None:  # started with standard input closed (`0<&-`)
+            raise UserError('standard input is closed: give the text to score with --text FILE')
         return sys.stdin.buffer.read(), 'standard input'
     try:
         with open(path, 'rb') as f:

@@ -133,3 +133,23 @@ def test_a_stream_output_is_written_in_place(trained, tmp_path):
     if os.path.exists('/dev/full'):
         with pytest.raises(errors.UserError, match='/dev/full: could not be written [(]the disk is full'):
             score.main(['--checkpoint', save, '--text', test_txt, '--cpu', '--sentences', '--out', '/dev/full'])
+
+
+def test_standard_output_holds_the_result_only(trained, monkeypatch, capsys):
+    # --cuda without a GPU: the device note went to standard output ahead of the JSON (and the TSV header).
+    corpus, save = trained
+    monkeypatch.setattr('torch.cuda.is_available', lambda: False)
+    text = corpus + '/test.txt'
+    assert score.main(['--checkpoint', save, '--text', text, '--json', '--cuda']) == 0
+    captured = capsys.readouterr()
+    assert set(json.loads(captured.out)) >= {'tokens', 'loss'} and 'no GPU is available' in captured.err
+    assert score.main(['--checkpoint', save, '--text', text, '--sentences', '--cuda']) == 0
+    assert capsys.readouterr().out.startswith('logprob\ttokens\toov\ttext\n')
+
+
+def test_closed_standard_input_is_one_line(trained, monkeypatch):
+    # `score.py 0<&-`: Python sets sys.stdin to None, and reading it was a traceback.
+    corpus, save = trained
+    monkeypatch.setattr('sys.stdin', None)
+    with pytest.raises(errors.UserError, match='standard input is closed'):
+        score.main(['--checkpoint', save, '--cpu'])
