@@ -12,6 +12,7 @@ CPU), and so is the file: every word, <eos> included, followed by a space, and a
 (nucleus sampling) cut the tempered distribution to its likeliest words before each draw.
 """
 import argparse
+import sys
 
 import torch
 
@@ -21,7 +22,7 @@ import data
 from harness import flags
 from harness import run_files
 import errors
-from harness.atomic_io import write_failure
+from splitcross import SplitCrossEntropyLoss
 
 
 def parse_args(argv=None):
@@ -71,7 +72,7 @@ def prompt_ids(prompt, word2idx):
         raise errors.UserError(f'--prompt: {e}') from None
     if any(unknown):
         words = [w for w, u in zip(prompt.split(), unknown) if u]
-        print(f'note: --prompt words not in the vocabulary fed in as <unk>: {" ".join(words)}')
+        note(f'note: --prompt words not in the vocabulary fed in as <unk>: {" ".join(words)}')
     return ids
 
 
@@ -99,14 +100,17 @@ def feed_prompt(model, ids, hidden, device):
 
 def main(argv=None):
     args = parse_args(argv)
-    # Before any work: the output must be writable and must not be the checkpoint or the corpus.
-    run_files.check_output(args.outf, '--outf', inputs=[args.checkpoint, *run_files.data_files(args.data)])
+    # Before any work: the checkpoint must be a file, the output writable and not an input of the run
+    # (the checkpoint, the corpus) nor a file another run needs.
+    checkpoint.check_checkpoint_path(args.checkpoint, '--checkpoint')
+    run_files.check_output(args.outf, '--outf', inputs=[args.checkpoint, *run_files.data_files(args.data)],
+                           replaced=not run_files.is_stream(args.outf))
     device = cli.choose_device(args)
     ckpt = checkpoint.load_checkpoint(args.checkpoint, map_location=device, resume_state_ok=False)
     model, criterion = ckpt['model'], ckpt['criterion']
     if args.model is not None and args.model != model.rnn_type:
-        print(f'note: --model {args.model} ignored: the checkpoint holds a {model.rnn_type} model')
-    corpus, *_ = cli.load_data(args, (1, 1, 1), torch.device('cpu'))
+        note(f'note: --model {args.model} ignored: the checkpoint holds a {model.rnn_type} model')
+    corpus, *_ = cli.load_data(args, (1, 1, 1), torch.device('cpu'), log=note)
     checkpoint.check_vocabulary(ckpt['idx2word'], corpus, args.checkpoint, args.data)
     idx2word = corpus.dictionary.idx2word
 
@@ -119,33 +123,36 @@ def main(argv=None):
     cli.set_seed(args.seed)
     word = original_start_word(len(idx2word)).to(device)
     shaped = args.top_k is not None or args.top_p is not None
-    written = 0  # words written so far: the original's layout breaks the line after every 20th
-    try:
-        with open(args.outf, 'w') as outf, torch.no_grad():
+    # The text is gathered and written once it is complete (run_files.write_result): a run that fails
+    # leaves the file that was there, and two runs writing one --outf leave one run's text.
+    pieces = []
+    with torch.no_grad():
+        output = None
+        if prompt is not None:
+            output, hidden = feed_prompt(model, prompt, hidden, device)
+            for text in args.prompt.split():
+                pieces.append(word_with_separator(text, len(pieces), args.corpus_layout))
+        for i in range(args.words):
+            if output is None:
+                output, hidden = model(word, hidden)
+            if shaped:
+                logprob = criterion.logprob(model.decoder.weight, model.decoder.bias, output)[0]
+                word = torch.multinomial(filtered_probs(logprob, args.temperature, args.top_k, args.top_p), 1)
+            else:
+                word = sample_next_word(model, criterion, output, args.temperature)
+            word = word.view(1, 1).to(device)
             output = None
-            if prompt is not None:
-                output, hidden = feed_prompt(model, prompt, hidden, device)
-                for text in args.prompt.split():
-                    outf.write(word_with_separator(text, written, args.corpus_layout))
-                    written += 1
-            for i in range(args.words):
-                if output is None:
-                    output, hidden = model(word, hidden)
-                if shaped:
-                    logprob = criterion.logprob(model.decoder.weight, model.decoder.bias, output)[0]
-                    word = torch.multinomial(filtered_probs(logprob, args.temperature, args.top_k, args.top_p), 1)
-                else:
-                    word = sample_next_word(model, criterion, output, args.temperature)
-                word = word.view(1, 1).to(device)
-                output = None
-                outf.write(word_with_separator(idx2word[word.item()], written, args.corpus_layout))
-                written += 1
-                if i % args.log_interval == 0:
-                    print(f'| Generated {i}/{args.words} words')
-    except OSError as e:  # a full disk: Python's write names no file
-        raise errors.UserError(f'{args.outf}: could not be written ({write_failure(e)})') from None
-    print(f'| Generated {args.words} words to {args.outf}')
+            pieces.append(word_with_separator(idx2word[word.item()], len(pieces), args.corpus_layout))
+            if i % args.log_interval == 0:
+                note(f'| Generated {i}/{args.words} words')
+    run_files.write_result(''.join(pieces), args.outf)
+    note(f'| Generated {args.words} words to {args.outf}')
     return 0
+
+
+def note(message):
+    """Progress and notes go to standard error: --outf /dev/stdout carries the generated text alone."""
+    print(message, file=sys.stderr)
 
 
 def original_start_word(ntokens):
@@ -157,8 +164,9 @@ def sample_next_word(model, criterion, output, temperature):
     """One word drawn from the model's distribution at `temperature`, as the original drew it: the
     multinomial, on the CPU, of exp(logits / temperature), unnormalised. The split softmax (which the
     original's generate.py did not support) and weights that overflow or vanish there (a very low
-    temperature, where the original failed) are drawn from the normalised softmax instead."""
-    if criterion.nsplits == 1:
+    temperature, where the original failed) are drawn from the normalised softmax instead, and so is
+    the Mixture of Softmaxes' distribution (Yang et al. 2018), which has no single vector of logits."""
+    if isinstance(criterion, SplitCrossEntropyLoss) and criterion.nsplits == 1:
         weights = torch.nn.functional.linear(output, model.decoder.weight, model.decoder.bias)
         weights = weights.squeeze().div(temperature).exp().cpu()
         if torch.isfinite(weights).all() and weights.sum() > 0:

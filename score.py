@@ -15,7 +15,6 @@ import json
 import math
 import sys
 
-from harness import atomic_io
 from harness import checkpoint
 from harness import cli
 import data
@@ -50,6 +49,8 @@ def parse_args(argv=None):
 
 def read_input(path):
     """The raw bytes of the text: a file, or standard input for `-`."""
+    if not path:
+        raise UserError('--text is empty: give the text file to score, or - for standard input')
     if path == '-':
         if sys.stdin is None:  # started with standard input closed (`0<&-`)
             raise UserError('standard input is closed: give the text to score with --text FILE')
@@ -59,6 +60,8 @@ def read_input(path):
             return f.read(), path
     except FileNotFoundError:
         raise UserError(f'{path}: text file not found') from None
+    except IsADirectoryError:
+        raise UserError(f'{path}: is a folder, not a text file (--text)') from None
 
 
 def encode_lines(lines, idx2word, unknown):
@@ -101,23 +104,9 @@ def token_rows(lines, unknown_flags, logprobs):
             yield f'{number}\t{position}\t{word}\t{surprisal:.6f}\t{int(unknown)}'
 
 
-def write_result(text, out):
-    """The result to standard output (`-`), in place to a stream (`/dev/stdout`, a pipe), else to a file
-    written atomically (the file that was there stays whole until the new one is complete)."""
-    if out == '-':
-        sys.stdout.write(text)
-    elif run_files.is_stream(out):
-        try:
-            with open(out, 'w') as f:
-                f.write(text)
-        except OSError as e:  # /dev/full: Python's write names no file
-            raise UserError(f'{out}: could not be written ({atomic_io.write_failure(e)})') from None
-    else:
-        atomic_io.atomic_write_text(text, out)
-
-
 def main(argv=None):
     args = parse_args(argv)
+    checkpoint.check_checkpoint_path(args.checkpoint, '--checkpoint')
     if args.out != '-':
         # Before any work: the output must be writable and must not be the checkpoint or the text.
         run_files.check_output(args.out, '--out', inputs=[args.checkpoint, args.text],
@@ -138,13 +127,13 @@ def main(argv=None):
             raise UserError(f'{args.checkpoint}: its vocabulary has no <eos> to start each line with')
         logprobs = scoring.line_logprobs(model, criterion, ids, idx2word.index('<eos>'), args.batch_size)
         rows = (sentence_rows if args.sentences else token_rows)(lines, unknown_flags, logprobs)
-        write_result(''.join(row + '\n' for row in rows), args.out)
+        run_files.write_result(''.join(row + '\n' for row in rows), args.out)
         return 0
     summary = stream_summary(model, criterion, ids, oov, ckpt['args'].get('bptt', 70), device)
     if args.json:
-        write_result(json.dumps(summary) + '\n', args.out)
+        run_files.write_result(json.dumps(summary) + '\n', args.out)
     else:
-        write_result(f'| {name} | tokens {summary["tokens"]} | unknown words {oov} | '
+        run_files.write_result(f'| {name} | tokens {summary["tokens"]} | unknown words {oov} | '
                      f'{report_line("text", summary["loss"], model.release)}\n', args.out)
     return 0
 

@@ -10,7 +10,8 @@ from utils import batchify
 from training import evaluate
 
 # Rows of log-probabilities computed at once: bounds the (rows, vocabulary) matrix to 2**25 floats
-# (128 MiB), whatever the vocabulary (WikiText-103's 267,735 words included).
+# (128 MiB), whatever the vocabulary (WikiText-103's 267,735 words included) and however many
+# distributions a row makes (logprob_rows).
 LOGPROB_FLOATS = 2 ** 25
 
 
@@ -61,9 +62,16 @@ def target_logprobs(model, criterion, output, targets):
     """log p(target) for each row of `output` (rows, features): the criterion's full distribution
     (head and tails of a split softmax), computed a bounded number of rows at a time."""
     weight, bias = model.decoder.weight, model.decoder.bias
-    rows = max(1, LOGPROB_FLOATS // weight.size(0))
+    rows = logprob_rows(criterion, weight.size(0))
     parts = []
     for start in range(0, output.size(0), rows):
         logprob = criterion.logprob(weight, bias, output[start:start + rows])
         parts.append(logprob.gather(1, targets[start:start + rows].unsqueeze(1)).squeeze(1))
     return torch.cat(parts)
+
+
+def logprob_rows(criterion, vocabulary):
+    """How many rows' log-probabilities fit in LOGPROB_FLOATS: a row takes `vocabulary` floats, times
+    n_experts for a Mixture of Softmaxes (Yang et al. 2018), whose experts' distributions over the
+    vocabulary are all computed before they are mixed."""
+    return max(1, LOGPROB_FLOATS // (vocabulary * getattr(criterion, 'n_experts', 1)))

@@ -103,10 +103,7 @@ def read_checkpoint(path):
     """The raw dict of a checkpoint, its tensors on the CPU, with a UserError for anything that is not
     one of ours: unreadable, carrying pickled code, damaged (its digest does not match), or missing
     fields a checkpoint has."""
-    if not path:
-        raise UserError('no checkpoint given (--save)')
-    if not os.path.isfile(path):
-        raise UserError(f'{path}: checkpoint not found')
+    check_checkpoint_path(path)
     if not is_torch_file(path):
         raise UserError(f'{path}: not a readable checkpoint (truncated or not a torch file)')
     try:
@@ -129,6 +126,18 @@ def read_checkpoint(path):
     if not all(isinstance(word, str) for word in ckpt['idx2word']):
         raise UserError(f"{path}: damaged checkpoint: 'idx2word' must be a list of words")
     return upgrade(ckpt)
+
+
+def check_checkpoint_path(path, flag='--save'):
+    """A UserError naming `flag` unless `path` names a file: the scripts call this before any work, with
+    their own flag (score.py and generate.py read --checkpoint)."""
+    if not path:
+        raise UserError(f'no checkpoint given ({flag})')
+    if os.path.isdir(path):
+        raise UserError(f'{path}: is a folder, not a checkpoint file ({flag})')
+    if not os.path.isfile(path):
+        raise UserError(f'{path}: checkpoint not found ({flag})' if not os.path.exists(path)
+                        else f'{path}: not a regular file, so not a checkpoint ({flag})')
 
 
 def is_torch_file(path):

@@ -40,6 +40,42 @@ def test_generate_never_overwrites_its_inputs(trained, tmp_path, target):
     assert open(outf, 'rb').read() == before
 
 
+
+def a_run_beside(folder):
+    """The files of a run saving to folder/PTB.pt, as main.py and finetune.py leave them; their contents."""
+    save = os.path.join(folder, 'PTB.pt')
+    names = [save, save + '.state', save + '.finetune.state', save + '.jsonl', save + '.finetune.jsonl', save + '.lock']
+    for name in names:
+        with open(name, 'w') as f:
+            f.write('run file ' + name)
+    return save, names
+
+
+def test_no_script_writes_over_the_files_a_run_needs(trained, tmp_path, monkeypatch):
+    # score.py --out PTB.pt.state (and generate.py --outf, pointer.py --log) replaced the resume state
+    # beside the checkpoint they read, its log or its lock, without a word.
+    import score
+    corpus, save, _ = trained
+    other, run_names = a_run_beside(str(tmp_path))
+    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
+    for name in run_names:
+        for script, argv in ((score, ['--checkpoint', save, '--text', os.path.join(corpus, 'test.txt'), '--out', name]),
+                             (generate, ['--data', corpus, '--checkpoint', save, '--outf', name]),
+                             (pointer, ['--data', corpus, '--save', save, '--log', name])):
+            with pytest.raises(errors.UserError, match=f'{name}: .* the run saving to {other}'):
+                script.main([*argv, '--cpu'])
+    for name in run_names:
+        assert open(name).read() == 'run file ' + name
+    # The run's own files stay its own (main.py, finetune.py); another run's are not.
+    for name in run_names[:-1]:
+        run_files.check_output(name, '--save', replaced=True, run=other)
+    with pytest.raises(errors.UserError, match='the run saving to'):
+        run_files.check_output(other + '.jsonl', '--save', replaced=True, run=str(tmp_path / 'mine.pt'))
+    # Names that only look like a run's: a pointer log beside its checkpoint, a file of no run.
+    run_files.check_output(other + '.pointer.jsonl', '--log')
+    run_files.check_output(str(tmp_path / 'notes.jsonl'), '--log')
+    run_files.check_output(str(tmp_path / 'lone.pt'), '--outf')
+
 def test_main_never_saves_over_its_data(tmp_path, small_corpus, monkeypatch):
     monkeypatch.setattr(training, 'train_epoch', must_not_run)
     with pytest.raises(errors.UserError, match='would overwrite'):
@@ -326,7 +362,8 @@ FILE_SIZE_LIMITED_SAVE = '''
 import resource, sys
 sys.path.insert(0, sys.argv[1])
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # Python ignores SIGXFSZ: the write fails with EFBIG
-import torch, atomic_io, errors
+import torch, errors
+from harness import atomic_io
 try:
     atomic_io.atomic_torch_save({'x': torch.zeros(100000)}, sys.argv[2])
 except errors.UserError as e:
