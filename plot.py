@@ -187,7 +187,7 @@ def perplexity_ticks(low, high):
 def draw(plt, runs, title, output):
     """runs: (label, curves) pairs. Writes the figure to `output` as PNG."""
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for i, (label, (epochs, train, valid, asgd_switch, lr_drops)) in enumerate(runs):
         colour = f'C{i % 10}'
@@ -204,6 +204,7 @@ def draw(plt, runs, title, output):
     ax.yaxis.set_major_locator(LogLocator(subs=perplexity_ticks(*ax.get_ylim())))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f'{y:g}'))
     ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.25 on a short log
     ax.set_xlabel('epoch')
     ax.set_ylabel('perplexity')
     ax.grid(True, which='both', alpha=0.3)

@@ -240,3 +240,21 @@ def test_the_perplexity_axis_is_labelled_across_the_range(tmp_path, monkeypatch,
     real_close(figures[0])
     # Labels near both ends of the curve (500 to 1700 had none above 1000), and not a crowd of them.
     assert max(shown) >= high / 1.3 and min(shown) <= low * 1.3 and len(shown) <= 12
+
+
+@needs_matplotlib
+@pytest.mark.parametrize('epochs', [[1, 2], [0, 1, 2], [1, 2, 3, 4], list(range(1, 41))])
+def test_epoch_ticks_are_whole_numbers(tmp_path, monkeypatch, epochs):
+    # A short log (two epochs) was labelled 1.00, 1.25, 1.50, ...: there is no epoch 1.25.
+    import matplotlib.pyplot as plt
+    figures = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, 'close', lambda fig: figures.append(fig))
+    curve = [300.0 - e for e in epochs]
+    plot.draw(plt, [('run', (epochs, curve, curve, None, []))], None, str(tmp_path / 'c.png'))
+    ax = figures[0].axes[0]
+    left, right = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if left <= t <= right]
+    real_close(figures[0])
+    assert ticks and all(t == int(t) for t in ticks)
+    assert min(ticks) <= epochs[0] and max(ticks) >= epochs[-1] and len(ticks) <= 12
