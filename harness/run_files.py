@@ -113,6 +113,8 @@ def write_result(text, path):
         try:
             with open(path, 'w') as f:
                 f.write(text)
+        except BrokenPipeError:  # `--outf /dev/stdout | head`: the reader has gone; cli.run ends quietly
+            raise
         except OSError as e:  # /dev/full: Python's write names no file
             raise UserError(f'{path}: could not be written ({write_failure(e)})') from None
     else:
