@@ -18,7 +18,9 @@ import math
 import os
 import sys
 
+from harness import atomic_io
 from harness import cli
+from harness import run_files
 import errors
 import training
 
@@ -218,15 +220,16 @@ def draw(plt, runs, title, output):
     ax.legend(handles=ax.get_legend_handles_labels()[0] + key, fontsize='small')
     fig.tight_layout()
     try:
-        fig.savefig(output, format='png', dpi=100)
-    except OSError as e:
-        raise errors.UserError(f'{output}: cannot write: {e.strerror or e}')
+        # Written whole or not at all (atomic_io.atomic_write): a failure midway leaves the earlier figure.
+        atomic_io.atomic_write(output, lambda f: fig.savefig(f, format='png', dpi=100))
     finally:
         plt.close(fig)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    # Before any work: the figure's file must be writable, and neither a log given nor a file a run needs.
+    run_files.check_output(args.output, '-o', inputs=args.logs, replaced=True)
     labels = args.labels or [os.path.splitext(os.path.basename(p))[0] for p in args.logs]
     runs = []
     for path, label in zip(args.logs, labels):

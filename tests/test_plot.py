@@ -1,3 +1,4 @@
+import contextlib
 import json
 import math
 import os
@@ -12,7 +13,7 @@ import main
 import plot
 import training
 from conftest import REPO, tiny_run, write_corpus
-from reliability_helpers import epoch_record
+from reliability_helpers import epoch_record, must_not_run
 
 
 def have_matplotlib():
@@ -165,12 +166,43 @@ def test_bad_input_is_one_line_error(tmp_path, capsys, problem):
     assert not os.path.exists(out)
 
 
-@needs_matplotlib
-def test_unwritable_output_is_one_line_error(tmp_path, capsys):
+def test_unwritable_output_is_one_line_error_before_any_work(tmp_path, capsys, monkeypatch):
+    # Found before the logs are read or matplotlib loaded (it was found when the figure was saved).
     log = write_log(tmp_path / 'run.jsonl', MAIN_LOG)
     out = str(tmp_path / 'run.jsonl' / 'c.png')  # under a file: unwritable, even for root
+    monkeypatch.setattr(plot, 'log_curves', must_not_run)
     code, err = in_process([log, '-o', out], capsys)
-    assert code == 2 and len(err) == 1 and err[0].startswith(f'error: {out}: cannot write: ')
+    assert code == 2 and err == [f'error: {tmp_path / "run.jsonl"}: folder does not exist (-o {out})']
+
+
+def test_the_figure_never_replaces_a_file_a_run_needs(tmp_path, capsys, monkeypatch):
+    # A run saving to runs/fig.png (its log runs/fig.png.jsonl): -o runs/fig.png would replace its checkpoint.
+    (tmp_path / 'fig.png').write_bytes(b'the checkpoint of a run')
+    log = write_log(tmp_path / 'fig.png.jsonl', MAIN_LOG)
+    monkeypatch.setattr(plot, 'log_curves', must_not_run)
+    code, err = in_process([log, '-o', str(tmp_path / 'fig.png')], capsys)
+    assert code == 2 and len(err) == 1 and 'would overwrite a file of the run saving to' in err[0]
+    assert (tmp_path / 'fig.png').read_bytes() == b'the checkpoint of a run'
+
+
+@needs_matplotlib
+def test_a_figure_that_fails_midway_leaves_the_earlier_one(tmp_path, monkeypatch):
+    # The PNG was written in place by savefig: a failure midway left a truncated file.
+    import matplotlib.figure
+    log = write_log(tmp_path / 'run.jsonl', MAIN_LOG)
+    out = tmp_path / 'c.png'
+    out.write_bytes(PNG_SIGNATURE + b' an earlier figure')
+
+    def fails_midway(self, f, **kwargs):  # savefig takes a file name or a file
+        with contextlib.ExitStack() as stack:
+            f = stack.enter_context(open(f, 'wb')) if isinstance(f, str) else f
+            f.write(PNG_SIGNATURE)
+            raise ValueError('a fault while drawing')
+    monkeypatch.setattr(matplotlib.figure.Figure, 'savefig', fails_midway)
+    with pytest.raises(ValueError, match='a fault while drawing'):
+        plot.main([log, '-o', str(out)])
+    assert out.read_bytes() == PNG_SIGNATURE + b' an earlier figure'
+    assert sorted(os.listdir(tmp_path)) == ['c.png', 'run.jsonl']  # no temporary file left
 
 
 def test_missing_matplotlib_is_a_clear_error(tmp_path):
