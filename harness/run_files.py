@@ -87,7 +87,7 @@ def run_needing(path):
             continue
         save = path[:len(path) - len(suffix)]
         others = [save + other for other in RUN_FILE_SUFFIXES if other != suffix]
-        if suffix in RUN_ONLY_SUFFIXES or any(os.path.lexists(other) for other in others):
+        if suffix in RUN_ONLY_SUFFIXES or any(os.path.lexists(other) and not os.path.isdir(other) for other in others):
             return save
     return None
 

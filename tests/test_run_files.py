@@ -75,6 +75,19 @@ def test_no_script_writes_over_the_files_a_run_needs(trained, tmp_path, monkeypa
     run_files.check_output(other + '.pointer.jsonl', '--log')
     run_files.check_output(str(tmp_path / 'notes.jsonl'), '--log')
     run_files.check_output(str(tmp_path / 'lone.pt'), '--outf')
+    os.mkdir(tmp_path / 'results')  # a folder is no run's checkpoint
+    run_files.check_output(str(tmp_path / 'results.jsonl'), '--out')
+
+
+def test_the_run_files_refused_are_those_the_scripts_write(tmp_path):
+    # run_files.RUN_FILE_SUFFIXES restates the names that each script gives its files: checked against them.
+    from harness import run_log
+    save = str(tmp_path / 'PTB.pt')
+    (tmp_path / 'PTB.pt').write_bytes(b'a checkpoint')
+    for name in (checkpoint.state_path(save), finetune.finetune_state_path(save), run_log.json_log_path(save),
+                 finetune.finetune_log_path(save), run_files.lock_path(save)):
+        assert run_files.run_needing(name) == save, name
+    assert run_files.run_needing(pointer.default_log_path(save)) is None
 
 def test_main_never_saves_over_its_data(tmp_path, small_corpus, monkeypatch):
     monkeypatch.setattr(training, 'train_epoch', must_not_run)
