@@ -460,6 +460,8 @@ def scaling(opts, argv):
             out.writelines(json.dumps(r) + '\n' for r in records)
     for key in dict.fromkeys((r['recipe'], r['option']) for r in records if 'nproc' in r):
         runs = [r for r in records if (r['recipe'], r['option']) == key and 'nproc' in r]
+        if len({r['nproc'] for r in runs}) < 2:  # one count (--nproc 2 alone): nothing to compare it with
+            continue
         base = runs[0]
         parts = [f'nproc={r["nproc"]} tokens_per_s={r["tokens_per_s"]:.0f} '
                  f'(x{r["tokens_per_s"] / base["tokens_per_s"]:.2f} of nproc={base["nproc"]}, '
@@ -469,9 +471,22 @@ def scaling(opts, argv):
     return 0
 
 
+def check_options_main_py_runs(opts):
+    """A UserError for an option that main.py refuses with a recipe's flags: --cuda-graphs and --bf16
+    (graphs, amp-bf16, graphs-bf16) with a grouped step (--n_experts > 1, --small_batch_size; cli.
+    train_step_for; main.column_group), so that the benchmark never times what training cannot run."""
+    refused = [option for option in opts.options if option in ('graphs', 'amp-bf16', 'graphs-bf16')]
+    for name in opts.recipe:
+        if refused and training_script.column_group(recipe_config(name, opts)) is not None:
+            raise errors.UserError(f'--options {" ".join(refused)}: the recipe {name} steps in column groups '
+                                   '(--n_experts > 1 or --small_batch_size), with which main.py refuses --cuda-graphs '
+                                   'and --bf16; time it with the other options')
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     opts = parse_args(argv)
+    check_options_main_py_runs(opts)
     if opts.nproc is not None and harness.world_from_env() is None:
         return scaling(opts, argv)
     dist = harness.setup_distributed(opts)  # under torchrun: this process is one rank; only rank 0 prints and writes

@@ -63,6 +63,7 @@ and --bptt.
 """
 import argparse
 import math
+import os
 import time
 
 import numpy as np
@@ -105,8 +106,8 @@ def parse_args(argv=None):
     g.add_argument('--QRNN', action='store_true',
                    help="the authors' flag, accepted: the recurrent core comes from the checkpoint")
     g.add_argument('--seed', type=int, default=1111, help='random seed (the evaluation itself is deterministic)')
-    g.add_argument('--split', choices=('both', 'valid', 'test'), default='both',
-                   help='which splits to evaluate (tune hyper-parameters on valid only)')
+    g.add_argument('--split', choices=('both', 'valid', 'test'), default=None,
+                   help='which splits to evaluate (default both; tune hyper-parameters on valid only)')
     g.add_argument('--val', action='store_true',
                    help="the authors' flag: evaluate valid instead of test (--split valid)")
 
@@ -139,12 +140,39 @@ def parse_args(argv=None):
     h.add_argument('--gridfast', action='store_true',
                    help='--grid, searching on the first 30,000 valid tokens only')
     args = parser.parse_args(argv)
-    if args.val:
-        args.split = 'valid'
-    if args.model is not None and args.model not in RNN_TYPES and args.save is None:
-        args.save = args.model
+    args.split = split_to_evaluate(args.split, args.val)
+    args.save = checkpoint_to_evaluate(args.save, args.model)
     check_args(args)
     return args
+
+
+def split_to_evaluate(split, val):
+    """--split, or 'valid' for the authors' --val; a --split that --val contradicts is refused rather
+    than silently overridden."""
+    if val and split not in (None, 'valid'):
+        raise errors.UserError(f'--val (evaluate valid) and --split {split} disagree: give one of them')
+    return 'valid' if val else split or 'both'
+
+
+def checkpoint_to_evaluate(save, model):
+    """--save, or the authors' --model PATH (a value that is not an RNN type); two flags naming two
+    different files are refused rather than one of them silently ignored."""
+    if model is None or model in RNN_TYPES:
+        return save
+    if save is not None and not same_file(save, model):
+        raise errors.UserError(f'--model {model} and --save {save} name two different checkpoints: give one '
+                               "(--model PATH is the authors' name for --save)")
+    return model if save is None else save
+
+
+def same_file(a, b):
+    """Whether the paths `a` and `b` name one file (the same path, or two names of an existing file)."""
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def check_args(args):

@@ -12,6 +12,7 @@ CPU), and so is the file: every word, <eos> included, followed by a space, and a
 (nucleus sampling) cut the tempered distribution to its likeliest words before each draw.
 """
 import argparse
+import sys
 
 import torch
 
@@ -62,20 +63,23 @@ def prompt_ids(prompt, word2idx):
         raise errors.UserError(f'--prompt: {e}') from None
     if any(unknown):
         words = [w for w, u in zip(prompt.split(), unknown) if u]
-        print(f'note: --prompt words not in the vocabulary fed in as <unk>: {" ".join(words)}')
+        note(f'note: --prompt words not in the vocabulary fed in as <unk>: {" ".join(words)}')
     return ids
 
 
 def main(argv=None):
     args = parse_args(argv)
-    # Before any work: the output must be writable and must not be the checkpoint or the corpus.
-    harness.check_output(args.outf, '--outf', inputs=[args.checkpoint, *harness.data_files(args.data)])
+    # Before any work: the checkpoint must be a file, the output writable and not an input of the run
+    # (the checkpoint, the corpus) nor a file another run needs.
+    harness.check_checkpoint_path(args.checkpoint, '--checkpoint')
+    harness.check_output(args.outf, '--outf', inputs=[args.checkpoint, *harness.data_files(args.data)],
+                         replaced=not harness.is_stream(args.outf))
     device = harness.choose_device(args)
     ckpt = harness.load_checkpoint(args.checkpoint, map_location=device, resume_state_ok=False)
     model, criterion = ckpt['model'], ckpt['criterion']
     if args.model is not None and args.model != model.rnn_type:
-        print(f'note: --model {args.model} ignored: the checkpoint holds a {model.rnn_type} model')
-    corpus, *_ = harness.load_data(args, (1, 1, 1), torch.device('cpu'))
+        note(f'note: --model {args.model} ignored: the checkpoint holds a {model.rnn_type} model')
+    corpus, *_ = harness.load_data(args, (1, 1, 1), torch.device('cpu'), log=note)
     harness.check_vocabulary(ckpt['idx2word'], corpus, args.checkpoint, args.data)
     idx2word = corpus.dictionary.idx2word
 
@@ -85,21 +89,23 @@ def main(argv=None):
     harness.set_seed(args.seed)
     sampled = scoring.sample_ids(model, criterion, len(idx2word), prompt, args.words, args.temperature,
                                   args.top_k, args.top_p)
-    written = 0  # words written so far: the original's layout breaks the line after every 20th
-    try:
-        with open(args.outf, 'w') as outf:
-            for text in (args.prompt.split() if args.prompt is not None else []):
-                outf.write(word_with_separator(text, written, args.corpus_layout))
-                written += 1
-            for i, word in enumerate(sampled):
-                outf.write(word_with_separator(idx2word[word], written, args.corpus_layout))
-                written += 1
-                if i % args.log_interval == 0:
-                    print(f'| Generated {i}/{args.words} words')
-    except OSError as e:  # a full disk: Python's write names no file
-        raise errors.UserError(f'{args.outf}: could not be written ({harness.write_failure(e)})') from None
-    print(f'| Generated {args.words} words to {args.outf}')
+    # The text is gathered and written once it is complete (harness.write_result): a run that fails
+    # leaves the file that was there, and two runs writing one --outf leave one run's text.
+    pieces = []
+    for text in (args.prompt.split() if args.prompt is not None else []):
+        pieces.append(word_with_separator(text, len(pieces), args.corpus_layout))
+    for i, word in enumerate(sampled):
+        pieces.append(word_with_separator(idx2word[word], len(pieces), args.corpus_layout))
+        if i % args.log_interval == 0:
+            note(f'| Generated {i}/{args.words} words')
+    harness.write_result(''.join(pieces), args.outf)
+    note(f'| Generated {args.words} words to {args.outf}')
     return 0
+
+
+def note(message):
+    """Progress and notes go to standard error: --outf /dev/stdout carries the generated text alone."""
+    print(message, file=sys.stderr)
 
 
 def word_with_separator(text, index, corpus_layout):

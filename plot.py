@@ -187,7 +187,7 @@ def perplexity_ticks(low, high):
 def draw(plt, runs, title, output):
     """runs: (label, curves) pairs. Writes the figure to `output` as PNG."""
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for i, (label, (epochs, train, valid, asgd_switch, lr_drops)) in enumerate(runs):
         colour = f'C{i % 10}'
@@ -204,6 +204,7 @@ def draw(plt, runs, title, output):
     ax.yaxis.set_major_locator(LogLocator(subs=perplexity_ticks(*ax.get_ylim())))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f'{y:g}'))
     ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.25 on a short log
     ax.set_xlabel('epoch')
     ax.set_ylabel('perplexity')
     ax.grid(True, which='both', alpha=0.3)
@@ -217,15 +218,16 @@ def draw(plt, runs, title, output):
     ax.legend(handles=ax.get_legend_handles_labels()[0] + key, fontsize='small')
     fig.tight_layout()
     try:
-        fig.savefig(output, format='png', dpi=100)
-    except OSError as e:
-        raise errors.UserError(f'{output}: cannot write: {e.strerror or e}')
+        # Written whole or not at all (harness.atomic_write): a failure midway leaves the earlier figure.
+        harness.atomic_write(output, lambda f: fig.savefig(f, format='png', dpi=100))
     finally:
         plt.close(fig)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    # Before any work: the figure's file must be writable, and neither a log given nor a file a run needs.
+    harness.check_output(args.output, '-o', inputs=args.logs, replaced=True)
     labels = args.labels or [os.path.splitext(os.path.basename(p))[0] for p in args.logs]
     runs = []
     for path, label in zip(args.logs, labels):

@@ -45,13 +45,19 @@ def parse_args(argv=None):
 
 def read_input(path):
     """The raw bytes of the text: a file, or standard input for `-`."""
+    if not path:
+        raise UserError('--text is empty: give the text file to score, or - for standard input')
     if path == '-':
+        if sys.stdin is None:  # started with standard input closed (`0<&-`)
+            raise UserError('standard input is closed: give the text to score with --text FILE')
         return sys.stdin.buffer.read(), 'standard input'
     try:
         with open(path, 'rb') as f:
             return f.read(), path
     except FileNotFoundError:
         raise UserError(f'{path}: text file not found') from None
+    except IsADirectoryError:
+        raise UserError(f'{path}: is a folder, not a text file (--text)') from None
 
 
 def stream_summary(lm, ids, oov):
@@ -77,23 +83,9 @@ def token_rows(lines, unknown_flags, logprobs):
             yield f'{number}\t{position}\t{word}\t{surprisal:.6f}\t{int(unknown)}'
 
 
-def write_result(text, out):
-    """The result to standard output (`-`), in place to a stream (`/dev/stdout`, a pipe), else to a file
-    written atomically (the file that was there stays whole until the new one is complete)."""
-    if out == '-':
-        sys.stdout.write(text)
-    elif harness.is_stream(out):
-        try:
-            with open(out, 'w') as f:
-                f.write(text)
-        except OSError as e:  # /dev/full: Python's write names no file
-            raise UserError(f'{out}: could not be written ({harness.write_failure(e)})') from None
-    else:
-        harness.atomic_write_text(text, out)
-
-
 def main(argv=None):
     args = parse_args(argv)
+    harness.check_checkpoint_path(args.checkpoint, '--checkpoint')
     if args.out != '-':
         # Before any work: the output must be writable and must not be the checkpoint or the text.
         harness.check_output(args.out, '--out', inputs=[args.checkpoint, args.text],
@@ -111,14 +103,14 @@ def main(argv=None):
         logprobs = lm.token_logprobs(ids, args.batch_size)
         rows = (sentence_rows(lines, unknown_flags, lm.line_totals(logprobs)) if args.sentences
                 else token_rows(lines, unknown_flags, logprobs))
-        write_result(''.join(row + '\n' for row in rows), args.out)
+        harness.write_result(''.join(row + '\n' for row in rows), args.out)
         return 0
     summary = stream_summary(lm, ids, oov)
     if args.json:
-        write_result(json.dumps(summary) + '\n', args.out)
+        harness.write_result(json.dumps(summary) + '\n', args.out)
     else:
-        write_result(f'| {name} | tokens {summary["tokens"]} | unknown words {oov} | '
-                     f'{harness.report_line("text", summary["loss"], lm.release)}\n', args.out)
+        harness.write_result(f'| {name} | tokens {summary["tokens"]} | unknown words {oov} | '
+                             f'{harness.report_line("text", summary["loss"], lm.release)}\n', args.out)
     return 0
 
 

@@ -10,12 +10,14 @@ seeding (the caller seeds torch first: generate.py and lm.py with harness.set_se
 import torch
 
 from errors import UserError
+from splitcross import SplitCrossEntropyLoss
 
 from utils import batchify
 from training import evaluate
 
 # Rows of log-probabilities computed at once: bounds the (rows, vocabulary) matrix to 2**25 floats
-# (128 MiB), whatever the vocabulary (WikiText-103's 267,735 words included).
+# (128 MiB), whatever the vocabulary (WikiText-103's 267,735 words included) and however many
+# distributions a row makes (logprob_rows).
 LOGPROB_FLOATS = 2 ** 25
 
 
@@ -66,12 +68,19 @@ def target_logprobs(model, criterion, output, targets):
     """log p(target) for each row of `output` (rows, features): the criterion's full distribution
     (head and tails of a split softmax), computed a bounded number of rows at a time."""
     weight, bias = model.decoder.weight, model.decoder.bias
-    rows = max(1, LOGPROB_FLOATS // weight.size(0))
+    rows = logprob_rows(criterion, weight.size(0))
     parts = []
     for start in range(0, output.size(0), rows):
         logprob = criterion.logprob(weight, bias, output[start:start + rows])
         parts.append(logprob.gather(1, targets[start:start + rows].unsqueeze(1)).squeeze(1))
     return torch.cat(parts)
+
+
+def logprob_rows(criterion, vocabulary):
+    """How many rows' log-probabilities fit in LOGPROB_FLOATS: a row takes `vocabulary` floats, times
+    n_experts for a Mixture of Softmaxes (Yang et al. 2018), whose experts' distributions over the
+    vocabulary are all computed before they are mixed."""
+    return max(1, LOGPROB_FLOATS // (vocabulary * getattr(criterion, 'n_experts', 1)))
 
 
 def last_layer_outputs(model, ids, bptt, device):
@@ -172,8 +181,9 @@ def sample_next_word(model, criterion, output, temperature):
     """One word drawn from the model's distribution at `temperature`, as the original drew it: the
     multinomial, on the CPU, of exp(logits / temperature), unnormalised. The split softmax (which the
     original's generate.py did not support) and weights that overflow or vanish there (a very low
-    temperature, where the original failed) are drawn from the normalised softmax instead."""
-    if criterion.nsplits == 1:
+    temperature, where the original failed) are drawn from the normalised softmax instead, and so is
+    the Mixture of Softmaxes' distribution (Yang et al. 2018), which has no single vector of logits."""
+    if isinstance(criterion, SplitCrossEntropyLoss) and criterion.nsplits == 1:
         weights = torch.nn.functional.linear(output, model.decoder.weight, model.decoder.bias)
         weights = weights.squeeze().div(temperature).exp().cpu()
         if torch.isfinite(weights).all() and weights.sum() > 0:

@@ -122,7 +122,9 @@ def bench_records(path):
     return {(r['recipe'], r['option']): r for r in records}
 
 
-def summary(logdir):
+def summary(logdir, cpu=False):
+    """The table of the logs in `logdir`. `cpu`: the logs are of a dry run (gpu_check.sh --cpu), whose
+    tiny CPU figures say nothing about the GPU targets: those are not judged."""
     def log(name):
         return os.path.join(logdir, name)
 
@@ -161,6 +163,8 @@ def summary(logdir):
     rows.append(('profile ptb-2018 (first option: eager)', kernel or 'n/a'))
 
     def target(name, value, limit, what):
+        if cpu:
+            return (name, 'not measured (a dry run on the CPU; the target is for a GPU)')
         if value is None:
             return (name, 'n/a (not measured)')
         return (name, f'{"MET" if value <= limit else "NOT MET"} ({what} {value:.2f} vs {limit:.2f})')
@@ -184,13 +188,15 @@ def main(argv=None):
     c = sub.add_parser('correctness')
     c.add_argument('--cpu', action='store_true')
     sub.add_parser('original').add_argument('dest')
-    sub.add_parser('summary').add_argument('logdir')
+    m = sub.add_parser('summary')
+    m.add_argument('logdir')
+    m.add_argument('--cpu', action='store_true', help='the logs are of gpu_check.sh --cpu: no target is judged')
     args = parser.parse_args(argv)
     if args.command == 'correctness':
         return correctness(args.cpu)
     if args.command == 'original':
         return original(args.dest)
-    return summary(args.logdir)
+    return summary(args.logdir, args.cpu)
 
 
 if __name__ == '__main__':

@@ -77,6 +77,11 @@ fi
 OUT=$1
 mkdir -p "$OUT" || exit 2
 OUT=$(cd "$OUT" && pwd)
+# The input variables are read in the repository root: a relative path is made absolute first, as the
+# caller meant it (--prepare reads them where it was started, too).
+absolute() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+[ -n "${AWD_DATA_MIRROR:-}" ] && AWD_DATA_MIRROR=$(absolute "$AWD_DATA_MIRROR")
+[ -n "${AWD_LSTM_ORIGINAL:-}" ] && AWD_LSTM_ORIGINAL=$(absolute "$AWD_LSTM_ORIGINAL")
 cd "$REPO" || exit 2
 PY=${PYTHON:-python3}
 first_dir() {  # the first of its arguments that holds the file named by the first argument
@@ -204,7 +209,7 @@ step 07_bench 110 "$PY" benchmark.py --recipe ptb-2018 wt2 ptb-qrnn --options ea
 # 08: where the step's time goes: GPU kernel time per step against wall time per step.
 step 08_profile 45 "$PY" benchmark.py --recipe ptb-2018 --options eager graphs "${BENCH[@]}" --profile "${PROFILE[@]}"
 
-"$PY" benchmarks/gpu_check.py summary "$LOGS" > "$LOGS/summary.txt" 2>&1
+"$PY" benchmarks/gpu_check.py summary $([ $CPU -eq 1 ] && echo --cpu) "$LOGS" > "$LOGS/summary.txt" 2>&1
 cp "$LOGS/summary.txt" "$OUT/summary.txt"
 archive
 cat "$OUT/summary.txt"

@@ -106,12 +106,9 @@ def read_checkpoint(path):
     """The raw dict of a checkpoint (or of a model directory, harness/model_dir.py), its tensors on the
     CPU, with a UserError for anything that is not one of ours: unreadable, carrying pickled code,
     damaged (its digest does not match), or missing fields a checkpoint has."""
-    if not path:
-        raise UserError('no checkpoint given (--save)')
+    check_checkpoint_path(path)
     if os.path.isdir(path):  # a model directory (export.py --pretrained): the same dict, from its files
         return upgrade(model_dir.read_model_dir(path))
-    if not os.path.isfile(path):
-        raise UserError(f'{path}: checkpoint not found')
     if not is_torch_file(path):
         raise UserError(f'{path}: not a readable checkpoint (truncated or not a torch file)')
     if is_torchscript_archive(path):
@@ -137,6 +134,21 @@ def read_checkpoint(path):
     if not all(isinstance(word, str) for word in ckpt['idx2word']):
         raise UserError(f"{path}: damaged checkpoint: 'idx2word' must be a list of words")
     return upgrade(ckpt)
+
+
+def check_checkpoint_path(path, flag='--save'):
+    """A UserError naming `flag` unless `path` names a file or a model directory: the scripts call this
+    before any work, with their own flag (score.py and generate.py read --checkpoint)."""
+    if not path:
+        raise UserError(f'no checkpoint given ({flag})')
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, model_dir.CONFIG)):
+            raise UserError(f'{path}: a folder without {model_dir.CONFIG}: not a model directory (export.py '
+                            f'--pretrained writes one), nor a checkpoint file ({flag})')
+        return
+    if not os.path.isfile(path):
+        raise UserError(f'{path}: checkpoint not found ({flag})' if not os.path.exists(path)
+                        else f'{path}: not a regular file, so not a checkpoint ({flag})')
 
 
 def is_torch_file(path):

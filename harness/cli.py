@@ -89,7 +89,7 @@ def choose_device(args):
     if torch.cuda.is_available():
         return torch.device('cuda')
     if getattr(args, 'cuda', False):
-        print('note: --cuda given but no GPU is available; running on the CPU')
+        print('note: --cuda given but no GPU is available; running on the CPU', file=sys.stderr)
     return torch.device('cpu')
 
 

@@ -6,10 +6,11 @@ import contextlib
 import errno
 import os
 import stat
+import sys
 import uuid
 
 import data
-from .atomic_io import check_replaceable, remove_stale_temporaries, temporary_name, write_failure
+from .atomic_io import atomic_write_text, check_replaceable, remove_stale_temporaries, temporary_name, write_failure
 from errors import UserError
 
 
@@ -24,13 +25,17 @@ def writable(path):
     return os.access(path, os.W_OK) and bool(os.stat(path).st_mode & 0o222)
 
 
-def check_output(path, flag, inputs=(), replaced=False):
+def check_output(path, flag, inputs=(), replaced=False, run=None):
     """Fail at once, not after an epoch, if the file `path` (named by `flag`) cannot be written or
-    would overwrite one of `inputs`. A symlink is judged by its target, which is what gets written.
-    `replaced`: the file is written by replacing it (atomic_io.atomic_write), so it must be a regular
-    file if it exists: a device node or FIFO there (`--save /dev/null`) would itself be replaced."""
+    would overwrite one of `inputs`, or a file that a run needs (see run_needing) other than those of
+    `run`, the --save of the run writing it. A symlink is judged by its target, which is what gets
+    written. `replaced`: the file is written by replacing it (atomic_io.atomic_write), so it must be a
+    regular file if it exists: a device node or FIFO there (`--save /dev/null`) would itself be replaced."""
+    if not path:
+        raise UserError(f'{flag} is empty: name the file to write')
     if os.path.isdir(path):
         raise UserError(f'{path}: is a folder ({flag} names the file to write)')
+    check_not_a_run_file(path, flag, run)
     if replaced and is_stream(path):
         # Named for what it is before its folder is looked at: /dev/stdout on a pipe resolves to
         # /proc/PID/fd/pipe:[N], no file at all, in a read-only folder.
@@ -65,6 +70,59 @@ def is_stream(path):
     except OSError:
         return False
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+# The files of the run saving to S, by what follows S in their names: its checkpoint, main.py's and
+# finetune.py's resume states and logs, and its lock (checkpoint.state_path, finetune.finetune_state_path,
+# run_log.json_log_path, finetune.finetune_log_path, lock_path). Longest first, so that X.finetune.state
+# is read as finetune's state of X before main's state of X.finetune.
+RUN_FILE_SUFFIXES = ('.finetune.state', '.finetune.jsonl', '.state', '.jsonl', '.lock', '')
+# Names no other file has: a resume state or a lock is a run's even when nothing else of the run is there.
+RUN_ONLY_SUFFIXES = ('.finetune.state', '.state', '.lock')
+
+
+def run_needing(path):
+    """The --save S of a run that needs the file `path` (S itself, S.state, S.finetune.state, S.jsonl,
+    S.finetune.jsonl or S.lock), or None. A run is one this script can see: another of its files is
+    there (a pointer log S.pointer.jsonl is no run's log: no S.pointer is), or `path` is named as
+    only a resume state or a lock is."""
+    for suffix in RUN_FILE_SUFFIXES:
+        if not path.endswith(suffix) or path == suffix:
+            continue
+        save = path[:len(path) - len(suffix)]
+        others = [save + other for other in RUN_FILE_SUFFIXES if other != suffix]
+        if suffix in RUN_ONLY_SUFFIXES or any(os.path.lexists(other) and not os.path.isdir(other) for other in others):
+            return save
+    return None
+
+
+def check_not_a_run_file(path, flag, run):
+    """A UserError if `path`, by its own name or the file it resolves to, is a file that a run other
+    than `run` needs: score.py --out PTB.pt.state replaced the resume state of the run it scored."""
+    own = None if run is None else os.path.realpath(run)
+    for name in dict.fromkeys((os.path.abspath(path), os.path.realpath(path))):
+        save = run_needing(name)
+        if save is not None and os.path.realpath(save) != own:
+            raise UserError(f'{path}: {flag} would overwrite a file of the run saving to {save} (its checkpoint, '
+                            'resume states, logs and lock are that run\'s): write elsewhere')
+
+
+def write_result(text, path):
+    """A script's result: to standard output for `-`, in place to a stream (`/dev/stdout`, a pipe, a
+    device), else to a file written atomically, so that the file there stays whole until the new one is
+    complete, and two runs writing one name leave one run's output, never a mix or a truncated file."""
+    if path == '-':
+        sys.stdout.write(text)
+    elif is_stream(path):
+        try:
+            with open(path, 'w') as f:
+                f.write(text)
+        except BrokenPipeError:  # `--outf /dev/stdout | head`: the reader has gone; cli.run ends quietly
+            raise
+        except OSError as e:  # /dev/full: Python's write names no file
+            raise UserError(f'{path}: could not be written ({write_failure(e)})') from None
+    else:
+        atomic_write_text(text, path)
 
 
 def check_not_an_input(target, flag, inputs, path=None):
@@ -122,7 +180,7 @@ def run_files(save, outputs, inputs=()):
                         'run unable to continue; write the model elsewhere (finetune.py: --out)')
     # Longest first: a name too long for the file system is reported with the most it must be shortened by.
     for path, flag in sorted(outputs, key=lambda output: -len(os.fsencode(output[0]))):
-        check_output(path, flag, inputs, replaced=True)
+        check_output(path, flag, inputs, replaced=True, run=save)
     # The lock of the file `save` resolves to: a symlink to another run's --save (or a folder reached
     # through a symlink) names the same lock as that run's own path, so the two cannot both write it.
     lock = hold_lock(lock_path(save), save)

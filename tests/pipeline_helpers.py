@@ -23,17 +23,19 @@ def other_corpus(folder):
     return folder
 
 
-def random_checkpoint(path, words, splits=(), rnn_type='LSTM', release=2018, seed=0):
+def random_checkpoint(path, words, splits=(), rnn_type='LSTM', release=2018, seed=0, n_experts=1):
     """A checkpoint of an untrained tiny model (random weights, weight drop on, tombstones of a split
-    softmax not zero) over the vocabulary `words`: enough to test what reads a trained model."""
+    softmax not zero) over the vocabulary `words`: enough to test what reads a trained model. With
+    n_experts > 1, an AWD-LSTM-MoS (its mixture's loss in place of the split softmax)."""
     import torch
     from harness import checkpoint
     from model import RNNModel
+    from mos import MixtureOfSoftmaxesLoss
     from splitcross import SplitCrossEntropyLoss
     torch.manual_seed(seed)
     model = RNNModel(rnn_type, len(words), 8, 12, 2, wdrop=0.3 if rnn_type != 'QRNN' else 0,
-                     tie_weights=True, release=release)
-    criterion = SplitCrossEntropyLoss(8, list(splits))
+                     tie_weights=True, release=release, n_experts=n_experts, nhidlast=10 if n_experts > 1 else None)
+    criterion = SplitCrossEntropyLoss(8, list(splits)) if n_experts == 1 else MixtureOfSoftmaxesLoss(8, n_experts)
     with torch.no_grad():
         for parameter in criterion.parameters():
             parameter.normal_()

@@ -128,3 +128,30 @@ def test_the_mos_recipe_is_timed_with_main_pys_mos_model(capsys):
     assert benchmark.main(FAST + ['--recipe', 'ptb-mos', '--options', 'eager']) == 0
     out = capsys.readouterr().out
     assert 'recipe=ptb-mos option=eager' in out and 'AWD-LSTM-MoS (15 softmaxes)' in out
+
+
+@pytest.mark.parametrize('option', ['graphs', 'amp-bf16', 'graphs-bf16'])
+def test_options_main_py_refuses_for_mos_are_refused(monkeypatch, capsys, option):
+    # main.py refuses --cuda-graphs and --bf16 with --n_experts > 1; the benchmark timed them for ptb-mos.
+    monkeypatch.setattr(benchmark, 'load_streams', must_not_run)
+    with pytest.raises(errors.UserError, match=f'--options {option}: .*ptb-mos.* main.py refuses'):
+        benchmark.main(FAST + ['--recipe', 'ptb-2018', 'ptb-mos', '--options', 'eager', option])
+    assert 'recipe=' not in capsys.readouterr().out
+
+
+def test_a_single_process_count_prints_no_scaling_line(monkeypatch, capsys):
+    # --nproc 2 alone compared the run with itself: "x1.00 of nproc=2, 100% of linear".
+    import subprocess
+
+    def fake_run(command, env):  # the child benchmark: one record per count, in the --json file it is given
+        count = int(command[command.index('--nproc_per_node') + 1]) if '--nproc_per_node' in command else 1
+        with open(command[-1], 'a') as f:
+            f.write(json.dumps(dict(recipe='ptb-2018', option='eager', nproc=count, tokens_per_s=1000.0 * count)) + '\n')
+        return subprocess.CompletedProcess(command, 0)
+    monkeypatch.setattr(subprocess, 'run', fake_run)
+    assert benchmark.main(FAST + ['--nproc', '2']) == 0
+    assert 'scaling' not in capsys.readouterr().out
+    assert benchmark.main(FAST + ['--nproc', '1', '2']) == 0
+    assert capsys.readouterr().out == ('scaling recipe=ptb-2018 option=eager: nproc=1 tokens_per_s=1000 (x1.00 of '
+                                       'nproc=1, 100% of linear) | nproc=2 tokens_per_s=2000 (x2.00 of nproc=1, 100% '
+                                       'of linear)\n')

@@ -189,6 +189,25 @@ def test_model_flag_is_an_alias_of_save(trained):
     assert args.save == save
 
 
+
+def test_two_disagreeing_checkpoints_are_refused(trained, tmp_path):
+    # --model A.pt --save B.pt: the authors' --model was silently ignored and B evaluated.
+    folder, save = trained
+    with pytest.raises(errors.UserError, match=r'--model .*A\.pt and --save .* name two different checkpoints'):
+        dynamiceval.parse_args(['--data', folder, '--model', str(tmp_path / 'A.pt'), '--save', save])
+    # The same file under two names is one checkpoint.
+    os.symlink(save, tmp_path / 'link.pt')
+    assert dynamiceval.parse_args(['--data', folder, '--model', str(tmp_path / 'link.pt'), '--save', save]).save == save
+
+
+def test_val_and_a_contradicting_split_are_refused():
+    # --val --split test evaluated valid without a word.
+    with pytest.raises(errors.UserError, match='--val .* and --split test disagree'):
+        dynamiceval.parse_args(['--save', 'PTB.pt', '--val', '--split', 'test'])
+    assert dynamiceval.parse_args(['--save', 'PTB.pt', '--val', '--split', 'valid']).split == 'valid'
+    assert dynamiceval.parse_args(['--save', 'PTB.pt']).split == 'both'
+    assert dynamiceval.parse_args(['--save', 'PTB.pt', '--split', 'test']).split == 'test'
+
 @pytest.mark.parametrize('flags, message', [
     (['--lr', '-1'], '--lr must be >= 0'),
     (['--lamb', '-0.1'], '--lamb must be >= 0'),

@@ -1,10 +1,15 @@
+import os
+
 import pytest
 
+from harness import checkpoint
+from harness import cli
 from harness import corpus_cache
 import errors
 import generate
 import scoring
-from pipeline_helpers import other_corpus, train_tiny
+from pipeline_helpers import other_corpus, random_checkpoint, train_tiny
+from reliability_helpers import must_not_run
 
 
 @pytest.fixture(scope='module')
@@ -90,16 +95,76 @@ def test_bad_sampling_flags(trained):
             generate.main(['--data', corpus, '--checkpoint', save, '--cpu', *flags_])
 
 
-def test_generated_text_can_go_down_a_pipe(trained):
+def test_generated_text_can_go_down_a_pipe(trained, tmp_path):
     # `generate.py --outf /dev/stdout | cat`: /dev/stdout resolves into /proc/PID/fd, a read-only folder.
+    # What the pipe receives is exactly the text the same run writes to a file: the progress and the notes
+    # (the corpus cache's, the prompt's) went into the text stream.
     import os
     import subprocess
     import sys
     from conftest import REPO
     corpus, save = trained
-    done = subprocess.run([sys.executable, 'generate.py', '--data', corpus, '--checkpoint', save, '--words', '30',
-                           '--outf', '/dev/stdout', '--cpu'], cwd=REPO, capture_output=True, text=True, timeout=120)
+    argv = ['--data', corpus, '--checkpoint', save, '--words', '30', '--cpu', '--prompt', 'the cat', '--seed', '4']
+    assert generate.main([*argv, '--outf', str(tmp_path / 'g.txt')]) == 0
+    done = subprocess.run([sys.executable, 'generate.py', *argv, '--outf', '/dev/stdout'], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert f'| Generated 30 words to /dev/stdout' in done.stdout and 'error' not in done.stderr
-    assert any(word in done.stdout for word in ('cat', 'dog', 'bird', 'fish'))  # the corpus's words
+    assert done.stdout == (tmp_path / 'g.txt').read_text()
+    assert '| Generated 30 words to /dev/stdout' in done.stderr and '| Generated 0/30 words' in done.stderr
+    assert 'Loading cached dataset' in done.stderr and 'error' not in done.stderr
     assert os.path.isfile(save)
+
+
+def test_the_output_is_replaced_only_when_the_text_is_complete(trained, tmp_path, monkeypatch):
+    # Two runs with one --outf (a sweep over seeds) both truncated and wrote the one file; a run that
+    # failed had already truncated it. The file there stays whole until the new text replaces it.
+    corpus, save = trained
+    outf = tmp_path / 'generated.txt'
+    outf.write_text('an earlier run\'s text')
+    seen = []
+    sample = generate.sample_next_word
+
+    def sample_and_look(*args):
+        seen.append(outf.read_text())
+        if len(seen) == 5:
+            raise RuntimeError('a fault while sampling')
+        return sample(*args)
+    monkeypatch.setattr(generate, 'sample_next_word', sample_and_look)
+    argv = ['--data', corpus, '--checkpoint', save, '--outf', str(outf), '--words', '10', '--cpu']
+    with pytest.raises(RuntimeError, match='a fault while sampling'):
+        generate.main(argv)
+    assert set(seen) == {'an earlier run\'s text'} and outf.read_text() == 'an earlier run\'s text'
+    monkeypatch.setattr(generate, 'sample_next_word', sample)
+    assert generate.main(argv) == 0 and len(sampled_tokens(outf)) == 10
+    assert [name for name in os.listdir(tmp_path) if name != 'generated.txt'] == []
+
+
+def test_an_mos_checkpoint_samples_by_default(trained, tmp_path):
+    # The default sampling read the split softmax's nsplits, which the Mixture of Softmaxes' loss lacks.
+    corpus, _ = trained
+    words = corpus_cache.load_corpus(corpus).dictionary.idx2word
+    save = random_checkpoint(str(tmp_path / 'mos.pt'), words, n_experts=3)
+    for shaping in ([], ['--top-k', '3']):
+        outf = tmp_path / f'mos{len(shaping)}.txt'
+        assert generate.main(['--data', corpus, '--checkpoint', save, '--outf', str(outf), '--words', '25',
+                              '--cpu', *shaping]) == 0
+        assert len(sampled_tokens(outf)) == 25 and set(sampled_tokens(outf)) <= set(words)
+
+
+def test_empty_and_odd_paths_are_refused_before_any_work(trained, tmp_path, monkeypatch):
+    corpus, save = trained
+    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
+    monkeypatch.setattr(cli, 'load_data', must_not_run)
+    cases = [(['--checkpoint', save, '--outf', ''], '--outf is empty'),
+             (['--checkpoint', '', '--outf', str(tmp_path / 'g.txt')], r'no checkpoint given \(--checkpoint\)'),
+             (['--checkpoint', str(tmp_path), '--outf', str(tmp_path / 'g.txt')],
+              r'is a folder, not a checkpoint file \(--checkpoint\)')]
+    for argv, message in cases:
+        with pytest.raises(errors.UserError, match=message):
+            generate.main(['--data', corpus, *argv, '--cpu'])
+
+
+def test_the_unknown_prompt_word_note_goes_to_standard_error(capsys):
+    assert generate.prompt_ids('the zyzzyva', {'<unk>': 0, 'the': 1}) == [1, 0]
+    captured = capsys.readouterr()
+    assert captured.out == '' and 'zyzzyva' in captured.err

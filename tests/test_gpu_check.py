@@ -97,3 +97,51 @@ def test_summary_shows_the_first_profile_line_and_both_test_steps(tmp_path):
     assert rows['profile ptb-2018 (first option: eager)'].strip() == 'GPU kernels 9.00 ms (eager)'
     assert rows['CUDA kernel tests (pytest)'].strip() == '2 passed in 3.0s'
     assert rows['CUDA graph tests (pytest)'].strip() == '1 failed, 3 passed in 50.0s'
+
+
+FAKE_PYTHON = """#!/bin/bash
+# Stands in for the interpreter: records what each step was given, runs nothing.
+{ echo "ARGS=$*"; echo "ORIGINAL=$AWD_LSTM_ORIGINAL"; prev=
+  for a in "$@"; do [ "$prev" = --data ] && [ -f "$a/train.txt" ] && echo "DATA=$(head -n 1 "$a/train.txt")"; prev=$a; done
+} >> "$RECORD"
+"""
+
+
+def test_relative_input_variables_are_read_where_the_script_was_started(tmp_path):
+    # AWD_DATA_MIRROR=mirror and AWD_LSTM_ORIGINAL=orig were read after the script changed into the
+    # repository (unlike --prepare): the mirror was not found there, and the original was looked for there.
+    (tmp_path / 'mirror' / 'penn').mkdir(parents=True)
+    for split in ('train', 'valid', 'test'):
+        (tmp_path / 'mirror' / 'penn' / f'{split}.txt').write_text(' the marker line of the mirror\n')
+    fake = tmp_path / 'python'
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    record = tmp_path / 'record.txt'
+    run = subprocess.run(['bash', os.path.join(REPO, SCRIPT), '--cpu', 'out'], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, env=dict(without_input_variables(), AWD_DATA_MIRROR='mirror',
+                                                          AWD_LSTM_ORIGINAL='orig', PYTHON=str(fake), RECORD=str(record)))
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = record.read_text().splitlines()
+    assert 'DATA= the marker line of the mirror' in lines
+    assert {line for line in lines if line.startswith('ORIGINAL=')} == {f'ORIGINAL={tmp_path}/orig'}
+    # The dry run's summary is told that it is one (the next test: no target is judged from it).
+    assert any(line.startswith('ARGS=benchmarks/gpu_check.py summary --cpu ') for line in lines)
+
+
+def test_a_dry_runs_summary_judges_no_gpu_target(tmp_path):
+    # gpu_check.sh --cpu's summary printed "MET" for the GPU targets from its tiny CPU epochs.
+    sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+    import contextlib
+    import io
+    import gpu_check
+    (tmp_path / '05_main_graphs.log').write_text('| end of epoch   1 | time:  1.50s |\n')
+    (tmp_path / '07_bench.jsonl').write_text('{"recipe": "wt2", "option": "graphs", "train_s_per_epoch": 2.0, "peak_mem_mb": 900}\n')
+    tables = []
+    for cpu in (False, True):
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            gpu_check.summary(str(tmp_path), cpu=cpu)
+        tables.append(dict(line.split('  ', 1) for line in printed.getvalue().splitlines()[1:]))
+    gpu, dry = ({name: value.strip() for name, value in table.items() if name.startswith('target')} for table in tables)
+    assert gpu['target: PTB real epoch <= 5 s'].startswith('MET (graphs epoch 1.50')
+    assert set(dry) == set(gpu) and all(value.startswith('not measured (a dry run on the CPU') for value in dry.values())

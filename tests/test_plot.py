@@ -1,3 +1,4 @@
+import contextlib
 import json
 import math
 import os
@@ -12,7 +13,7 @@ import main
 import plot
 import training
 from conftest import REPO, tiny_run, write_corpus
-from reliability_helpers import epoch_record
+from reliability_helpers import epoch_record, must_not_run
 
 
 def have_matplotlib():
@@ -175,12 +176,43 @@ def test_bad_input_is_one_line_error(tmp_path, capsys, problem):
     assert not os.path.exists(out)
 
 
-@needs_matplotlib
-def test_unwritable_output_is_one_line_error(tmp_path, capsys):
+def test_unwritable_output_is_one_line_error_before_any_work(tmp_path, capsys, monkeypatch):
+    # Found before the logs are read or matplotlib loaded (it was found when the figure was saved).
     log = write_log(tmp_path / 'run.jsonl', MAIN_LOG)
     out = str(tmp_path / 'run.jsonl' / 'c.png')  # under a file: unwritable, even for root
+    monkeypatch.setattr(plot, 'log_curves', must_not_run)
     code, err = in_process([log, '-o', out], capsys)
-    assert code == 2 and len(err) == 1 and err[0].startswith(f'error: {out}: cannot write: ')
+    assert code == 2 and err == [f'error: {tmp_path / "run.jsonl"}: folder does not exist (-o {out})']
+
+
+def test_the_figure_never_replaces_a_file_a_run_needs(tmp_path, capsys, monkeypatch):
+    # A run saving to runs/fig.png (its log runs/fig.png.jsonl): -o runs/fig.png would replace its checkpoint.
+    (tmp_path / 'fig.png').write_bytes(b'the checkpoint of a run')
+    log = write_log(tmp_path / 'fig.png.jsonl', MAIN_LOG)
+    monkeypatch.setattr(plot, 'log_curves', must_not_run)
+    code, err = in_process([log, '-o', str(tmp_path / 'fig.png')], capsys)
+    assert code == 2 and len(err) == 1 and 'would overwrite a file of the run saving to' in err[0]
+    assert (tmp_path / 'fig.png').read_bytes() == b'the checkpoint of a run'
+
+
+@needs_matplotlib
+def test_a_figure_that_fails_midway_leaves_the_earlier_one(tmp_path, monkeypatch):
+    # The PNG was written in place by savefig: a failure midway left a truncated file.
+    import matplotlib.figure
+    log = write_log(tmp_path / 'run.jsonl', MAIN_LOG)
+    out = tmp_path / 'c.png'
+    out.write_bytes(PNG_SIGNATURE + b' an earlier figure')
+
+    def fails_midway(self, f, **kwargs):  # savefig takes a file name or a file
+        with contextlib.ExitStack() as stack:
+            f = stack.enter_context(open(f, 'wb')) if isinstance(f, str) else f
+            f.write(PNG_SIGNATURE)
+            raise ValueError('a fault while drawing')
+    monkeypatch.setattr(matplotlib.figure.Figure, 'savefig', fails_midway)
+    with pytest.raises(ValueError, match='a fault while drawing'):
+        plot.main([log, '-o', str(out)])
+    assert out.read_bytes() == PNG_SIGNATURE + b' an earlier figure'
+    assert sorted(os.listdir(tmp_path)) == ['c.png', 'run.jsonl']  # no temporary file left
 
 
 def test_missing_matplotlib_is_a_clear_error(tmp_path):
@@ -250,3 +282,21 @@ def test_the_perplexity_axis_is_labelled_across_the_range(tmp_path, monkeypatch,
     real_close(figures[0])
     # Labels near both ends of the curve (500 to 1700 had none above 1000), and not a crowd of them.
     assert max(shown) >= high / 1.3 and min(shown) <= low * 1.3 and len(shown) <= 12
+
+
+@needs_matplotlib
+@pytest.mark.parametrize('epochs', [[1, 2], [0, 1, 2], [1, 2, 3, 4], list(range(1, 41))])
+def test_epoch_ticks_are_whole_numbers(tmp_path, monkeypatch, epochs):
+    # A short log (two epochs) was labelled 1.00, 1.25, 1.50, ...: there is no epoch 1.25.
+    import matplotlib.pyplot as plt
+    figures = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, 'close', lambda fig: figures.append(fig))
+    curve = [300.0 - e for e in epochs]
+    plot.draw(plt, [('run', (epochs, curve, curve, None, []))], None, str(tmp_path / 'c.png'))
+    ax = figures[0].axes[0]
+    left, right = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if left <= t <= right]
+    real_close(figures[0])
+    assert ticks and all(t == int(t) for t in ticks)
+    assert min(ticks) <= epochs[0] and max(ticks) >= epochs[-1] and len(ticks) <= 12

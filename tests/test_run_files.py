@@ -40,6 +40,55 @@ def test_generate_never_overwrites_its_inputs(trained, tmp_path, target):
     assert open(outf, 'rb').read() == before
 
 
+
+def a_run_beside(folder):
+    """The files of a run saving to folder/PTB.pt, as main.py and finetune.py leave them; their contents."""
+    save = os.path.join(folder, 'PTB.pt')
+    names = [save, save + '.state', save + '.finetune.state', save + '.jsonl', save + '.finetune.jsonl', save + '.lock']
+    for name in names:
+        with open(name, 'w') as f:
+            f.write('run file ' + name)
+    return save, names
+
+
+def test_no_script_writes_over_the_files_a_run_needs(trained, tmp_path, monkeypatch):
+    # score.py --out PTB.pt.state (and generate.py --outf, pointer.py --log) replaced the resume state
+    # beside the checkpoint they read, its log or its lock, without a word.
+    import score
+    corpus, save, _ = trained
+    other, run_names = a_run_beside(str(tmp_path))
+    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
+    for name in run_names:
+        for script, argv in ((score, ['--checkpoint', save, '--text', os.path.join(corpus, 'test.txt'), '--out', name]),
+                             (generate, ['--data', corpus, '--checkpoint', save, '--outf', name]),
+                             (pointer, ['--data', corpus, '--save', save, '--log', name])):
+            with pytest.raises(errors.UserError, match=f'{name}: .* the run saving to {other}'):
+                script.main([*argv, '--cpu'])
+    for name in run_names:
+        assert open(name).read() == 'run file ' + name
+    # The run's own files stay its own (main.py, finetune.py); another run's are not.
+    for name in run_names[:-1]:
+        run_files.check_output(name, '--save', replaced=True, run=other)
+    with pytest.raises(errors.UserError, match='the run saving to'):
+        run_files.check_output(other + '.jsonl', '--save', replaced=True, run=str(tmp_path / 'mine.pt'))
+    # Names that only look like a run's: a pointer log beside its checkpoint, a file of no run.
+    run_files.check_output(other + '.pointer.jsonl', '--log')
+    run_files.check_output(str(tmp_path / 'notes.jsonl'), '--log')
+    run_files.check_output(str(tmp_path / 'lone.pt'), '--outf')
+    os.mkdir(tmp_path / 'results')  # a folder is no run's checkpoint
+    run_files.check_output(str(tmp_path / 'results.jsonl'), '--out')
+
+
+def test_the_run_files_refused_are_those_the_scripts_write(tmp_path):
+    # run_files.RUN_FILE_SUFFIXES restates the names that each script gives its files: checked against them.
+    from harness import run_log
+    save = str(tmp_path / 'PTB.pt')
+    (tmp_path / 'PTB.pt').write_bytes(b'a checkpoint')
+    for name in (checkpoint.state_path(save), finetune.finetune_state_path(save), run_log.json_log_path(save),
+                 finetune.finetune_log_path(save), run_files.lock_path(save)):
+        assert run_files.run_needing(name) == save, name
+    assert run_files.run_needing(pointer.default_log_path(save)) is None
+
 def test_main_never_saves_over_its_data(tmp_path, small_corpus, monkeypatch):
     monkeypatch.setattr(training, 'train_epoch', must_not_run)
     with pytest.raises(errors.UserError, match='would overwrite'):

@@ -8,6 +8,7 @@ from harness import checkpoint
 import errors
 import score
 from pipeline_helpers import random_checkpoint, train_tiny
+from reliability_helpers import must_not_run
 
 WORDS = ['<eos>', '<unk>', 'the', 'cat', 'a', 'dog', 'sees', 'likes', '.', 'fish', 'tree', 'bread']
 LINES = 'the cat sees a dog .\na dog likes the fish .\n\nthe zebra sees bread .\ncat\n'
@@ -133,3 +134,59 @@ def test_a_stream_output_is_written_in_place(trained, tmp_path):
     if os.path.exists('/dev/full'):
         with pytest.raises(errors.UserError, match='/dev/full: could not be written [(]the disk is full'):
             score.main(['--checkpoint', save, '--text', test_txt, '--cpu', '--sentences', '--out', '/dev/full'])
+
+
+def test_standard_output_holds_the_result_only(trained, monkeypatch, capsys):
+    # --cuda without a GPU: the device note went to standard output ahead of the JSON (and the TSV header).
+    corpus, save = trained
+    monkeypatch.setattr('torch.cuda.is_available', lambda: False)
+    text = corpus + '/test.txt'
+    assert score.main(['--checkpoint', save, '--text', text, '--json', '--cuda']) == 0
+    captured = capsys.readouterr()
+    assert set(json.loads(captured.out)) >= {'tokens', 'loss'} and 'no GPU is available' in captured.err
+    assert score.main(['--checkpoint', save, '--text', text, '--sentences', '--cuda']) == 0
+    assert capsys.readouterr().out.startswith('logprob\ttokens\toov\ttext\n')
+
+
+def test_closed_standard_input_is_one_line(trained, monkeypatch):
+    # `score.py 0<&-`: Python sets sys.stdin to None, and reading it was a traceback.
+    corpus, save = trained
+    monkeypatch.setattr('sys.stdin', None)
+    with pytest.raises(errors.UserError, match='standard input is closed'):
+        score.main(['--checkpoint', save, '--cpu'])
+
+
+def test_empty_and_odd_paths_are_refused_before_any_work(trained, tmp_path, monkeypatch):
+    # --out '' was called a folder, --checkpoint '' "no checkpoint given (--save)" (score.py has no
+    # --save), a folder as --checkpoint "not found".
+    corpus, save = trained
+    text = corpus + '/test.txt'
+    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
+    cases = [(['--checkpoint', save, '--text', text, '--out', ''], '^--out is empty'),
+             (['--checkpoint', '', '--text', text], r'^no checkpoint given \(--checkpoint\)$'),
+             (['--checkpoint', str(tmp_path), '--text', text], r'is a folder, not a checkpoint file \(--checkpoint\)'),
+             (['--checkpoint', save, '--text', ''], '^--text is empty'),
+             (['--checkpoint', save, '--text', str(tmp_path)], r'is a folder, not a text file \(--text\)')]
+    for argv, message in cases:
+        with pytest.raises(errors.UserError, match=message):
+            score.main([*argv, '--cpu'])
+
+
+@pytest.mark.parametrize('n_experts', [1, 3])
+def test_logprobs_are_computed_a_bounded_number_of_floats_at_a_time(tmp_path, monkeypatch, n_experts):
+    # A Mixture of Softmaxes makes n_experts distributions over the vocabulary for each row before mixing
+    # them: rows x n_experts x vocabulary must stay under the bound (15 experts made one 4,000-word line
+    # of a 10,000-word vocabulary take over 6 GB).
+    import scoring
+    ckpt = checkpoint.load_checkpoint(random_checkpoint(str(tmp_path / 'm.pt'), WORDS, n_experts=n_experts))
+    model, criterion = ckpt['model'], ckpt['criterion']
+    lines = [[2, 3, 6, 4, 5, 8, 0], [4, 5, 7, 2, 9, 8, 0, 3, 3, 0], [11, 0]]
+    whole = scoring.line_logprobs(model, criterion, lines, 0)
+    rows_at_once = []
+    logprob = type(criterion).logprob
+    monkeypatch.setattr(type(criterion), 'logprob',
+                        lambda self, weight, bias, output: rows_at_once.append(len(output)) or logprob(self, weight, bias, output))
+    monkeypatch.setattr(scoring, 'LOGPROB_FLOATS', 4 * n_experts * len(WORDS))
+    chunked = scoring.line_logprobs(model, criterion, lines, 0)
+    assert max(rows_at_once) == 4 and sum(rows_at_once) == 10 * 3  # (longest line, lines) rows, 4 at a time
+    assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-9) for a, b in zip(whole, chunked))
