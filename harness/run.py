@@ -22,6 +22,7 @@ resume (resume.py, checkpoint.py), one writer and one log under torchrun (distri
 between two whole resume states (interrupts.py).
 """
 import contextlib
+import sys
 import time
 
 import training
@@ -50,6 +51,7 @@ class TrainingRun:
 
     def __init__(self, script, parser, argv=None):
         self.script, self.parser = script, parser
+        self.command = [f'{script}.py', *(sys.argv[1:] if argv is None else argv)]  # for the log's provenance
         self.args = args = flags.parse_args(parser, argv)
         self.given = flags.given_flags(parser, argv)
         if script == 'main' and args.save is None and args.resume:  # --resume X alone continues X, in its own files
@@ -112,7 +114,8 @@ class TrainingRun:
         if self.script == 'main':
             self.device = cli.choose_device(args)
         self.log = self.dist.if_main(run_log.JsonLog, self.log_path(), self.owner.run,  # [distributed] rank 0 logs
-                                     resumed_after=self.resumed.epoch if self.resumed.state is not None else None)
+                                     resumed_after=self.resumed.epoch if self.resumed.state is not None else None,
+                                     command=self.command, device=self.device)
 
     def log_path(self):
         return run_log.json_log_path(self.output) if self.script == 'main' else finetune_log_path(self.output)

@@ -50,11 +50,11 @@ class JsonLog:
     about to redo those epochs (kill -9 can strike between an epoch's record and its state).
     """
 
-    def __init__(self, path, run=None, resumed_after=None):
+    def __init__(self, path, run=None, resumed_after=None, command=None, device=None):
         self.path, self.run = path, run
         # Taken now (the start time is this process's), written with the first record: a run's log
         # says which code, on which software and machine, by which command produced its figures.
-        self.provenance = provenance()
+        self.provenance = provenance(command, device)
         self._end_a_cut_off_line()
         if resumed_after is not None:
             self._forget_records_after(resumed_after)
@@ -181,15 +181,17 @@ def progress_bar(total, desc):
 CODE_FOLDER = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def provenance():
-    """The facts that tell where a run came from, as plain JSON values: the command line, Python and
-    torch versions, CUDA and cuDNN versions and the GPU's name (None for CUDA and cuDNN without one,
-    the CPU's name then), the git commit of this code's checkout and whether tracked files had
-    uncommitted changes (None for both outside a git checkout or without git), the start time (UTC)."""
-    cuda = torch.cuda.is_available()
+def provenance(command=None, device=None):
+    """The facts that tell where a run came from, as plain JSON values: the command line (`command`, the
+    script and its arguments: a run started from Python gives its own; default sys.argv), Python and
+    torch versions, CUDA and cuDNN versions and the name of the device the run computes on (`device`,
+    a torch.device; default the GPU when one is present; None for CUDA and cuDNN without one, the CPU's
+    name then), the git commit of this code's checkout and whether tracked files had uncommitted changes
+    (None for both outside a git checkout or without git), the start time (UTC)."""
+    cuda = torch.cuda.is_available() if device is None else device.type == 'cuda'
     commit, dirty = git_state(CODE_FOLDER)
     return {
-        'command': shlex.join([os.path.basename(sys.executable or 'python'), *sys.argv]),
+        'command': shlex.join([os.path.basename(sys.executable or 'python'), *(command or sys.argv)]),
         'cwd': os.getcwd(),
         'python': platform.python_version(),
         'torch': torch.__version__,

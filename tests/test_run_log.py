@@ -2,6 +2,7 @@
 disk, lines cut off by an interrupted write, and one record per epoch after kill -9 and --resume."""
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -232,3 +233,15 @@ def test_provenance_without_git_or_outside_a_checkout(tmp_path, monkeypatch):
     assert run_log.git_state(REPO) == (None, None)
     facts = run_log.provenance()
     assert facts['git_commit'] is None and facts['git_dirty'] is None
+
+
+def test_a_training_run_called_from_python_records_its_own_command_and_device(tmp_path, tiny_corpus):
+    """main.main(argv) from Python (a notebook, a sweep, this test) logs `main.py ARGV`, not the calling
+    process's command line, and the device it computes on (--cpu: the CPU, even where a GPU is present)."""
+    import main
+    save = str(tmp_path / 'm.pt')
+    argv = tiny_run(tiny_corpus, save, epochs=1)
+    assert main.main(argv) == 0
+    facts = read_jsonl(run_log.json_log_path(save))[0]['provenance']
+    assert facts['command'] == shlex.join([os.path.basename(sys.executable), 'main.py', *argv])
+    assert facts['device'] == run_log.cpu_name() and facts['cuda'] is None
