@@ -126,3 +126,13 @@ def test_no_module_imports_a_script():
     # finetune.py and benchmark.py build their parsers from main.py's flags, the one place they are declared.
     importers = {name: project_imports(name) & SCRIPTS for name in MODULES if name not in SCRIPTS}
     assert {name: found for name, found in importers.items() if found} == {}
+
+
+def test_the_training_scripts_functions_are_at_most_80_lines():
+    """main.py and finetune.py read top to bottom: flags, model, the epoch loop; none longer than a screen."""
+    for script in ('main', 'finetune'):
+        with open(path_of(script)) as f:
+            tree = ast.parse(f.read())
+        lengths = {node.name: node.end_lineno - node.lineno + 1 for node in ast.walk(tree)
+                   if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        assert max(lengths.values()) <= 80, (script, lengths)
