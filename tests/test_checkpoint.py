@@ -17,7 +17,7 @@ from harness import cli
 import errors
 import pointer
 import training
-from conftest import TINY
+from conftest import TINY, patch_everywhere
 from reliability_helpers import copy_checkpoint, hand_made, must_not_run, train
 
 
@@ -242,7 +242,7 @@ def test_evaluation_scripts_refuse_a_resume_state_and_name_the_checkpoint(traine
     if which == 'renamed':  # a state copied under another name: its run's --save is named
         state = str(tmp_path / 'weights.pt')
         shutil.copy(checkpoint.state_path(save), state)
-    monkeypatch.setattr(cli, 'load_data', must_not_run)
+    patch_everywhere(monkeypatch, cli, 'load_data', must_not_run)
     with pytest.raises(errors.UserError, match='a resume state of ') as refused:
         script.main(evaluation_argv(script, corpus, state, tmp_path))
     assert str(refused.value).startswith(f'{state}: ') and str(refused.value).endswith(f'use the checkpoint {best}')

@@ -4,6 +4,8 @@ import sys
 import warnings
 
 import pytest
+
+from conftest import patch_everywhere
 import torch
 import torch.nn as nn
 
@@ -155,7 +157,7 @@ def capture_loaded(monkeypatch, edit=None):
             edit(ckpt['model'])
         loaded.append(ckpt)
         return ckpt
-    monkeypatch.setattr(checkpoint, 'load_checkpoint', load_and_keep)
+    patch_everywhere(monkeypatch, checkpoint, 'load_checkpoint', load_and_keep)
     return loaded
 
 
@@ -287,7 +289,7 @@ def test_bad_input(tmp_path):
 
 
 def test_an_empty_checkpoint_flag_or_a_folder_is_named_as_such(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint, 'load_checkpoint', lambda *a, **k: pytest.fail('no work before the refusal'))
+    patch_everywhere(monkeypatch, checkpoint, 'load_checkpoint', lambda *a, **k: pytest.fail('no work before the refusal'))
     with pytest.raises(errors.UserError, match=r'^--checkpoint: no checkpoint given$'):
         export.main(['--checkpoint', '', '--torchscript', str(tmp_path / 'm.ts')])
     monkeypatch.undo()
@@ -355,7 +357,7 @@ def test_onnx_export_without_onnxruntime_says_what_to_install(tmp_path, monkeypa
     # onnxruntime checks the file before it is kept: without it nothing is exported, and it says so first.
     save = random_checkpoint(str(tmp_path / 'm.pt'), WORDS)
     monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # `import onnxruntime` raises ImportError
-    monkeypatch.setattr(checkpoint, 'load_checkpoint', lambda *a, **k: pytest.fail('no work before the refusal'))
+    patch_everywhere(monkeypatch, checkpoint, 'load_checkpoint', lambda *a, **k: pytest.fail('no work before the refusal'))
     with pytest.raises(errors.UserError, match=r'^ONNX export needs the onnxruntime package: '
                                                r'pip install -r requirements-export.txt$'):
         export.main(['--checkpoint', save, '--onnx-stream', str(tmp_path / 'm.onnx')])

@@ -15,7 +15,7 @@ from harness import cli
 import errors
 import pointer
 import training
-from conftest import TINY, tiny_run
+from conftest import TINY, tiny_run, patch_everywhere
 from reliability_helpers import must_not_run, train
 
 
@@ -65,7 +65,7 @@ def test_scripts_refuse_an_impossible_seed(trained, tmp_path, script):
 
 def test_pointer_refuses_lambdasm_1_naming_the_real_cause(trained, monkeypatch):
     corpus, save, _ = trained
-    monkeypatch.setattr(cli, 'load_data', must_not_run)
+    patch_everywhere(monkeypatch, cli, 'load_data', must_not_run)
     with pytest.raises(errors.UserError) as refused:
         pointer.main(['--data', corpus, '--save', save, '--window', '5', '--bptt', '20', '--cpu',
                       '--lambdasm', '1', '--log', os.devnull])

@@ -2,6 +2,8 @@ import os
 
 import pytest
 
+from conftest import patch_everywhere
+
 from harness import checkpoint
 from harness import cli
 from harness import corpus_cache
@@ -122,19 +124,19 @@ def test_the_output_is_replaced_only_when_the_text_is_complete(trained, tmp_path
     outf = tmp_path / 'generated.txt'
     outf.write_text('an earlier run\'s text')
     seen = []
-    sample = generate.sample_next_word
+    sample = scoring.sample_next_word
 
     def sample_and_look(*args):
         seen.append(outf.read_text())
         if len(seen) == 5:
             raise RuntimeError('a fault while sampling')
         return sample(*args)
-    monkeypatch.setattr(generate, 'sample_next_word', sample_and_look)
+    monkeypatch.setattr(scoring, 'sample_next_word', sample_and_look)
     argv = ['--data', corpus, '--checkpoint', save, '--outf', str(outf), '--words', '10', '--cpu']
     with pytest.raises(RuntimeError, match='a fault while sampling'):
         generate.main(argv)
     assert set(seen) == {'an earlier run\'s text'} and outf.read_text() == 'an earlier run\'s text'
-    monkeypatch.setattr(generate, 'sample_next_word', sample)
+    monkeypatch.setattr(scoring, 'sample_next_word', sample)
     assert generate.main(argv) == 0 and len(sampled_tokens(outf)) == 10
     assert [name for name in os.listdir(tmp_path) if name != 'generated.txt'] == []
 
@@ -153,12 +155,12 @@ def test_an_mos_checkpoint_samples_by_default(trained, tmp_path):
 
 def test_empty_and_odd_paths_are_refused_before_any_work(trained, tmp_path, monkeypatch):
     corpus, save = trained
-    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
-    monkeypatch.setattr(cli, 'load_data', must_not_run)
+    patch_everywhere(monkeypatch, checkpoint, 'load_checkpoint', must_not_run)
+    patch_everywhere(monkeypatch, cli, 'load_data', must_not_run)
     cases = [(['--checkpoint', save, '--outf', ''], '--outf is empty'),
              (['--checkpoint', '', '--outf', str(tmp_path / 'g.txt')], r'no checkpoint given \(--checkpoint\)'),
              (['--checkpoint', str(tmp_path), '--outf', str(tmp_path / 'g.txt')],
-              r'is a folder, not a checkpoint file \(--checkpoint\)')]
+              r'not a model directory .*, nor a checkpoint file \(--checkpoint\)')]
     for argv, message in cases:
         with pytest.raises(errors.UserError, match=message):
             generate.main(['--data', corpus, *argv, '--cpu'])

@@ -16,7 +16,7 @@ from harness import cli
 from harness import interrupts
 import errors
 import training
-from conftest import REPO, TINY, tiny_run
+from conftest import REPO, TINY, tiny_run, patch_everywhere
 from reliability_helpers import copy_checkpoint, train
 
 
@@ -97,7 +97,7 @@ def run_script(main, capsys):
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, small_corpus, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(cli, 'load_data', interrupted)
+    patch_everywhere(monkeypatch, cli, 'load_data', interrupted)
     status, err = run_script(lambda: train_script.main(tiny_run(small_corpus, str(tmp_path / 'm.pt'))), capsys)
     assert status == 130 and err.count('\n') == 1 and 'Traceback' not in err
 

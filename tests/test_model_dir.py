@@ -6,6 +6,8 @@ import os
 import pytest
 import torch
 
+import harness
+
 import errors
 import export
 import generate
@@ -117,12 +119,12 @@ def test_finetune_and_dynamiceval_give_the_same_results_on_the_directory(exporte
     for name, model in (('pt', save), ('dir', pretrained)):
         out = str(tmp_path / f'{name}.pt')
         assert finetune.main(['--data', corpus, '--save', model, '--out', out, '--epochs', '1', *TINY]) == 0
-        finals.append({k: v for k, v in read_jsonl(finetune.finetune_log_path(out))[-1].items() if k.endswith('_loss')})
+        finals.append({k: v for k, v in read_jsonl(harness.finetune_log_path(out))[-1].items() if k.endswith('_loss')})
     assert finals[0] == finals[1] and finals[0]['test_loss'] > 0
     # A fine-tuned checkpoint's card quotes fine-tuning's log (<out>.finetune.jsonl).
     tuned = str(tmp_path / 'pt.pt')
     assert export.main(['--checkpoint', tuned, '--pretrained', str(tmp_path / 'tuned')]) == 0
-    final = read_jsonl(finetune.finetune_log_path(tuned))[-1]
+    final = read_jsonl(harness.finetune_log_path(tuned))[-1]
     card = (tmp_path / 'tuned' / 'README.md').read_text()
     assert '`pt.pt.finetune.jsonl`' in card and f'| {final["valid_ppl"]:.2f} | {final["test_ppl"]:.2f} | 1 |' in card
     results = [dynamiceval.evaluate_checkpoint(dynamiceval.parse_args(['--data', corpus, '--save', model, '--cpu']),

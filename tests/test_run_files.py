@@ -10,6 +10,8 @@ import stat
 import pytest
 import torch
 
+import harness
+
 import finetune
 import generate
 from harness import atomic_io
@@ -19,7 +21,7 @@ from harness import run_files
 import errors
 import pointer
 import training
-from conftest import TINY, read_jsonl
+from conftest import TINY, read_jsonl, patch_everywhere
 from reliability_helpers import copy_checkpoint, disk_full, must_not_run, temporaries, train
 
 
@@ -57,7 +59,7 @@ def test_no_script_writes_over_the_files_a_run_needs(trained, tmp_path, monkeypa
     import score
     corpus, save, _ = trained
     other, run_names = a_run_beside(str(tmp_path))
-    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
+    patch_everywhere(monkeypatch, checkpoint, 'load_checkpoint', must_not_run)
     for name in run_names:
         for script, argv in ((score, ['--checkpoint', save, '--text', os.path.join(corpus, 'test.txt'), '--out', name]),
                              (generate, ['--data', corpus, '--checkpoint', save, '--outf', name]),
@@ -84,8 +86,8 @@ def test_the_run_files_refused_are_those_the_scripts_write(tmp_path):
     from harness import run_log
     save = str(tmp_path / 'PTB.pt')
     (tmp_path / 'PTB.pt').write_bytes(b'a checkpoint')
-    for name in (checkpoint.state_path(save), finetune.finetune_state_path(save), run_log.json_log_path(save),
-                 finetune.finetune_log_path(save), run_files.lock_path(save)):
+    for name in (checkpoint.state_path(save), harness.finetune_state_path(save), run_log.json_log_path(save),
+                 harness.finetune_log_path(save), run_files.lock_path(save)):
         assert run_files.run_needing(name) == save, name
     assert run_files.run_needing(pointer.default_log_path(save)) is None
 
@@ -100,8 +102,8 @@ def test_no_checkpoint_is_ever_written_over_a_resume_state(trained, tmp_path, mo
     save = copy_checkpoint(trained, tmp_path)
     state = checkpoint.state_path(save)
     before = open(state, 'rb').read()
-    monkeypatch.setattr(cli, 'load_data', must_not_run)
-    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
+    patch_everywhere(monkeypatch, cli, 'load_data', must_not_run)
+    patch_everywhere(monkeypatch, checkpoint, 'load_checkpoint', must_not_run)
     with pytest.raises(errors.UserError, match=r'copy.pt.state: --save names a resume state'):
         finetune.main(['--data', corpus, '--save', state, '--epochs', '1', *TINY])  # fine-tunes in place
     with pytest.raises(errors.UserError, match=r'--out names a resume state'):
@@ -132,7 +134,7 @@ def save_location(tmp_path, where):
                                          ('read-only folder', 'read-only')])
 def test_unusable_save_locations_are_found_before_training(tmp_path, small_corpus, monkeypatch, where, match):
     save = save_location(tmp_path, where)
-    monkeypatch.setattr(cli, 'load_data', must_not_run)
+    patch_everywhere(monkeypatch, cli, 'load_data', must_not_run)
     try:
         with pytest.raises(errors.UserError, match=match):
             train(small_corpus, save)
@@ -166,7 +168,7 @@ def test_pointer_checks_where_its_log_goes_before_evaluating(trained, tmp_path, 
 def test_generate_checks_its_output_before_sampling(trained, tmp_path, monkeypatch, where, match):
     corpus, save, _ = trained
     outf = save_location(tmp_path, where)
-    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
+    patch_everywhere(monkeypatch, checkpoint, 'load_checkpoint', must_not_run)
     try:
         with pytest.raises(errors.UserError, match=match):
             generate.main(['--data', corpus, '--checkpoint', save, '--outf', outf, '--words', '5', '--cpu'])
@@ -185,8 +187,8 @@ def test_a_save_name_too_long_for_the_file_system_is_found_before_any_work(train
         pytest.skip('the lengths are chosen for a file system with 255-byte names')
     # The longest name a run writes is the temporary file of <save>.state: 6 + 14 bytes more than <save>.
     name = str(tmp_path / ('x' * length))
-    monkeypatch.setattr(cli, 'load_data', must_not_run)
-    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
+    patch_everywhere(monkeypatch, cli, 'load_data', must_not_run)
+    patch_everywhere(monkeypatch, checkpoint, 'load_checkpoint', must_not_run)
     with pytest.raises(errors.UserError, match=rf'name too long for this file system \(--save\): shorten it by '
                                                rf'at least {length - 235} bytes'):
         train(corpus, name)
@@ -207,8 +209,8 @@ def test_a_symlink_loop_as_save_is_found_before_any_work(trained, tmp_path, monk
     corpus, save, _ = trained
     loop = str(tmp_path / 'loop.pt')
     os.symlink('loop.pt', loop)
-    monkeypatch.setattr(cli, 'load_data', must_not_run)
-    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
+    patch_everywhere(monkeypatch, cli, 'load_data', must_not_run)
+    patch_everywhere(monkeypatch, checkpoint, 'load_checkpoint', must_not_run)
     with pytest.raises(errors.UserError, match=r'loop.pt: Too many levels of symbolic links \(--save\)'):
         train(corpus, loop)
     with pytest.raises(errors.UserError, match=r'loop.pt: Too many levels of symbolic links \(--out\)'):
@@ -251,8 +253,8 @@ def test_a_non_regular_file_is_never_replaced_by_a_checkpoint(trained, tmp_path,
     if through == 'symlink':
         target = str(tmp_path / 'link.pt')
         os.symlink(special, target)
-    monkeypatch.setattr(cli, 'load_data', must_not_run)
-    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
+    patch_everywhere(monkeypatch, cli, 'load_data', must_not_run)
+    patch_everywhere(monkeypatch, checkpoint, 'load_checkpoint', must_not_run)
     with pytest.raises(errors.UserError, match=f'is a {kind.upper() if kind == "fifo" else kind}, not a regular file'):
         train(corpus, target)
     with pytest.raises(errors.UserError, match='not a regular file'):
@@ -279,7 +281,7 @@ def test_dev_null_as_save_is_refused_without_writing_anything():
 def test_a_second_run_on_the_same_files_stops_at_once(trained, tmp_path, monkeypatch):
     corpus, _, _ = trained
     save = copy_checkpoint(trained, tmp_path)
-    monkeypatch.setattr(cli, 'load_data', must_not_run)
+    patch_everywhere(monkeypatch, cli, 'load_data', must_not_run)
     with open(save + '.lock', 'a') as held:  # as another run holds it
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(errors.UserError, match='another run'):
@@ -301,8 +303,8 @@ def test_a_symlink_to_another_runs_save_is_locked_out_too(trained, tmp_path, mon
         os.symlink(str(tmp_path), str(tmp_path / 'alias'))
         other_name = str(tmp_path / 'alias' / os.path.basename(save))
     before = open(save, 'rb').read()
-    monkeypatch.setattr(cli, 'load_data', must_not_run)
-    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
+    patch_everywhere(monkeypatch, cli, 'load_data', must_not_run)
+    patch_everywhere(monkeypatch, checkpoint, 'load_checkpoint', must_not_run)
     with open(save + '.lock', 'a') as held:  # the other run, on its own path
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(errors.UserError, match='alias.* another run is using these files'):

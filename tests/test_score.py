@@ -2,6 +2,8 @@ import json
 import math
 
 import pytest
+
+from conftest import patch_everywhere
 import torch
 
 from harness import checkpoint
@@ -161,10 +163,10 @@ def test_empty_and_odd_paths_are_refused_before_any_work(trained, tmp_path, monk
     # --save), a folder as --checkpoint "not found".
     corpus, save = trained
     text = corpus + '/test.txt'
-    monkeypatch.setattr(checkpoint, 'load_checkpoint', must_not_run)
+    patch_everywhere(monkeypatch, checkpoint, 'load_checkpoint', must_not_run)
     cases = [(['--checkpoint', save, '--text', text, '--out', ''], '^--out is empty'),
              (['--checkpoint', '', '--text', text], r'^no checkpoint given \(--checkpoint\)$'),
-             (['--checkpoint', str(tmp_path), '--text', text], r'is a folder, not a checkpoint file \(--checkpoint\)'),
+             (['--checkpoint', str(tmp_path), '--text', text], r'not a model directory .*, nor a checkpoint file \(--checkpoint\)'),
              (['--checkpoint', save, '--text', ''], '^--text is empty'),
              (['--checkpoint', save, '--text', str(tmp_path)], r'is a folder, not a text file \(--text\)')]
     for argv, message in cases:
