@@ -4,6 +4,7 @@ Every line of a split is `line.split() + ['<eos>']`; one vocabulary is built ove
 test in that order (so word ids are in order of first appearance). A UTF-8 byte-order mark at the start
 of a file is not text and is dropped (it would otherwise be a word of its own).
 """
+import array
 import codecs
 import hashlib
 import io
@@ -12,12 +13,14 @@ from collections import Counter
 
 import torch
 
+from errors import UserError
+
 
 SPLITS = ('train', 'valid', 'test')
 
 
-class DataError(Exception):
-    """A corpus that cannot be used; the message names the file and the problem."""
+class DataError(UserError):
+    """A corpus that cannot be used; the message names the file and the problem (or the option)."""
 
 
 class Dictionary:
@@ -36,40 +39,162 @@ class Dictionary:
         self.total += 1
         return token_id
 
+    def add_words(self, words):
+        """Adds the words a list holds that are new, in order of first appearance (as add_word would one
+        at a time); the counts are left to count_tokens, which takes them from the id streams at once."""
+        word2idx, idx2word = self.word2idx, self.idx2word
+        fresh = [word for word in dict.fromkeys(words) if word not in word2idx]
+        word2idx.update(zip(fresh, range(len(idx2word), len(idx2word) + len(fresh))))
+        idx2word.extend(fresh)
+
+    def count_tokens(self, streams):
+        """Sets .counter (tokens of each word id) and .total from the id streams of the corpus."""
+        counts = torch.zeros(len(self.idx2word), dtype=torch.long)
+        for stream in streams:
+            counts += torch.bincount(stream, minlength=len(self.idx2word))
+        self.counter = Counter(dict(enumerate(counts.tolist())))
+        self.total = int(counts.sum())
+
     def __len__(self):
         return len(self.idx2word)
 
 
+# Characters of text read at once: a few MB keep the words of one read (a list of str, ~60 bytes a word)
+# small beside the id stream (8 bytes a token), and the reads few enough that their cost does not show.
+READ_CHARS = 1 << 22
+
+
 class Corpus:
     """`Corpus(path)` reads path/{train,valid,test}.txt into `.train`, `.valid`, `.test` (1-D long);
-    `.content_key` is the digest (_content_key's) of the bytes it read."""
+    `.content_key` is the digest (_content_key's) of the bytes it read.
 
-    def __init__(self, path=None):
+    The vocabulary options (see restrict_vocabulary) default to the original's rule: every word of the
+    three splits, numbered in order of first appearance."""
+
+    def __init__(self, path=None, vocab_from='all', min_count=1, max_vocab=None):
         self.dictionary = Dictionary()
         self.content_key = None
+        self.vocabulary_options = vocabulary_options(vocab_from, min_count, max_vocab)
         if path is not None:
             digest = hashlib.sha1()
             for split in SPLITS:
                 setattr(self, split, self.tokenize(os.path.join(path, split + '.txt'), digest))
             self.content_key = digest.hexdigest()[:16]
+            self.dictionary.count_tokens(getattr(self, split) for split in SPLITS)
+            restrict_vocabulary(self, **self.vocabulary_options)
 
     def tokenize(self, path, digest=None):
-        """The word ids of one split file; its bytes, as read, go into `digest` (see _content_key)."""
+        """The word ids of one split file; its bytes, as read, go into `digest` (see _content_key).
+
+        The same ids as `for line in file: ids += [add_word(w) for w in line_words(line)]`, read in
+        blocks of whole lines: in a block every line end becomes a ' <eos> ' word, so one str.split gives
+        the words of all its lines and their <eos>, and one map through the vocabulary their ids."""
         check_split_file(path)
-        ids = []
+        ids = array.array('q')  # 8 bytes a token; a list of ints would take 36
+        to_id = self.dictionary.word2idx.__getitem__
         try:
             with open(path, 'rb') as f:
                 reader = HashingReader(f, digest)
-                # utf-8-sig: a leading byte-order mark is dropped; lines are split as open() in text mode does.
-                for line in io.TextIOWrapper(io.BufferedReader(reader), encoding='utf-8-sig'):
-                    ids.extend(self.dictionary.add_word(w) for w in line_words(line))
+                # utf-8-sig: a leading byte-order mark is dropped; newline=None: line ends are \n, \r\n
+                # or \r, all read as \n, as open() in text mode splits lines.
+                text = io.TextIOWrapper(io.BufferedReader(reader), encoding='utf-8-sig')
+                while block := text.read(READ_CHARS):
+                    if not block.endswith('\n'):
+                        block += text.readline()  # the rest of the block's last line
+                    if not block.endswith('\n'):
+                        block += '\n'  # the file's last line, which has no line end, still gets its <eos>
+                    words = block.replace('\n', ' <eos> ').split()
+                    self.dictionary.add_words(words)
+                    ids.extend(map(to_id, words))
                 reader.finish()
         except UnicodeDecodeError:
             offset, reason = _first_bad_byte(path)
             raise DataError(f'{path}: not UTF-8 text ({reason} at byte {offset})') from None
         if not ids or os.path.getsize(path) == 0:
             raise DataError(f'{path}: file is empty')
-        return torch.tensor(ids, dtype=torch.long)
+        # The tensor shares the array's memory (and keeps it alive): no second copy of the stream.
+        return torch.frombuffer(ids, dtype=torch.long)
+
+
+# ---------------------------------------------------------------------------------------------
+# Vocabulary options: which words get an id of their own, the others becoming <unk>
+
+UNKNOWN, END_OF_LINE = '<unk>', '<eos>'
+VOCAB_FROM = ('all', 'train')
+
+
+def vocabulary_options(vocab_from='all', min_count=1, max_vocab=None):
+    """The vocabulary options as a dict (what the corpus cache and a checkpoint record); a DataError
+    naming the option when one is out of range."""
+    if vocab_from not in VOCAB_FROM:
+        raise DataError(f'vocab_from must be one of {", ".join(VOCAB_FROM)}, got {vocab_from!r}')
+    if not isinstance(min_count, int) or min_count < 1:
+        raise DataError(f'min_count must be a positive integer, got {min_count!r}')
+    if max_vocab is not None and (not isinstance(max_vocab, int) or max_vocab < 2):
+        raise DataError(f'max_vocab must be at least 2 (<eos> and <unk>), got {max_vocab!r}')
+    return {'vocab_from': vocab_from, 'min_count': min_count, 'max_vocab': max_vocab}
+
+
+DEFAULT_VOCABULARY = vocabulary_options()
+
+
+def restrict_vocabulary(corpus, vocab_from='all', min_count=1, max_vocab=None):
+    """Narrows the vocabulary of a corpus read with the original's rule (every word of the three
+    splits, ids in order of first appearance) to the options', in place:
+
+    - vocab_from='train': only the words of the training split (the others are unseen in training,
+      and the valid/test figures then count them as <unk>, as a model meets new text);
+    - min_count=N: only the words seen at least N times (in the splits vocab_from names);
+    - max_vocab=N: at most N entries, <eos> and <unk> included: the most frequent words, a tie going
+      to the word seen first.
+
+    The words kept keep their order (so their ids stay in order of first appearance); every other
+    token becomes <unk>, which is appended when the text has none. <eos> is always kept. With the
+    defaults nothing changes (no <unk> is added); with any other option the vocabulary has a <unk>,
+    so that a later text's new words can be scored. The id streams are rewritten in place: a large
+    corpus has no room for a second copy of them."""
+    options = vocabulary_options(vocab_from, min_count, max_vocab)
+    if options == DEFAULT_VOCABULARY:
+        return
+    dictionary = corpus.dictionary
+    words = dictionary.idx2word
+    counts = torch.zeros(len(words), dtype=torch.long)
+    for split in (SPLITS if vocab_from == 'all' else ('train',)):
+        counts += torch.bincount(getattr(corpus, split), minlength=len(words))
+    always = [dictionary.word2idx[w] for w in (END_OF_LINE, UNKNOWN) if w in dictionary.word2idx and counts[dictionary.word2idx[w]] > 0]
+    keep = counts >= min_count
+    keep[always] = True
+    kept = keep.nonzero().flatten()
+    if max_vocab is not None:
+        slots = max_vocab - (0 if UNKNOWN in [words[i] for i in always] else 1)
+        if len(kept) > slots:
+            priority = counts[kept].clone()
+            priority[torch.isin(kept, torch.tensor(always, dtype=torch.long))] = counts.sum() + 1
+            # A stable sort by count, highest first: equal counts stay in order of first appearance.
+            order = torch.sort(priority, descending=True, stable=True).indices
+            kept = kept[order[:slots]].sort().values
+    new_words = [words[i] for i in kept.tolist()]
+    if UNKNOWN not in new_words:
+        new_words.append(UNKNOWN)
+    unknown_id = new_words.index(UNKNOWN)
+    new_ids = torch.full((len(words),), unknown_id, dtype=torch.long)
+    new_ids[kept] = torch.arange(len(kept))
+    for split in SPLITS:
+        stream = getattr(corpus, split)
+        for start in range(0, len(stream), 1 << 20):  # in slices: no second copy of the stream
+            part = stream[start:start + (1 << 20)]
+            part.copy_(new_ids[part])
+    dictionary.idx2word = new_words
+    dictionary.word2idx = {w: i for i, w in enumerate(new_words)}
+    dictionary.count_tokens(getattr(corpus, split) for split in SPLITS)
+
+
+def unknown_counts(corpus):
+    """{split: (tokens that are <unk>, tokens)} of a corpus: how much of each split its vocabulary
+    does not cover (a text's own <unk> tokens, as PTB's, included)."""
+    unknown_id = corpus.dictionary.word2idx.get(UNKNOWN)
+    return {split: (0 if unknown_id is None else int((getattr(corpus, split) == unknown_id).sum()),
+                    len(getattr(corpus, split))) for split in SPLITS}
 
 
 def line_words(line):
