@@ -39,14 +39,6 @@ class Dictionary:
         self.total += 1
         return token_id
 
-    def add_words(self, words):
-        """Adds the words a list holds that are new, in order of first appearance (as add_word would one
-        at a time); the counts are left to count_tokens, which takes them from the id streams at once."""
-        word2idx, idx2word = self.word2idx, self.idx2word
-        fresh = [word for word in dict.fromkeys(words) if word not in word2idx]
-        word2idx.update(zip(fresh, range(len(idx2word), len(idx2word) + len(fresh))))
-        idx2word.extend(fresh)
-
     def count_tokens(self, streams):
         """Sets .counter (tokens of each word id) and .total from the id streams of the corpus."""
         counts = torch.zeros(len(self.idx2word), dtype=torch.long)
@@ -59,9 +51,25 @@ class Dictionary:
         return len(self.idx2word)
 
 
-# Characters of text read at once: a few MB keep the words of one read (a list of str, ~60 bytes a word)
+# Characters of text read at once: a MB keeps the words of one read (a list of str, ~60 bytes a word)
 # small beside the id stream (8 bytes a token), and the reads few enough that their cost does not show.
-READ_CHARS = 1 << 22
+READ_CHARS = 1 << 20
+
+
+class Numbering(dict):
+    """word -> id, where looking up a new word gives it the next id (and appends it to `words`): one
+    lookup a token both numbers new words in order of first appearance and maps known ones, from C
+    (map over its __getitem__). Only for reading a corpus: elsewhere an unknown word must stay one."""
+    __slots__ = ('words',)
+
+    def __init__(self, word2idx, idx2word):
+        super().__init__(word2idx)
+        self.words = idx2word
+
+    def __missing__(self, word):
+        token_id = self[word] = len(self.words)
+        self.words.append(word)
+        return token_id
 
 
 class Corpus:
@@ -88,10 +96,10 @@ class Corpus:
 
         The same ids as `for line in file: ids += [add_word(w) for w in line_words(line)]`, read in
         blocks of whole lines: in a block every line end becomes a ' <eos> ' word, so one str.split gives
-        the words of all its lines and their <eos>, and one map through the vocabulary their ids."""
+        the words of all its lines and their <eos>, and one map through a Numbering their ids."""
         check_split_file(path)
         ids = array.array('q')  # 8 bytes a token; a list of ints would take 36
-        to_id = self.dictionary.word2idx.__getitem__
+        numbering = Numbering(self.dictionary.word2idx, self.dictionary.idx2word)
         try:
             with open(path, 'rb') as f:
                 reader = HashingReader(f, digest)
@@ -103,15 +111,14 @@ class Corpus:
                         block += text.readline()  # the rest of the block's last line
                     if not block.endswith('\n'):
                         block += '\n'  # the file's last line, which has no line end, still gets its <eos>
-                    words = block.replace('\n', ' <eos> ').split()
-                    self.dictionary.add_words(words)
-                    ids.extend(map(to_id, words))
+                    ids.extend(map(numbering.__getitem__, block.replace('\n', ' <eos> ').split()))
                 reader.finish()
         except UnicodeDecodeError:
             offset, reason = _first_bad_byte(path)
             raise DataError(f'{path}: not UTF-8 text ({reason} at byte {offset})') from None
         if not ids or os.path.getsize(path) == 0:
             raise DataError(f'{path}: file is empty')
+        self.dictionary.word2idx = dict(numbering)
         # The tensor shares the array's memory (and keeps it alive): no second copy of the stream.
         return torch.frombuffer(ids, dtype=torch.long)
 
