@@ -209,15 +209,22 @@ def line_words(line):
     return line.split() + ['<eos>']
 
 
+def decode_text(raw, name):
+    """The text of UTF-8 bytes, a leading byte-order mark dropped (it is not text); a DataError naming
+    `name` when they are not UTF-8, with the offset of the first bad byte."""
+    try:
+        text = raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise DataError(f'{name}: not UTF-8 text ({e.reason} at byte {e.start})') from None
+    return text[1:] if text.startswith('\ufeff') else text
+
+
 def read_text(raw, name):
     """The lines of a text given as bytes (a file's, or standard input's), each as line_words gives it.
     Read as Corpus reads a split: a leading byte-order mark dropped, lines split as open() in text mode
     splits them. A DataError naming `name` when the bytes are not UTF-8 (with the offset of the first
     bad byte) or hold no word at all."""
-    try:
-        raw.decode('utf-8')
-    except UnicodeDecodeError as e:
-        raise DataError(f'{name}: not UTF-8 text ({e.reason} at byte {e.start})') from None
+    decode_text(raw, name)
     lines = [line_words(line) for line in io.TextIOWrapper(io.BytesIO(raw), encoding='utf-8-sig')]
     if not any(len(words) > 1 for words in lines):
         raise DataError(f'{name}: the text is empty (no words)')
