@@ -298,3 +298,49 @@ def check_split_file(path):
         raise DataError(f'{path}: is a folder, not a split file (the corpus folder holds train.txt, valid.txt, test.txt)')
     if not os.path.isfile(path):
         raise DataError(f'{path}: file not found')
+
+
+# ---------------------------------------------------------------------------------------------
+# python data.py DIR: what a corpus holds, before training on it
+
+def describe(corpus, top=20):
+    """The lines `python data.py DIR` prints: tokens and <unk> share of each split, the vocabulary, and
+    the `top` most frequent words of the training split with their share of its tokens."""
+    options = corpus.vocabulary_options
+    lines = [f'| vocabulary {len(corpus.dictionary):,} words | vocab_from {options["vocab_from"]} '
+             f'| min_count {options["min_count"]} | max_vocab {options["max_vocab"] or "none"}']
+    for split, (unknown, tokens) in unknown_counts(corpus).items():
+        lines.append(f'| {split:5s} | {tokens:>12,} tokens (with <eos>) | <unk> {unknown:,} ({100 * unknown / tokens:.2f}%)')
+    counts = torch.bincount(corpus.train, minlength=len(corpus.dictionary))
+    once = int((counts == 1).sum())
+    lines.append(f'| words seen once in train: {once:,} ({100 * once / len(corpus.dictionary):.1f}% of the vocabulary)')
+    frequent = torch.sort(counts, descending=True, stable=True).indices[:top].tolist()
+    lines.append(f'| most frequent in train: ' + ', '.join(
+        f'{corpus.dictionary.idx2word[i]} {100 * counts[i].item() / len(corpus.train):.2f}%' for i in frequent))
+    return lines
+
+
+def main(argv=None):
+    import argparse
+    parser = argparse.ArgumentParser(description='What a corpus folder holds: tokens, vocabulary, <unk> share, '
+                                                 'the most frequent words (the corpus cache is neither read nor written)')
+    parser.add_argument('data', metavar='DIR', help='corpus folder (train.txt, valid.txt, test.txt)')
+    parser.add_argument('--vocab-from', choices=VOCAB_FROM, default='all',
+                        help="the splits the vocabulary is built over (default all, the original's rule)")
+    parser.add_argument('--min-count', type=int, default=1, metavar='N', help='keep words seen at least N times')
+    parser.add_argument('--max-vocab', type=int, default=None, metavar='N',
+                        help='at most N entries: the most frequent words, <eos> and <unk> included')
+    parser.add_argument('--top', type=int, default=20, metavar='N', help='how many frequent words to show (default 20)')
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.data):
+        raise DataError(f'{args.data}: data folder not found')
+    corpus = Corpus(args.data, vocab_from=args.vocab_from, min_count=args.min_count, max_vocab=args.max_vocab)
+    print(f'| corpus {args.data}')
+    for line in describe(corpus, args.top):
+        print(line)
+    return 0
+
+
+if __name__ == '__main__':
+    from harness import cli
+    cli.run(main)

@@ -334,3 +334,21 @@ def test_the_corpus_cache_is_keyed_on_the_vocabulary_options(small_corpus):
         assert all(torch.equal(getattr(again, s), getattr(expected, s)) for s in data.SPLITS)
         assert again.vocabulary_options == data.vocabulary_options(**options)
     assert len(narrow.dictionary) == 5
+
+
+def test_python_data_dir_shows_what_the_corpus_holds(tmp_path, capsys):
+    folder = three_splits(str(tmp_path), 'a b a\nc a\n', 'b d\n', 'e a\n')
+    assert data.main([folder, '--vocab-from', 'train', '--top', '3']) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f'| corpus {folder}',
+        '| vocabulary 5 words | vocab_from train | min_count 1 | max_vocab none',
+        '| train |            7 tokens (with <eos>) | <unk> 0 (0.00%)',
+        '| valid |            3 tokens (with <eos>) | <unk> 1 (33.33%)',
+        '| test  |            3 tokens (with <eos>) | <unk> 1 (33.33%)',
+        '| words seen once in train: 2 (40.0% of the vocabulary)',  # b and c (<unk>: 0 in train)
+        '| most frequent in train: a 42.86%, <eos> 28.57%, b 14.29%',
+    ]
+    with pytest.raises(errors.UserError, match='max_vocab must be at least 2'):
+        data.main([folder, '--max-vocab', '1'])
+    with pytest.raises(errors.UserError, match='nope: data folder not found'):
+        data.main([str(tmp_path / 'nope')])
