@@ -389,7 +389,8 @@ def evaluate_checkpoint(args, log=print):
     device = choose_device(args)
     ckpt = checkpoint.load_checkpoint(args.save, map_location=device, resume_state_ok=False)
     corpus, train_data, val_data, test_data = cli.load_data(
-        args, (args.batch_size, args.eval_batch_size, args.eval_batch_size), device, log=log)
+        args, (args.batch_size, args.eval_batch_size, args.eval_batch_size), device, log=log,
+        vocabulary=checkpoint.vocabulary_options(ckpt))
     checkpoint.check_vocabulary(ckpt['idx2word'], corpus, args.save, args.data)
     model, criterion = ckpt['model'], ckpt['criterion']
     model.to(device)

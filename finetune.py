@@ -156,6 +156,8 @@ def finetune(args, dist, given):
     print('Args:', args)
 
     rng = cli.set_seed(args.seed, numpy_seed=NUMPY_SEED)
+    # The corpus read with the checkpoint's vocabulary options, which the fine-tuned checkpoint then records.
+    vars(args).update(checkpoint.vocabulary_options(ckpt))
     corpus, train_data, val_data, test_data = cli.load_data(
         args, (args.batch_size, EVAL_BATCH_SIZE, TEST_BATCH_SIZE), device)
     dist.check_same_start(flags.run_flags(args), corpus, run_files.lock_path(args.out))  # [distributed] all alike

@@ -106,7 +106,7 @@ def main(argv=None):
     model, criterion = ckpt['model'], ckpt['criterion']
     if args.model is not None and args.model != model.rnn_type:
         print(f'note: --model {args.model} ignored: the checkpoint holds a {model.rnn_type} model')
-    corpus, *_ = cli.load_data(args, (1, 1, 1), torch.device('cpu'))
+    corpus, *_ = cli.load_data(args, (1, 1, 1), torch.device('cpu'), vocabulary=checkpoint.vocabulary_options(ckpt))
     checkpoint.check_vocabulary(ckpt['idx2word'], corpus, args.checkpoint, args.data)
     idx2word = corpus.dictionary.idx2word
 

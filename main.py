@@ -32,7 +32,8 @@ FIRST_RELEASE_NUMPY_SEED = 331
 def build_parser():
     parser = argparse.ArgumentParser(description='AWD-LSTM language model training (NT-ASGD)')
     for add_args in (flags.add_data_args, flags.add_model_args, flags.add_dropout_args, flags.add_training_args,
-                     flags.add_mixture_args, flags.add_speed_args, flags.add_schedule_args):
+                     flags.add_mixture_args, flags.add_speed_args, flags.add_schedule_args,
+                     flags.add_vocabulary_args):
         add_args(parser)
     return parser
 

@@ -225,7 +225,8 @@ def main(argv=None):
     if args.model is not None and args.model != model.rnn_type:
         print(f'note: --model {args.model} ignored: the checkpoint holds a {model.rnn_type} model')
     print('Args:', args)
-    corpus, _, val_data, test_data = cli.load_data(args, (1, 1, 1), torch.device('cpu'))
+    corpus, _, val_data, test_data = cli.load_data(args, (1, 1, 1), torch.device('cpu'),
+                                                   vocabulary=checkpoint.vocabulary_options(ckpt))
     checkpoint.check_vocabulary(ckpt['idx2word'], corpus, args.save, args.data)
 
     results = {}

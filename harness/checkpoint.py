@@ -149,6 +149,15 @@ def load_weights(model, criterion, ckpt, path):
                         f'(it was saved with {saved}): {str(e).splitlines()[0]}') from None
 
 
+def vocabulary_options(ckpt):
+    """The vocabulary options (data.Corpus's) the checkpoint's run read its corpus with: a later script
+    reads the corpus with them, so that its words get the checkpoint's ids. A checkpoint saved before
+    the options existed (or by a script without them) used the default, the original's rule."""
+    import data
+    return data.vocabulary_options(**{name: ckpt['args'].get(name, default)
+                                      for name, default in data.DEFAULT_VOCABULARY.items()})
+
+
 def check_vocabulary(ckpt_idx2word, corpus, path, data):
     """A checkpoint only makes sense with the corpus it was trained on: same words, same ids."""
     idx2word = corpus.dictionary.idx2word

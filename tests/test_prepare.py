@@ -9,7 +9,7 @@ import pytest
 import data
 import errors
 import prepare
-from conftest import REPO, MIRROR
+from conftest import MIRROR, REPO, TINY, read_jsonl, tiny_run, write_corpus
 
 
 def write(path, text):
@@ -184,3 +184,35 @@ def test_the_script_reports_bad_input_in_one_line(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr == f'error: {source}: the text is empty (no words)\n'
+
+
+@pytest.mark.slow
+def test_own_text_prepared_trained_and_scored(tmp_path, capsys):
+    """prepare.py -> main.py with a narrowed vocabulary -> score.py gives main.py's test figure; the later
+    scripts read the corpus with the checkpoint's vocabulary options (generate.py, finetune.py)."""
+    import finetune
+    import generate
+    import main as train_script
+    import score
+    from harness import checkpoint
+    raw = write_corpus(str(tmp_path / 'raw'), (300, 1, 1))
+    text = open(os.path.join(raw, 'train.txt')).read() + 'a zebra sees the tree . \n' * 20  # new words at the end
+    out = str(tmp_path / 'corpus')
+    assert prepare.main([write(tmp_path / 'text.txt', text), '--out', out, '--test-fraction', '0.1']) == 0
+    save = str(tmp_path / 'model.pt')
+    assert train_script.main(tiny_run(out, save, extra=['--vocab-from', 'train', '--min-count', '2'])) == 0
+    ckpt = checkpoint.load_checkpoint(save)
+    assert checkpoint.vocabulary_options(ckpt) == {'vocab_from': 'train', 'min_count': 2, 'max_vocab': None}
+    assert ckpt['idx2word'] == data.Corpus(out, vocab_from='train', min_count=2).dictionary.idx2word
+    assert 'zebra' not in ckpt['idx2word'] and '<unk>' in ckpt['idx2word']
+    capsys.readouterr()
+    assert score.main(['--checkpoint', save, '--text', os.path.join(out, 'test.txt'), '--json', '--cpu']) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary['oov'] == 20  # zebra: the last 20 of the test split's 32 lines
+    assert summary['loss'] == pytest.approx(read_jsonl(save + '.jsonl')[-1]['test_loss'], rel=1e-6)
+    assert generate.main(['--data', out, '--checkpoint', save, '--outf', str(tmp_path / 'gen.txt'),
+                          '--words', '5', '--cpu']) == 0
+    tuned = str(tmp_path / 'tuned.pt')
+    assert finetune.main(['--data', out, '--save', save, '--out', tuned, '--epochs', '1', *TINY]) == 0
+    assert checkpoint.vocabulary_options(checkpoint.load_checkpoint(tuned)) == checkpoint.vocabulary_options(ckpt)
+
