@@ -216,3 +216,11 @@ def test_own_text_prepared_trained_and_scored(tmp_path, capsys):
     assert finetune.main(['--data', out, '--save', save, '--out', tuned, '--epochs', '1', *TINY]) == 0
     assert checkpoint.vocabulary_options(checkpoint.load_checkpoint(tuned)) == checkpoint.vocabulary_options(ckpt)
 
+
+
+def test_bpe_without_the_tokenizers_package_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'tokenizers', None)  # import tokenizers now fails
+    with pytest.raises(errors.UserError, match=r'needs the Hugging Face tokenizers package: .*requirements-corpus.txt'):
+        prepare.main([write(tmp_path / 'text.txt', numbered_text(30)), '--out', str(tmp_path / 'c'),
+                      '--tokenizer', 'bpe', '--bpe-size', '20'])
+    assert not (tmp_path / 'c').exists()
