@@ -3,6 +3,8 @@
     python benchmarks/corpus_bench.py                      # a synthetic corpus of 100M tokens
     python benchmarks/corpus_bench.py --tokens 20000000    # a smaller one
     python benchmarks/corpus_bench.py --dir DIR            # keep the corpus in DIR (default: a temporary folder)
+    python benchmarks/corpus_bench.py --code OLD           # time OLD/data.py instead (another commit, unpacked
+                                                           # with `git archive REV | tar -x -C OLD`)
 
 The synthetic corpus has lines of 1 to 40 words drawn from a Zipf-like law over a 50,000-word vocabulary
 (a natural text's shape: a few words most of the tokens, a long tail), split 90/5/5 into train, valid
@@ -59,8 +61,8 @@ def peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def measure_load(folder):
-    sys.path.insert(0, REPO)
+def measure_load(folder, code=REPO):
+    sys.path.insert(0, code)
     import data
     import torch  # noqa: F401 - imported before the baseline: its memory is not the corpus's
     before = peak_rss_bytes()
@@ -72,32 +74,36 @@ def measure_load(folder):
             'peak_growth_bytes': peak_rss_bytes() - before}
 
 
-def measure_plain_read(folder):
+def loop_over_words(line):
+    """The plain read of one line: a Python loop over its words (and its <eos>)."""
+    tokens = 0
+    for _word in line.split() + ['<eos>']:
+        tokens += 1
+    return tokens
+
+
+def split_only(line):
+    """The split only: the line's words counted, none touched from Python."""
+    return len(line.split()) + 1
+
+
+def measure_reading(folder, count_line):
+    """Seconds of reading the three files line by line, `count_line` counting each line's tokens."""
     cpu, wall = time.process_time(), time.perf_counter()
     tokens = 0
     for split, _ in SPLIT_SHARES:
         with open(os.path.join(folder, split + '.txt'), encoding='utf-8') as f:
             for line in f:
-                for _word in line.split() + ['<eos>']:
-                    tokens += 1
+                tokens += count_line(line)
     return {'seconds': time.process_time() - cpu, 'wall_seconds': time.perf_counter() - wall, 'tokens': tokens}
 
 
-def measure_split_only(folder):
-    cpu, wall = time.process_time(), time.perf_counter()
-    tokens = 0
-    for split, _ in SPLIT_SHARES:
-        with open(os.path.join(folder, split + '.txt'), encoding='utf-8') as f:
-            for line in f:
-                tokens += len(line.split()) + 1
-    return {'seconds': time.process_time() - cpu, 'wall_seconds': time.perf_counter() - wall, 'tokens': tokens}
+MEASUREMENTS = {'read': lambda folder: measure_reading(folder, loop_over_words),
+                'split': lambda folder: measure_reading(folder, split_only)}
 
 
-MEASUREMENTS = {'load': measure_load, 'read': measure_plain_read, 'split': measure_split_only}
-
-
-def in_own_process(measurement, folder):
-    out = subprocess.run([sys.executable, __file__, '--measure', measurement, folder],
+def in_own_process(measurement, folder, code=REPO):
+    out = subprocess.run([sys.executable, __file__, '--measure', measurement, folder, '--code', code],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out)
 
@@ -106,11 +112,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--tokens', type=int, default=100_000_000, help='size of the synthetic corpus (default 100M)')
     parser.add_argument('--dir', help='where to write the corpus (default: a temporary folder, removed after)')
+    parser.add_argument('--code', default=REPO, help='the checkout whose data.py is timed (default: this one)')
     parser.add_argument('--measure', nargs=2, metavar=('WHAT', 'DIR'), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
         what, folder = args.measure
-        print(json.dumps(MEASUREMENTS[what](folder)))
+        print(json.dumps(measure_load(folder, args.code) if what == 'load' else MEASUREMENTS[what](folder)))
         return 0
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.dir or os.path.join(scratch, 'corpus')
@@ -118,8 +125,9 @@ def main(argv=None):
         write_synthetic_corpus(folder, args.tokens)
         print(f'| wrote {folder} ({args.tokens:,} tokens asked) in {time.perf_counter() - start:.1f} s')
         split = in_own_process('split', folder)
+        print(f'| timing the data.py of {os.path.abspath(args.code)}')
         plain = in_own_process('read', folder)
-        load = in_own_process('load', folder)
+        load = in_own_process('load', folder, os.path.abspath(args.code))
         assert load['tokens'] == plain['tokens'] == split['tokens'], (load, plain, split)
         print(f'| tokens {load["tokens"]:,} | vocabulary {load["vocabulary"]:,} '
               f'| split only {split["seconds"]:.2f} s | plain read {plain["seconds"]:.2f} s '

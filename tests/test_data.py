@@ -352,3 +352,17 @@ def test_python_data_dir_shows_what_the_corpus_holds(tmp_path, capsys):
         data.main([folder, '--max-vocab', '1'])
     with pytest.raises(errors.UserError, match='nope: data folder not found'):
         data.main([str(tmp_path / 'nope')])
+
+
+@pytest.mark.slow
+def test_the_corpus_benchmark_reads_what_it_wrote(tmp_path):
+    import subprocess
+    import sys
+    from conftest import REPO
+    done = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'corpus_bench.py'), '--tokens', '20000',
+                           '--dir', str(tmp_path / 'c')], capture_output=True, text=True, check=True)
+    corpus = data.Corpus(str(tmp_path / 'c'))
+    tokens = sum(len(getattr(corpus, s)) for s in data.SPLITS)
+    assert 19000 <= tokens <= 21000  # about the size asked
+    assert f'| tokens {tokens:,} | vocabulary {len(corpus.dictionary):,} |' in done.stdout
+    assert 'bytes a token' in done.stdout
