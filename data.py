@@ -83,6 +83,7 @@ class Corpus:
         self.dictionary = Dictionary()
         self.content_key = None
         self.vocabulary_options = vocabulary_options(vocab_from, min_count, max_vocab)
+        self.tokenizer = None if path is None else read_tokenizer(path)  # the file's contents, or None
         if path is not None:
             digest = hashlib.sha1()
             for split in SPLITS:
@@ -121,6 +122,39 @@ class Corpus:
         self.dictionary.word2idx = dict(numbering)
         # The tensor shares the array's memory (and keeps it alive): no second copy of the stream.
         return torch.frombuffer(ids, dtype=torch.long)
+
+
+# ---------------------------------------------------------------------------------------------
+# A corpus's subword tokenizer (prepare.py --tokenizer bpe): its file, and encoding text with it
+
+TOKENIZER_FILE = 'tokenizer.json'
+
+
+def read_tokenizer(folder):
+    """The contents of the corpus folder's tokenizer file (a Hugging Face tokenizer's JSON, which
+    prepare.py --tokenizer bpe writes), or None when it has none."""
+    path = os.path.join(folder, TOKENIZER_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding='utf-8') as f:
+        return f.read()
+
+
+def subword_tokenizer(contents):
+    """The Hugging Face tokenizer whose JSON is `contents`; a DataError when the optional package
+    (requirements-corpus.txt) is missing."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise DataError('subword tokens need the Hugging Face tokenizers package: '
+                        'python3 -m pip install -r requirements-corpus.txt') from None
+    return Tokenizer.from_str(contents)
+
+
+def subword_tokens(tokenizer, texts):
+    """The subword tokens of each text (a line's words; its whitespace only separates them), as
+    prepare.py writes a line of a corpus and score.py reads a raw one."""
+    return [encoding.tokens for encoding in tokenizer.encode_batch([' '.join(text.split()) for text in texts])]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -177,7 +177,8 @@ def finetune(args, dist, given):
     owner = ownership.of_finetuning(ckpt, state_file, args.out, args.save, finetune_state_path(args.out), dist)
 
     def save_model(path):
-        checkpoint.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word, run=owner.run)
+        checkpoint.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word, run=owner.run,
+                                   tokenizer=corpus.tokenizer)
 
     def save_state(epoch, done):
         checkpoint.save_checkpoint(owner.state_file, model, criterion, optimizer, args, corpus.dictionary.idx2word,

@@ -62,15 +62,17 @@ def parse_args(argv=None):
     return args
 
 
-def prompt_ids(prompt, word2idx):
-    """The word ids of --prompt, read as a line of the corpus without its <eos>; unknown words become
-    <unk> (with a note), or are an error when the vocabulary has none."""
+def prompt_ids(prompt, word2idx, tokenizer=None):
+    """The word ids of --prompt, read as a line of the corpus without its <eos> (with `tokenizer`, the
+    contents of a subword corpus's tokenizer, its subword tokens); unknown words become <unk> (with a
+    note), or are an error when the vocabulary has none."""
+    tokens = prompt.split() if tokenizer is None else data.subword_tokens(data.subword_tokenizer(tokenizer), [prompt])[0]
     try:
-        ids, unknown = data.encode(prompt.split(), word2idx)
+        ids, unknown = data.encode(tokens, word2idx)
     except data.DataError as e:
         raise errors.UserError(f'--prompt: {e}') from None
     if any(unknown):
-        words = [w for w, u in zip(prompt.split(), unknown) if u]
+        words = [w for w, u in zip(tokens, unknown) if u]
         print(f'note: --prompt words not in the vocabulary fed in as <unk>: {" ".join(words)}')
     return ids
 
@@ -110,7 +112,8 @@ def main(argv=None):
     checkpoint.check_vocabulary(ckpt['idx2word'], corpus, args.checkpoint, args.data)
     idx2word = corpus.dictionary.idx2word
 
-    prompt = prompt_ids(args.prompt, corpus.dictionary.word2idx) if args.prompt is not None else None
+    tokenizer = ckpt.get('tokenizer')  # a subword corpus's (prepare.py --tokenizer bpe): plain words are written
+    prompt = prompt_ids(args.prompt, corpus.dictionary.word2idx, tokenizer) if args.prompt is not None else None
     model.eval()
     model.reset()
     hidden = model.init_hidden(1)
@@ -120,13 +123,15 @@ def main(argv=None):
     word = original_start_word(len(idx2word)).to(device)
     shaped = args.top_k is not None or args.top_p is not None
     written = 0  # words written so far: the original's layout breaks the line after every 20th
+    previous = None  # with a tokenizer: the last subword token written
     try:
         with open(args.outf, 'w') as outf, torch.no_grad():
             output = None
             if prompt is not None:
                 output, hidden = feed_prompt(model, prompt, hidden, device)
                 for text in args.prompt.split():
-                    outf.write(word_with_separator(text, written, args.corpus_layout))
+                    outf.write(word_with_separator(text, written, args.corpus_layout) if tokenizer is None
+                               else text if written == 0 else ' ' + text)
                     written += 1
             for i in range(args.words):
                 if output is None:
@@ -138,7 +143,13 @@ def main(argv=None):
                     word = sample_next_word(model, criterion, output, args.temperature)
                 word = word.view(1, 1).to(device)
                 output = None
-                outf.write(word_with_separator(idx2word[word.item()], written, args.corpus_layout))
+                token = idx2word[word.item()]
+                if tokenizer is None:
+                    outf.write(word_with_separator(token, written, args.corpus_layout))
+                else:
+                    at_line_start = written == 0 or previous == '<eos>'
+                    outf.write(subword_text(token, at_line_start))
+                    previous = token
                 written += 1
                 if i % args.log_interval == 0:
                     print(f'| Generated {i}/{args.words} words')
@@ -146,6 +157,15 @@ def main(argv=None):
         raise errors.UserError(f'{args.outf}: could not be written ({write_failure(e)})') from None
     print(f'| Generated {args.words} words to {args.outf}')
     return 0
+
+
+def subword_text(token, at_line_start):
+    """The plain text of one subword token of a prepare.py --tokenizer bpe corpus: <eos> a line break,
+    the word-start mark ▁ a space (none at a line's start), the rest as it is."""
+    if token == '<eos>':
+        return '\n'
+    text = token.replace('\u2581', ' ')
+    return text.lstrip(' ') if at_line_start else text
 
 
 def original_start_word(ntokens):

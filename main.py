@@ -114,7 +114,8 @@ def train(args, dist, given):
     step = cli.train_step_for(args, dist)  # --cuda-graphs / --bf16; training.train_step by default
 
     def save_model(path):
-        checkpoint.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word, run=owner.run)
+        checkpoint.save_checkpoint(path, model, criterion, optimizer, args, corpus.dictionary.idx2word, run=owner.run,
+                                   tokenizer=corpus.tokenizer)
 
     def save_state(epoch):
         checkpoint.save_checkpoint(owner.state_file, model, criterion, optimizer, args, corpus.dictionary.idx2word,

@@ -27,7 +27,7 @@ import data
 from errors import UserError
 
 MARKER = 'prepare.json'  # what this script wrote, and the sign that it may rewrite the folder
-TOKENIZER_FILE = 'tokenizer.json'
+TOKENIZER_FILE = data.TOKENIZER_FILE
 SPACE, UNDERSCORE = '_', '\\_'  # --tokenizer chars: a run of whitespace, a literal underscore
 
 
@@ -142,7 +142,7 @@ def learn_bpe(train_lines, size):
 
 def bpe_lines(tokenizer, lines):
     """The lines as space-separated subword tokens (an empty line stays empty)."""
-    return [' '.join(encoding.tokens) + '\n' for encoding in tokenizer.encode_batch([line.strip() for line in lines])]
+    return [' '.join(tokens) + '\n' for tokens in data.subword_tokens(tokenizer, lines)]
 
 
 def tokenized_splits(splits, args):

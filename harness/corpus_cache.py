@@ -57,6 +57,7 @@ def load_corpus(path, use_cache=True, log=print, **vocabulary):
         corpus = read_cache(cache, options, log)
         if corpus is not None:
             log(f'Loading cached dataset {cache}')
+            corpus.tokenizer = data.read_tokenizer(path)
             return corpus
     log('Producing dataset...')
     corpus = data.Corpus(path, **options)

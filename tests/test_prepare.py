@@ -1,5 +1,6 @@
 """prepare.py: raw text into train/valid/test, as words, characters or byte-pair subwords."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -224,3 +225,47 @@ def test_bpe_without_the_tokenizers_package_says_how_to_get_it(tmp_path, monkeyp
         prepare.main([write(tmp_path / 'text.txt', numbered_text(30)), '--out', str(tmp_path / 'c'),
                       '--tokenizer', 'bpe', '--bpe-size', '20'])
     assert not (tmp_path / 'c').exists()
+
+
+@pytest.mark.slow
+def test_a_subword_corpus_scores_raw_text_and_generates_plain_words(tmp_path, capsys):
+    """prepare.py --tokenizer bpe -> main.py, whose checkpoint records the tokenizer -> score.py on the raw
+    text of the test split gives main.py's test figure, per token and per word; generate.py writes words."""
+    import generate
+    import main as train_script
+    import score
+    from harness import checkpoint
+    raw = write_corpus(str(tmp_path / 'raw'), (300, 1, 1))
+    text = open(os.path.join(raw, 'train.txt')).read()
+    out = str(tmp_path / 'bpe')
+    prepare.main([write(tmp_path / 'text.txt', text), '--out', out, '--tokenizer', 'bpe', '--bpe-size', '40',
+                  '--test-fraction', '0.1'])
+    save = str(tmp_path / 'model.pt')
+    assert train_script.main(tiny_run(out, save)) == 0
+    ckpt = checkpoint.load_checkpoint(save)
+    assert ckpt['tokenizer'] == open(os.path.join(out, 'tokenizer.json')).read()
+    raw_test = tmp_path / 'raw_test.txt'  # the test split's lines as they were before prepare.py encoded them
+    raw_test.write_text(''.join(text.splitlines(keepends=True)[-30:]))
+    test_loss = read_jsonl(save + '.jsonl')[-1]['test_loss']
+    capsys.readouterr()
+    for argv in ([str(raw_test)], [os.path.join(out, 'test.txt'), '--pretokenized']):
+        assert score.main(['--checkpoint', save, '--json', '--cpu', '--text', *argv]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary['loss'] == pytest.approx(test_loss, rel=1e-6)
+        assert summary['tokens'] == len(open(os.path.join(out, 'test.txt')).read().split()) + 30
+    assert score.main(['--checkpoint', save, '--json', '--cpu', '--text', str(raw_test)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    words = len(raw_test.read_text().split()) + 30
+    assert summary['words'] == words and summary['word_loss'] == pytest.approx(test_loss * summary['tokens'] / words)
+    assert summary['word_ppl'] == pytest.approx(math.exp(summary['word_loss']))
+    generated = tmp_path / 'gen.txt'
+    assert generate.main(['--data', out, '--checkpoint', save, '--outf', str(generated), '--words', '60', '--cpu',
+                          '--prompt', 'the cat']) == 0
+    written = generated.read_text()
+    assert written.startswith('the cat') and '\u2581' not in written and '<eos>' not in written
+
+
+def test_subword_tokens_become_plain_text():
+    import generate
+    assert [generate.subword_text(t, start) for t, start in
+            (('\u2581the', True), ('\u2581ca', False), ('t', False), ('<eos>', False))] == ['the', ' ca', 't', '\n']
