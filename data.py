@@ -3,6 +3,10 @@
 Every line of a split is `line.split() + ['<eos>']`; one vocabulary is built over train, valid and
 test in that order (so word ids are in order of first appearance). A UTF-8 byte-order mark at the start
 of a file is not text and is dropped (it would otherwise be a word of its own).
+
+That is the default vocabulary, the original's; the vocabulary options (vocab_from, min_count,
+max_vocab: restrict_vocabulary) narrow it, the other words becoming <unk>. `python data.py DIR` shows
+what a corpus holds (describe). docs/CORPUS.md.
 """
 import array
 import codecs
@@ -40,7 +44,8 @@ class Dictionary:
         return token_id
 
     def count_tokens(self, streams):
-        """Sets .counter (tokens of each word id) and .total from the id streams of the corpus."""
+        """Sets .counter (tokens of each word id) and .total from the id streams of the corpus (Corpus
+        does, once its three splits are read: tokenize numbers words but counts nothing)."""
         counts = torch.zeros(len(self.idx2word), dtype=torch.long)
         for stream in streams:
             counts += torch.bincount(stream, minlength=len(self.idx2word))
@@ -99,7 +104,7 @@ class Corpus:
         blocks of whole lines: in a block every line end becomes a ' <eos> ' word, so one str.split gives
         the words of all its lines and their <eos>, and one map through a Numbering their ids."""
         check_split_file(path)
-        ids = array.array('q')  # 8 bytes a token; a list of ints would take 36
+        ids = array.array('q')  # 8 bytes a token, which the tensor then shares (a list would need a copy)
         numbering = Numbering(self.dictionary.word2idx, self.dictionary.idx2word)
         try:
             with open(path, 'rb') as f:
