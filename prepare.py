@@ -76,9 +76,9 @@ def read_lines(path):
     except IsADirectoryError:
         raise UserError(f'{path}: is a folder, not a text file') from None
     if b'\0' in raw:
-        raise UserError(f'{path}: a binary file, not text (a NUL byte at byte {raw.index(bytes(1))})')
+        raise UserError(f'{path}: a binary file, not UTF-8 text (a NUL byte at byte {raw.index(bytes(1))})')
     text = data.decode_text(raw, path)
-    if not text.split():
+    if not text.strip():  # whitespace alone: no word
         raise UserError(f'{path}: the text is empty (no words)')
     lines = list(io.StringIO(text, newline=''))  # split where open() would, line ends kept as they are
     if not lines[-1].endswith(('\n', '\r')):

@@ -151,7 +151,7 @@ def test_a_failed_write_loses_nothing_and_can_be_redone(tmp_path, monkeypatch):
 @pytest.mark.parametrize('content, flags, message', [
     (b'', [], r'text.txt: the text is empty \(no words\)'),
     (b' \n\t\n', [], r'text.txt: the text is empty \(no words\)'),
-    (b'some words\n\x00\x01\x02 binary', [], r'text.txt: a binary file, not text \(a NUL byte at byte 11\)'),
+    (b'some words\n\x00\x01\x02 binary', [], r'text.txt: a binary file, not UTF-8 text \(a NUL byte at byte 11\)'),
     (b'caf\xe9 latin-1\n', [], r'text.txt: not UTF-8 text \(invalid continuation byte at byte 3\)'),
     (numbered_text(10).encode(), ['--valid-fraction', '0.01'], r'--valid-fraction 0.01 of 10 lines leaves the valid split empty'),
     (numbered_text(10).encode(), ['--valid-fraction', '0.2', '--test-fraction', '0.04'], r'--test-fraction 0.04 of 10 lines leaves the test split empty'),
@@ -269,3 +269,10 @@ def test_subword_tokens_become_plain_text():
     import generate
     assert [generate.subword_text(t, start) for t, start in
             (('\u2581the', True), ('\u2581ca', False), ('t', False), ('<eos>', False))] == ['the', ' ca', 't', '\n']
+
+
+def test_main_refuses_a_bad_vocabulary_option_in_one_line(tmp_path):
+    import main as train_script
+    corpus = write_corpus(str(tmp_path / 'c'), (40, 10, 10))
+    with pytest.raises(errors.UserError, match='min_count must be a positive integer, got 0'):
+        train_script.main(tiny_run(corpus, str(tmp_path / 'm.pt'), extra=['--min-count', '0']))
