@@ -18,6 +18,7 @@ import uuid
 import numpy as np
 import torch
 
+import data
 from .atomic_io import atomic_torch_save, digest_matches, with_digest
 from errors import UserError, first_line
 from model import RNNModel
@@ -153,7 +154,6 @@ def vocabulary_options(ckpt):
     """The vocabulary options (data.Corpus's) the checkpoint's run read its corpus with: a later script
     reads the corpus with them, so that its words get the checkpoint's ids. A checkpoint saved before
     the options existed (or by a script without them) used the default, the original's rule."""
-    import data
     return data.vocabulary_options(**{name: ckpt['args'].get(name, default)
                                       for name, default in data.DEFAULT_VOCABULARY.items()})
 
