@@ -12,6 +12,7 @@ import array
 import codecs
 import hashlib
 import io
+import json
 import os
 from collections import Counter
 
@@ -130,14 +131,17 @@ class Corpus:
 
 
 # ---------------------------------------------------------------------------------------------
-# A corpus's subword tokenizer (prepare.py --tokenizer bpe): its file, and encoding text with it
+# A corpus's tokenizer (prepare.py --tokenizer chars or bpe): its file, and turning text into its
+# tokens and back
 
 TOKENIZER_FILE = 'tokenizer.json'
+SPACE, UNDERSCORE = '_', '\\_'  # character tokens: a run of whitespace, a literal underscore (pennchar's marks)
+CHARS_TOKENIZER = json.dumps({'type': 'chars', 'space': SPACE, 'underscore': UNDERSCORE})
 
 
 def read_tokenizer(folder):
-    """The contents of the corpus folder's tokenizer file (a Hugging Face tokenizer's JSON, which
-    prepare.py --tokenizer bpe writes), or None when it has none."""
+    """The contents of the corpus folder's tokenizer file (prepare.py writes it for --tokenizer chars
+    and bpe), or None when it has none (a corpus of words)."""
     path = os.path.join(folder, TOKENIZER_FILE)
     if not os.path.isfile(path):
         return None
@@ -145,21 +149,52 @@ def read_tokenizer(folder):
         return f.read()
 
 
-def subword_tokenizer(contents):
-    """The Hugging Face tokenizer whose JSON is `contents`; a DataError when the optional package
-    (requirements-corpus.txt) is missing."""
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        raise DataError('subword tokens need the Hugging Face tokenizers package: '
-                        'python3 -m pip install -r requirements-corpus.txt') from None
-    return Tokenizer.from_str(contents)
+def char_tokens(text):
+    """The character tokens of one line: a run of whitespace is one `_` (none at the line's ends), a
+    literal `_` is `\\_` (so that the marks stay apart from the text)."""
+    return [SPACE if c == ' ' else UNDERSCORE if c == '_' else c for c in ' '.join(text.split())]
 
 
-def subword_tokens(tokenizer, texts):
-    """The subword tokens of each text (a line's words; its whitespace only separates them), as
-    prepare.py writes a line of a corpus and score.py reads a raw one."""
-    return [encoding.tokens for encoding in tokenizer.encode_batch([' '.join(text.split()) for text in texts])]
+class CharTokenizer:
+    """Characters as tokens (prepare.py --tokenizer chars), with the marks of PTB's pennchar."""
+
+    def encode(self, texts):
+        return [char_tokens(text) for text in texts]
+
+    def plain_text(self, token, at_line_start):
+        return {SPACE: ' ', UNDERSCORE: '_', END_OF_LINE: '\n'}.get(token, token)
+
+
+class SubwordTokenizer:
+    """Byte-pair subwords (prepare.py --tokenizer bpe): a Hugging Face tokenizer, words split at
+    whitespace and marked at their start with \u2581."""
+
+    def __init__(self, contents):
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise DataError('subword tokens need the Hugging Face tokenizers package: '
+                            'python3 -m pip install -r requirements-corpus.txt') from None
+        self.tokenizer = Tokenizer.from_str(contents)
+
+    def encode(self, texts):
+        """The subword tokens of each text (a line's words; its whitespace only separates them)."""
+        return [encoding.tokens for encoding in self.tokenizer.encode_batch([' '.join(t.split()) for t in texts])]
+
+    def plain_text(self, token, at_line_start):
+        if token == END_OF_LINE:
+            return '\n'
+        text = token.replace('\u2581', ' ')
+        return text.lstrip(' ') if at_line_start else text
+
+
+def corpus_tokenizer(contents):
+    """The tokenizer a tokenizer file's contents describe: `.encode(texts)` gives each text's tokens, as
+    prepare.py writes a line of the corpus (and score.py reads raw text); `.plain_text(token,
+    at_line_start)` the text a token stands for (generate.py writes it)."""
+    if json.loads(contents).get('type') == 'chars':
+        return CharTokenizer()
+    return SubwordTokenizer(contents)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,10 +63,10 @@ def parse_args(argv=None):
 
 
 def prompt_ids(prompt, word2idx, tokenizer=None):
-    """The word ids of --prompt, read as a line of the corpus without its <eos> (with `tokenizer`, the
-    contents of a subword corpus's tokenizer, its subword tokens); unknown words become <unk> (with a
-    note), or are an error when the vocabulary has none."""
-    tokens = prompt.split() if tokenizer is None else data.subword_tokens(data.subword_tokenizer(tokenizer), [prompt])[0]
+    """The word ids of --prompt, read as a line of the corpus without its <eos> (with `tokenizer`, a
+    data.corpus_tokenizer, its tokens); unknown words become <unk> (with a note), or are an error when
+    the vocabulary has none."""
+    tokens = prompt.split() if tokenizer is None else tokenizer.encode([prompt])[0]
     try:
         ids, unknown = data.encode(tokens, word2idx)
     except data.DataError as e:
@@ -112,7 +112,8 @@ def main(argv=None):
     checkpoint.check_vocabulary(ckpt['idx2word'], corpus, args.checkpoint, args.data)
     idx2word = corpus.dictionary.idx2word
 
-    tokenizer = ckpt.get('tokenizer')  # a subword corpus's (prepare.py --tokenizer bpe): plain words are written
+    # A corpus of characters or subwords (prepare.py --tokenizer chars or bpe): plain words are written.
+    tokenizer = data.corpus_tokenizer(ckpt['tokenizer']) if ckpt.get('tokenizer') else None
     prompt = prompt_ids(args.prompt, corpus.dictionary.word2idx, tokenizer) if args.prompt is not None else None
     model.eval()
     model.reset()
@@ -123,7 +124,7 @@ def main(argv=None):
     word = original_start_word(len(idx2word)).to(device)
     shaped = args.top_k is not None or args.top_p is not None
     written = 0  # words written so far: the original's layout breaks the line after every 20th
-    previous = None  # with a tokenizer: the last subword token written
+    previous = None  # with a tokenizer: the last token written
     try:
         with open(args.outf, 'w') as outf, torch.no_grad():
             output = None
@@ -148,7 +149,7 @@ def main(argv=None):
                     outf.write(word_with_separator(token, written, args.corpus_layout))
                 else:
                     at_line_start = written == 0 or previous == '<eos>'
-                    outf.write(subword_text(token, at_line_start))
+                    outf.write(tokenizer.plain_text(token, at_line_start))
                     previous = token
                 written += 1
                 if i % args.log_interval == 0:
@@ -157,15 +158,6 @@ def main(argv=None):
         raise errors.UserError(f'{args.outf}: could not be written ({write_failure(e)})') from None
     print(f'| Generated {args.words} words to {args.outf}')
     return 0
-
-
-def subword_text(token, at_line_start):
-    """The plain text of one subword token of a prepare.py --tokenizer bpe corpus: <eos> a line break,
-    the word-start mark ▁ a space (none at a line's start), the rest as it is."""
-    if token == '<eos>':
-        return '\n'
-    text = token.replace('\u2581', ' ')
-    return text.lstrip(' ') if at_line_start else text
 
 
 def original_start_word(ntokens):

@@ -10,8 +10,9 @@ The text (the files in the order given, each a whole number of lines) is split b
 rest the training split; no line is lost, added or changed (`--tokenizer words`, the default: the
 splits put together are the text). `--tokenizer bpe` learns a byte-pair encoding of --bpe-size subword
 tokens on the training split alone (Hugging Face `tokenizers`, requirements-corpus.txt) and writes
-every line as its subword tokens, with the tokenizer in DIR/tokenizer.json; `--tokenizer chars` writes
-every character as a token, a run of spaces as `_`, as PTB's character-level corpus (pennchar) is.
+every line as its subword tokens; `--tokenizer chars` writes every character as a token, a run of
+spaces as `_`, as PTB's character-level corpus (pennchar) is. Both write DIR/tokenizer.json, which
+main.py records in its checkpoint (score.py then reads raw text, generate.py writes it).
 DIR/prepare.json records what was done; a folder holding a corpus without it is never overwritten.
 Options and formats: docs/CORPUS.md.
 """
@@ -28,7 +29,6 @@ from errors import UserError
 
 MARKER = 'prepare.json'  # what this script wrote, and the sign that it may rewrite the folder
 TOKENIZER_FILE = data.TOKENIZER_FILE
-SPACE, UNDERSCORE = '_', '\\_'  # --tokenizer chars: a run of whitespace, a literal underscore
 
 
 def parse_args(argv=None):
@@ -103,18 +103,12 @@ def split_lines(lines, valid_fraction, test_fraction):
 # ---------------------------------------------------------------------------------------------
 # Tokenizers: each turns the lines of a split into the lines written
 
-def char_tokens(line):
-    """The character tokens of one line: a run of whitespace is one `_` (none at the line's ends), a
-    literal `_` is `\\_` (so that the marks stay apart from the text)."""
-    return [SPACE if c == ' ' else UNDERSCORE if c == '_' else c for c in ' '.join(line.split())]
-
-
 def char_lines(lines):
     """The lines of a split as character tokens in pennchar's layout: every token of the split, its line
     ends included, followed by a space (so every line after the first starts with one). pennchar's
     files end with that last space after the last line end, which reads as one more (empty) line: it
     is left out here."""
-    text = ''.join(token + ' ' for line in lines for token in (*char_tokens(line), '\n'))[:-1]
+    text = ''.join(token + ' ' for line in lines for token in (*data.char_tokens(line), '\n'))[:-1]
     return text.splitlines(keepends=True)  # the tokens hold no line break: str.split took them all
 
 
@@ -142,7 +136,7 @@ def learn_bpe(train_lines, size):
 
 def bpe_lines(tokenizer, lines):
     """The lines as space-separated subword tokens (an empty line stays empty)."""
-    return [' '.join(tokens) + '\n' for tokens in data.subword_tokens(tokenizer, lines)]
+    return [' '.join(tokens) + '\n' for tokens in data.SubwordTokenizer(tokenizer.to_str()).encode(lines)]
 
 
 def tokenized_splits(splits, args):
@@ -150,7 +144,7 @@ def tokenized_splits(splits, args):
     if args.tokenizer == 'words':
         return splits, None
     if args.tokenizer == 'chars':
-        return {split: char_lines(lines) for split, lines in splits.items()}, None
+        return {split: char_lines(lines) for split, lines in splits.items()}, data.CHARS_TOKENIZER
     tokenizer = learn_bpe(splits['train'], args.bpe_size)
     return {split: bpe_lines(tokenizer, lines) for split, lines in splits.items()}, tokenizer.to_str()
 

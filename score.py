@@ -8,8 +8,9 @@ of each token.
 The text (a file, or standard input for `-` or no --text) is read as the corpus files are: whitespace
 words, <eos> at each line end, a leading byte-order mark dropped. A word the checkpoint's vocabulary
 lacks becomes <unk> (or the word --unk names) and is counted. The vocabulary is the checkpoint's own:
-no corpus folder is needed. A checkpoint of a subword corpus (prepare.py --tokenizer bpe) holds its
-tokenizer: raw text is encoded with it, and per-word figures are reported beside the per-token ones.
+no corpus folder is needed. A checkpoint of a corpus of characters or subwords (prepare.py --tokenizer
+chars or bpe) holds its tokenizer: raw text is encoded with it, and per-word figures are reported
+beside the per-token ones.
 Formats: docs/SCORING.md.
 """
 import argparse
@@ -39,8 +40,9 @@ def parse_args(argv=None):
                       help='the surprisal of every token (TSV: line, position, word, surprisal_bits, oov)')
     mode.add_argument('--json', action='store_true', help='the stream summary as one JSON object')
     parser.add_argument('--pretokenized', action='store_true',
-                        help='a checkpoint of a subword corpus (prepare.py --tokenizer bpe) reads raw text and '
-                             'encodes it with its tokenizer; with this flag the text is subword tokens already, '
+                        help='a checkpoint of a corpus of characters or subwords (prepare.py --tokenizer chars or '
+                             'bpe) reads raw text and encodes it with its tokenizer; with this flag the text is '
+                             'in those tokens already, '
                              "as the corpus files are")
     parser.add_argument('--unk', type=str, default='<unk>', metavar='WORD',
                         help='the vocabulary word that stands for words it lacks (default <unk>)')
@@ -89,16 +91,16 @@ def stream_summary(model, criterion, ids, oov, bptt, device):
     return {'tokens': len(stream), 'oov': oov, 'loss': loss, 'ppl': math.exp(loss), 'bpc': loss / math.log(2)}
 
 
-def subword_lines(tokenizer_contents, lines):
-    """The lines (words and <eos>) as the subword tokens of the checkpoint's tokenizer, each still
-    closed by <eos>: the text as prepare.py wrote its corpus."""
-    tokenizer = data.subword_tokenizer(tokenizer_contents)
-    return [tokens + ['<eos>'] for tokens in data.subword_tokens(tokenizer, [' '.join(line[:-1]) for line in lines])]
+def tokenized_lines(tokenizer_contents, lines):
+    """The lines (words and <eos>) as the tokens of the checkpoint's tokenizer (characters or subwords),
+    each still closed by <eos>: the text as prepare.py wrote its corpus."""
+    tokenizer = data.corpus_tokenizer(tokenizer_contents)
+    return [tokens + ['<eos>'] for tokens in tokenizer.encode([' '.join(line[:-1]) for line in lines])]
 
 
 def per_word(summary, words):
     """The stream's figures per word of the raw text (its words and one <eos> a line), beside the
-    per-token ones: the same total loss, divided among the words instead of the subword tokens."""
+    per-token ones: the same total loss, divided among the words instead of the tokens."""
     word_loss = summary['loss'] * summary['tokens'] / words
     return {'words': words, 'word_loss': word_loss, 'word_ppl': math.exp(word_loss)}
 
@@ -148,10 +150,10 @@ def main(argv=None):
     device = cli.choose_device(args)
     ckpt = checkpoint.load_checkpoint(args.checkpoint, map_location=device, resume_state_ok=False)
     model, criterion, idx2word = ckpt['model'], ckpt['criterion'], ckpt['idx2word']
-    words = None  # the text's words (and <eos>), when the model reads subword tokens of them
+    words = None  # the text's words (and <eos>), when the model reads characters or subwords of them
     if ckpt.get('tokenizer') and not args.pretokenized:
         words = sum(len(line) for line in lines)
-        lines = subword_lines(ckpt['tokenizer'], lines)
+        lines = tokenized_lines(ckpt['tokenizer'], lines)
     ids, unknown_flags, oov = encode_lines(lines, idx2word, args.unk)
     if oov:
         print(f'note: {oov} word(s) not in the vocabulary scored as {args.unk}', file=sys.stderr)

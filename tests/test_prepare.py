@@ -75,7 +75,7 @@ def test_characters_are_written_as_pennchar_is(tmp_path, ptb_mirror):
 
 
 def test_characters_mark_spaces_and_underscores():
-    assert prepare.char_tokens('  a_b\tc  d \n') == ['a', '\\_', 'b', '_', 'c', '_', 'd']
+    assert data.char_tokens('  a_b\tc  d \n') == ['a', '\\_', 'b', '_', 'c', '_', 'd']
     assert prepare.char_lines(['ab c\n', '\n', 'd\n']) == ['a b _ c \n', ' \n', ' d \n']
 
 
@@ -228,9 +228,11 @@ def test_bpe_without_the_tokenizers_package_says_how_to_get_it(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_a_subword_corpus_scores_raw_text_and_generates_plain_words(tmp_path, capsys):
-    """prepare.py --tokenizer bpe -> main.py, whose checkpoint records the tokenizer -> score.py on the raw
-    text of the test split gives main.py's test figure, per token and per word; generate.py writes words."""
+@pytest.mark.parametrize('tokenizer', [['bpe', '--bpe-size', '40'], ['chars']], ids=['bpe', 'chars'])
+def test_a_corpus_of_subwords_or_characters_scores_raw_text_and_generates_plain_words(tmp_path, capsys, tokenizer):
+    """prepare.py --tokenizer bpe / chars -> main.py, whose checkpoint records the tokenizer -> score.py on
+    the raw text of the test split gives main.py's test figure, per token and per word; generate.py
+    writes plain words."""
     import generate
     import main as train_script
     import score
@@ -238,8 +240,7 @@ def test_a_subword_corpus_scores_raw_text_and_generates_plain_words(tmp_path, ca
     raw = write_corpus(str(tmp_path / 'raw'), (300, 1, 1))
     text = open(os.path.join(raw, 'train.txt')).read()
     out = str(tmp_path / 'bpe')
-    prepare.main([write(tmp_path / 'text.txt', text), '--out', out, '--tokenizer', 'bpe', '--bpe-size', '40',
-                  '--test-fraction', '0.1'])
+    prepare.main([write(tmp_path / 'text.txt', text), '--out', out, '--tokenizer', *tokenizer, '--test-fraction', '0.1'])
     save = str(tmp_path / 'model.pt')
     assert train_script.main(tiny_run(out, save)) == 0
     ckpt = checkpoint.load_checkpoint(save)
@@ -262,13 +263,19 @@ def test_a_subword_corpus_scores_raw_text_and_generates_plain_words(tmp_path, ca
     assert generate.main(['--data', out, '--checkpoint', save, '--outf', str(generated), '--words', '60', '--cpu',
                           '--prompt', 'the cat']) == 0
     written = generated.read_text()
-    assert written.startswith('the cat') and '\u2581' not in written and '<eos>' not in written
+    assert written.startswith('the cat') and not {'\u2581', '<eos>', '\\_'} & set(written.split())
+    assert '\u2581' not in written and (tokenizer == ['bpe', '--bpe-size', '40'] or ' _ ' not in written)
 
 
-def test_subword_tokens_become_plain_text():
-    import generate
-    assert [generate.subword_text(t, start) for t, start in
+def test_tokens_become_plain_text(tmp_path):
+    out = str(tmp_path / 'bpe')
+    prepare.main([write(tmp_path / 'text.txt', numbered_text(30)), '--out', out, '--tokenizer', 'bpe', '--bpe-size', '30'])
+    subwords = data.corpus_tokenizer(open(os.path.join(out, prepare.TOKENIZER_FILE)).read())
+    assert [subwords.plain_text(t, start) for t, start in
             (('\u2581the', True), ('\u2581ca', False), ('t', False), ('<eos>', False))] == ['the', ' ca', 't', '\n']
+    chars = data.corpus_tokenizer(data.CHARS_TOKENIZER)
+    tokens = chars.encode([' a_b  c '])[0] + ['<eos>']
+    assert ''.join(chars.plain_text(t, False) for t in tokens) == 'a_b c\n'
 
 
 def test_main_refuses_a_bad_vocabulary_option_in_one_line(tmp_path):
