@@ -394,16 +394,26 @@ def describe(corpus, top=20):
     return lines
 
 
+def add_vocabulary_args(parser):
+    """--vocab-from, --min-count, --max-vocab (restrict_vocabulary's options, their defaults the
+    original's rule): `python data.py DIR` and main.py (harness/flags.py) take them."""
+    g = parser.add_argument_group('vocabulary (docs/CORPUS.md; default: every word of the three splits)')
+    g.add_argument('--vocab-from', choices=VOCAB_FROM, default=DEFAULT_VOCABULARY['vocab_from'],
+                   help="the splits the vocabulary is built over: all (the original's rule) or train "
+                        '(words only in valid/test become <unk>)')
+    g.add_argument('--min-count', type=int, default=DEFAULT_VOCABULARY['min_count'], metavar='N',
+                   help='only words seen at least N times get an id of their own; the others become <unk>')
+    g.add_argument('--max-vocab', type=int, default=DEFAULT_VOCABULARY['max_vocab'], metavar='N',
+                   help='at most N entries: the most frequent words, <eos> and <unk> included')
+    return g
+
+
 def main(argv=None):
     import argparse
     parser = argparse.ArgumentParser(description='What a corpus folder holds: tokens, vocabulary, <unk> share, '
                                                  'the most frequent words (the corpus cache is neither read nor written)')
     parser.add_argument('data', metavar='DIR', help='corpus folder (train.txt, valid.txt, test.txt)')
-    parser.add_argument('--vocab-from', choices=VOCAB_FROM, default='all',
-                        help="the splits the vocabulary is built over (default all, the original's rule)")
-    parser.add_argument('--min-count', type=int, default=1, metavar='N', help='keep words seen at least N times')
-    parser.add_argument('--max-vocab', type=int, default=None, metavar='N',
-                        help='at most N entries: the most frequent words, <eos> and <unk> included')
+    add_vocabulary_args(parser)
     parser.add_argument('--top', type=int, default=20, metavar='N', help='how many frequent words to show (default 20)')
     args = parser.parse_args(argv)
     if not os.path.isdir(args.data):

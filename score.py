@@ -42,8 +42,7 @@ def parse_args(argv=None):
     parser.add_argument('--pretokenized', action='store_true',
                         help='a checkpoint of a corpus of characters or subwords (prepare.py --tokenizer chars or '
                              'bpe) reads raw text and encodes it with its tokenizer; with this flag the text is '
-                             'in those tokens already, '
-                             "as the corpus files are")
+                             'in those tokens already, as the corpus files are')
     parser.add_argument('--unk', type=str, default='<unk>', metavar='WORD',
                         help='the vocabulary word that stands for words it lacks (default <unk>)')
     parser.add_argument('--batch-size', type=int, default=64,

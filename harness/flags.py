@@ -11,6 +11,7 @@ import functools
 
 import torch
 
+import data
 from errors import UserError
 
 
@@ -91,16 +92,9 @@ def add_mixture_args(parser):
 
 def add_vocabulary_args(parser):
     """main.py's vocabulary options (data.restrict_vocabulary); saved with the run's flags in the checkpoint,
-    whose later scripts read the corpus with them (checkpoint.vocabulary_options). Defaults: the original's."""
-    g = parser.add_argument_group('vocabulary (docs/CORPUS.md; default: every word of the three splits)')
-    g.add_argument('--vocab-from', choices=('all', 'train'), default='all',
-                   help="the splits the vocabulary is built over: all (the original's rule) or train "
-                        '(words only in valid/test become <unk>)')
-    g.add_argument('--min-count', type=int, default=1, metavar='N',
-                   help='only words seen at least N times get an id of their own; the others become <unk>')
-    g.add_argument('--max-vocab', type=int, default=None, metavar='N',
-                   help='at most N entries: the most frequent words, <eos> and <unk> included')
-    return g
+    whose later scripts read the corpus with them (checkpoint.vocabulary_options). Defaults: the original's.
+    Defined in data.py, whose own command line (`python data.py DIR`) takes the same flags."""
+    return data.add_vocabulary_args(parser)
 
 
 def add_speed_args(parser):
