@@ -415,7 +415,8 @@ def evaluate_checkpoint(args, log=print):
     device = choose_device(args)
     ckpt = harness.load_checkpoint(args.save, map_location=device, resume_state_ok=False)
     corpus, train_data, val_data, test_data = harness.load_data(
-        args, (args.batch_size, args.eval_batch_size, args.eval_batch_size), device, log=log)
+        args, (args.batch_size, args.eval_batch_size, args.eval_batch_size), device, log=log,
+        vocabulary=harness.vocabulary_options(ckpt))
     harness.check_vocabulary(ckpt['idx2word'], corpus, args.save, args.data)
     model, criterion = ckpt['model'], ckpt['criterion']
     model.to(device)

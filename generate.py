@@ -54,15 +54,17 @@ def parse_args(argv=None):
     return args
 
 
-def prompt_ids(prompt, word2idx):
-    """The word ids of --prompt, read as a line of the corpus without its <eos>; unknown words become
-    <unk> (with a note), or are an error when the vocabulary has none."""
+def prompt_ids(prompt, word2idx, tokenizer=None):
+    """The word ids of --prompt, read as a line of the corpus without its <eos> (with `tokenizer`, a
+    data.corpus_tokenizer, its tokens); unknown words become <unk> (with a note), or are an error when
+    the vocabulary has none."""
+    tokens = prompt.split() if tokenizer is None else tokenizer.encode([prompt])[0]
     try:
-        ids, unknown = data.encode(prompt.split(), word2idx)
+        ids, unknown = data.encode(tokens, word2idx)
     except data.DataError as e:
         raise errors.UserError(f'--prompt: {e}') from None
     if any(unknown):
-        words = [w for w, u in zip(prompt.split(), unknown) if u]
+        words = [w for w, u in zip(tokens, unknown) if u]
         note(f'note: --prompt words not in the vocabulary fed in as <unk>: {" ".join(words)}')
     return ids
 
@@ -79,11 +81,14 @@ def main(argv=None):
     model, criterion = ckpt['model'], ckpt['criterion']
     if args.model is not None and args.model != model.rnn_type:
         note(f'note: --model {args.model} ignored: the checkpoint holds a {model.rnn_type} model')
-    corpus, *_ = harness.load_data(args, (1, 1, 1), torch.device('cpu'), log=note)
+    corpus, *_ = harness.load_data(args, (1, 1, 1), torch.device('cpu'), log=note,
+                                   vocabulary=harness.vocabulary_options(ckpt))
     harness.check_vocabulary(ckpt['idx2word'], corpus, args.checkpoint, args.data)
     idx2word = corpus.dictionary.idx2word
 
-    prompt = prompt_ids(args.prompt, corpus.dictionary.word2idx) if args.prompt is not None else None
+    # A corpus of characters or subwords (prepare.py --tokenizer chars or bpe): plain words are written.
+    tokenizer = data.corpus_tokenizer(ckpt['tokenizer']) if ckpt.get('tokenizer') else None
+    prompt = prompt_ids(args.prompt, corpus.dictionary.word2idx, tokenizer) if args.prompt is not None else None
     # Seeded after the model is built (building it draws its initial weights; the original unpickled its
     # model, which draws nothing), so that the start word is the original's first draw.
     harness.set_seed(args.seed)
@@ -93,9 +98,16 @@ def main(argv=None):
     # leaves the file that was there, and two runs writing one --outf leave one run's text.
     pieces = []
     for text in (args.prompt.split() if args.prompt is not None else []):
-        pieces.append(word_with_separator(text, len(pieces), args.corpus_layout))
+        pieces.append(word_with_separator(text, len(pieces), args.corpus_layout) if tokenizer is None
+                      else text if not pieces else ' ' + text)
+    previous = None  # with a tokenizer: the last token written
     for i, word in enumerate(sampled):
-        pieces.append(word_with_separator(idx2word[word], len(pieces), args.corpus_layout))
+        token = idx2word[word]
+        if tokenizer is None:
+            pieces.append(word_with_separator(token, len(pieces), args.corpus_layout))
+        else:
+            pieces.append(tokenizer.plain_text(token, at_line_start=not pieces or previous == '<eos>'))
+            previous = token
         if i % args.log_interval == 0:
             note(f'| Generated {i}/{args.words} words')
     harness.write_result(''.join(pieces), args.outf)

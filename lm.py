@@ -33,6 +33,7 @@ class LanguageModel:
         self.path = path
         self.model, self.criterion = ckpt['model'].eval(), ckpt['criterion']
         self.idx2word = list(ckpt['idx2word'])
+        self.tokenizer = ckpt.get('tokenizer')  # prepare.py's characters or subwords: the file's contents, or None
         self.word2idx = {word: i for i, word in enumerate(self.idx2word)}
         # Stream evaluation runs in chunks of the training bptt, as main.py's test figure does.
         self.bptt = ckpt['args'].get('bptt', 70)

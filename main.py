@@ -9,6 +9,7 @@ harness package's (`harness.TrainingRun`); what is here is the paper.
 """
 import argparse
 
+import data
 import harness
 import training
 from errors import UserError
@@ -127,6 +128,7 @@ def build_parser():
         add_args(parser)
     harness.add_speed_args(parser)
     add_schedule_args(parser)
+    data.add_vocabulary_args(parser)  # --vocab-from, --min-count, --max-vocab (docs/CORPUS.md)
     return parser
 
 

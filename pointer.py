@@ -221,7 +221,8 @@ def main(argv=None):
     if args.model is not None and args.model != model.rnn_type:
         print(f'note: --model {args.model} ignored: the checkpoint holds a {model.rnn_type} model')
     print('Args:', args)
-    corpus, _, val_data, test_data = harness.load_data(args, (1, 1, 1), torch.device('cpu'))
+    corpus, _, val_data, test_data = harness.load_data(args, (1, 1, 1), torch.device('cpu'),
+                                                       vocabulary=harness.vocabulary_options(ckpt))
     harness.check_vocabulary(ckpt['idx2word'], corpus, args.save, args.data)
 
     results = {}

@@ -8,7 +8,10 @@ of each token.
 The text (a file, or standard input for `-` or no --text) is read as the corpus files are: whitespace
 words, <eos> at each line end, a leading byte-order mark dropped. A word the checkpoint's vocabulary
 lacks becomes <unk> (or the word --unk names) and is counted. The vocabulary is the checkpoint's own:
-no corpus folder is needed. Formats: docs/SCORING.md.
+no corpus folder is needed. A checkpoint of a corpus of characters or subwords (prepare.py --tokenizer
+chars or bpe) holds its tokenizer: raw text is encoded with it, and per-word figures are reported
+beside the per-token ones.
+Formats: docs/SCORING.md.
 """
 import argparse
 import json
@@ -31,6 +34,10 @@ def parse_args(argv=None):
     mode.add_argument('--per-token', action='store_true',
                       help='the surprisal of every token (TSV: line, position, word, surprisal_bits, oov)')
     mode.add_argument('--json', action='store_true', help='the stream summary as one JSON object')
+    parser.add_argument('--pretokenized', action='store_true',
+                        help='a checkpoint of a corpus of characters or subwords (prepare.py --tokenizer chars or '
+                             'bpe) reads raw text and encodes it with its tokenizer; with this flag the text is '
+                             'in those tokens already, as the corpus files are')
     parser.add_argument('--unk', type=str, default='<unk>', metavar='WORD',
                         help='the vocabulary word that stands for words it lacks (default <unk>)')
     parser.add_argument('--batch-size', type=int, default=64,
@@ -67,6 +74,20 @@ def stream_summary(lm, ids, oov):
             'bpc': loss / math.log(2)}
 
 
+def tokenized_lines(tokenizer_contents, lines):
+    """The lines (words and <eos>) as the tokens of the checkpoint's tokenizer (characters or subwords),
+    each still closed by <eos>: the text as prepare.py wrote its corpus."""
+    tokenizer = data.corpus_tokenizer(tokenizer_contents)
+    return [tokens + ['<eos>'] for tokens in tokenizer.encode([' '.join(line[:-1]) for line in lines])]
+
+
+def per_word(summary, words):
+    """The stream's figures per word of the raw text (its words and one <eos> a line), beside the
+    per-token ones: the same total loss, divided among the words instead of the tokens."""
+    word_loss = summary['loss'] * summary['tokens'] / words
+    return {'words': words, 'word_loss': word_loss, 'word_ppl': math.exp(word_loss)}
+
+
 def sentence_rows(lines, unknown_flags, totals):
     """The TSV of --sentences: a header, then one row per line (`totals`: LanguageModel.line_totals)."""
     yield 'logprob\ttokens\toov\ttext'
@@ -96,6 +117,10 @@ def main(argv=None):
     except data.DataError as e:
         raise UserError(str(e)) from None
     lm = LanguageModel(args.checkpoint, device=harness.choose_device(args))
+    words = None  # the text's words (and <eos>), when the model reads characters or subwords of them
+    if lm.tokenizer and not args.pretokenized:
+        words = sum(len(line) for line in lines)
+        lines = tokenized_lines(lm.tokenizer, lines)
     ids, unknown_flags, oov = lm.encode(lines, args.unk)
     if oov:
         print(f'note: {oov} word(s) not in the vocabulary scored as {args.unk}', file=sys.stderr)
@@ -106,11 +131,14 @@ def main(argv=None):
         harness.write_result(''.join(row + '\n' for row in rows), args.out)
         return 0
     summary = stream_summary(lm, ids, oov)
+    if words is not None:
+        summary.update(per_word(summary, words))
     if args.json:
         harness.write_result(json.dumps(summary) + '\n', args.out)
     else:
+        per_word_text = '' if words is None else f' | words {words} | word ppl {summary["word_ppl"]:8.2f}'
         harness.write_result(f'| {name} | tokens {summary["tokens"]} | unknown words {oov} | '
-                             f'{harness.report_line("text", summary["loss"], lm.release)}\n', args.out)
+                             f'{harness.report_line("text", summary["loss"], lm.release)}{per_word_text}\n', args.out)
     return 0
 
 

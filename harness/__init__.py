@@ -9,7 +9,8 @@ training.py and the modules beside them, and the scripts call the names below a 
   (`add_data_args`, `add_device_args`, `add_speed_args`) and `parse_args` (parsed and checked).
 - Training: `TrainingRun` (run.py): a run of main.py or finetune.py, its files, resume, log and test.
 - Using a trained model: `choose_device`, `set_seed`, `load_data`, `load_checkpoint`,
-  `read_checkpoint`, `check_checkpoint_path`, `check_vocabulary`; output files checked before any work
+  `read_checkpoint`, `check_checkpoint_path`, `check_vocabulary`, `vocabulary_options` (the corpus read as
+  the checkpoint's run read it); output files checked before any work
   (`check_output`, `data_files`, `is_stream`) and written atomically (`atomic_write`, `atomic_write_text`,
   `write_failure`, `write_result`: a result to stdout, a stream or a file); report lines and logs (`report_line`, `loss_record`, `progress_bar`, `JsonLog`,
   `check_appendable`); `export_model_dir` (a shareable model directory, model_dir.py).
@@ -22,7 +23,7 @@ distributed.py (torchrun), cuda_graphs.py, corpus_cache.py, atomic_io.py, flags.
 recipes.py (the published command lines and figures). docs/ARCHITECTURE.md draws them.
 """
 from .atomic_io import atomic_write, atomic_write_text, write_failure
-from .checkpoint import check_checkpoint_path, check_vocabulary, load_checkpoint, read_checkpoint
+from .checkpoint import check_checkpoint_path, check_vocabulary, load_checkpoint, read_checkpoint, vocabulary_options
 from . import recipes
 from .cli import choose_device, load_data, set_seed
 from .cuda_graphs import GraphedTrainStep
@@ -37,7 +38,7 @@ from .run import TrainingRun, finetune_log_path, finetune_state_path
 from .run_files import check_output, data_files, is_stream, write_result
 from .run_log import JsonLog, check_appendable, loss_record, progress_bar, report_line
 
-__all__ = ['check_checkpoint_path', 'write_result', 'recipes', 'GraphedTrainStep', 'Distributed', 'world_from_env', 'setup_distributed', 'export_model_dir',
+__all__ = ['vocabulary_options', 'check_checkpoint_path', 'write_result', 'recipes', 'GraphedTrainStep', 'Distributed', 'world_from_env', 'setup_distributed', 'export_model_dir',
            'atomic_write', 'atomic_write_text', 'write_failure', 'check_vocabulary', 'load_checkpoint',
            'read_checkpoint', 'choose_device', 'load_data', 'set_seed', 'run_script', 'CELL', 'FLOAT32_MAX',
            'NON_NEGATIVE_FLOAT32', 'NON_NEGATIVE_INT', 'POSITIVE_FLOAT32', 'POSITIVE_INT', 'POSITIVE_INT_OR_DEFAULT',

@@ -19,6 +19,7 @@ import zipfile
 import numpy as np
 import torch
 
+import data
 from . import model_dir
 from .atomic_io import atomic_torch_save, digest_matches, with_digest
 from errors import UserError, first_line
@@ -195,6 +196,14 @@ def weights_mismatch(model, criterion, ckpt, error):
             if names:
                 problems.append(f'{part} tensors {what}: {", ".join(names)}')
     return '; '.join(problems) or first_line(error)
+
+
+def vocabulary_options(ckpt):
+    """The vocabulary options (data.Corpus's) the checkpoint's run read its corpus with: a later script
+    reads the corpus with them, so that its words get the checkpoint's ids. A checkpoint saved before
+    the options existed (or by a script without them) used the default, the original's rule."""
+    return data.vocabulary_options(**{name: ckpt['args'].get(name, default)
+                                      for name, default in data.DEFAULT_VOCABULARY.items()})
 
 
 def check_vocabulary(ckpt_idx2word, corpus, path, data):

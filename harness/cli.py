@@ -101,13 +101,17 @@ def set_seed(seed, numpy_seed=None):
     return np.random.RandomState(seed if numpy_seed is None else numpy_seed)
 
 
-def load_data(args, batch_sizes, device, log=print):
+def load_data(args, batch_sizes, device, log=print, vocabulary=None):
     """Corpus of args.data with each split batchified: returns (corpus, train, valid, test).
 
     `batch_sizes` = (train, valid, test); raises a UserError when a split is too small for them.
+    `vocabulary`: the vocabulary options (a checkpoint's, checkpoint.vocabulary_options); by default
+    those of args (main.py's --vocab-from, --min-count, --max-vocab), or the original's rule.
     """
+    if vocabulary is None:
+        vocabulary = {name: getattr(args, name, default) for name, default in data.DEFAULT_VOCABULARY.items()}
     try:
-        corpus = corpus_cache.load_corpus(args.data, log=log)
+        corpus = corpus_cache.load_corpus(args.data, log=log, **vocabulary)
     except data.DataError as e:
         raise UserError(str(e)) from None
     splits = []

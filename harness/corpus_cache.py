@@ -28,8 +28,21 @@ def content_key(path):
     return digest.hexdigest()[:16]
 
 
-def load_corpus(path, use_cache=True, log=print):
-    """data.Corpus(path), cached as `path/corpus.<content sha1>.pt` (tensors and strings, no pickled code).
+def cache_name(path, key, options):
+    """The cache file of the text whose content key is `key` read with the vocabulary options `options`:
+    `corpus.<key>.pt` for the original's vocabulary (the name caches always had), else
+    `corpus.<key>.<options>.pt`, e.g. `corpus.<key>.train-min3-max10000.pt`."""
+    if options == data.DEFAULT_VOCABULARY:
+        return os.path.join(path, f'corpus.{key}.pt')
+    tag = options['vocab_from'] + f'-min{options["min_count"]}'
+    if options['max_vocab'] is not None:
+        tag += f'-max{options["max_vocab"]}'
+    return os.path.join(path, f'corpus.{key}.{tag}.pt')
+
+
+def load_corpus(path, use_cache=True, log=print, **vocabulary):
+    """data.Corpus(path, **vocabulary), cached as `path/corpus.<content sha1>[.<options>].pt` (tensors
+    and strings, no pickled code); `vocabulary` holds data.Corpus's vocabulary options.
 
     Tokenizing WikiText-103 takes minutes; the cache makes later runs start in seconds. A cache whose
     contents do not match the digest stored in it (damaged, or from older code) is said so and
@@ -38,22 +51,24 @@ def load_corpus(path, use_cache=True, log=print):
     """
     if not os.path.isdir(path):
         raise data.DataError(f'{path}: data folder not found (run ./getdata.sh first?)')
-    cache = os.path.join(path, f'corpus.{content_key(path)}.pt')  # what the files hold now
+    options = data.vocabulary_options(**vocabulary)
+    cache = cache_name(path, content_key(path), options)  # what the files hold now
     if use_cache and os.path.isfile(cache):
-        corpus = read_cache(cache, log)
+        corpus = read_cache(cache, options, log)
         if corpus is not None:
             log(f'Loading cached dataset {cache}')
+            corpus.tokenizer = data.read_tokenizer(path)
             return corpus
     log('Producing dataset...')
-    corpus = data.Corpus(path)
+    corpus = data.Corpus(path, **options)
     # Named after the bytes Corpus read: a file that changed since _content_key read it is cached under
     # its new content's name, never under the old one.
-    cache = os.path.join(path, f'corpus.{corpus.content_key}.pt')
+    cache = cache_name(path, corpus.content_key, options)
     # A folder marked read-only (a shared copy of the data) is left alone, even when running as root.
     if use_cache and os.stat(path).st_mode & 0o222:
         counts = torch.tensor([corpus.dictionary.counter[i] for i in range(len(corpus.dictionary))])
         try:
-            contents = {'idx2word': corpus.dictionary.idx2word, 'counts': counts,
+            contents = {'idx2word': corpus.dictionary.idx2word, 'counts': counts, 'vocabulary_options': options,
                         **{split: getattr(corpus, split) for split in data.SPLITS}}
             atomic_io.atomic_torch_save(atomic_io.with_digest(contents), cache)
         except (UserError, OSError) as e:
@@ -61,13 +76,16 @@ def load_corpus(path, use_cache=True, log=print):
     return corpus
 
 
-def read_cache(cache, log):
-    """The corpus a cache file holds, or None (with a note) when it is not one written intact."""
+def read_cache(cache, options, log):
+    """The corpus a cache file holds, or None (with a note) when it is not one written intact with the
+    vocabulary options `options` (a cache written before the options existed holds the default's)."""
     try:
         saved = torch.load(cache, weights_only=True)
         if not atomic_io.digest_matches(saved):
             raise ValueError('no digest, or one that does not match')
-        corpus = data.Corpus()
+        if saved.get('vocabulary_options', data.DEFAULT_VOCABULARY) != options:
+            raise ValueError(f'written with the vocabulary options {saved.get("vocabulary_options")}')
+        corpus = data.Corpus(**options)
         dictionary = corpus.dictionary
         dictionary.idx2word = list(saved['idx2word'])
         dictionary.word2idx = {w: i for i, w in enumerate(dictionary.idx2word)}

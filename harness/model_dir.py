@@ -7,6 +7,7 @@ code, so that the two do not import each other):
                            line, the run's figures and provenance, a digest of the weights and words
     DIR/model.safetensors  the evaluation weights (model.* and criterion.*; no optimizer state)
     DIR/vocab.txt          the vocabulary, one word a line, in id order
+    DIR/tokenizer.json     the corpus's tokenizer (prepare.py --tokenizer chars or bpe), when it has one
     DIR/README.md          the model card
 
 Safetensors holds tensors and nothing else (no pickled code, as weights_only=True guarantees for a
@@ -27,7 +28,8 @@ from errors import UserError, first_line
 
 FORMAT = 'awd-lstm-model-dir-1'
 CONFIG, WEIGHTS, VOCABULARY, CARD = 'config.json', 'model.safetensors', 'vocab.txt', 'README.md'
-FILES = (CONFIG, WEIGHTS, VOCABULARY, CARD)
+TOKENIZER = 'tokenizer.json'
+FILES = (CONFIG, WEIGHTS, VOCABULARY, CARD, TOKENIZER)
 REQUIREMENTS = 'requirements-export.txt'
 
 
@@ -95,6 +97,8 @@ def write_model_dir(folder, ckpt, run):
         data = safetensors_torch().save(tensors, metadata={'format': 'pt'})
         atomic_write(os.path.join(staging, WEIGHTS), lambda f: f.write(data))  # fsync'd before the rename
         atomic_write_text(''.join(word + '\n' for word in ckpt['idx2word']), os.path.join(staging, VOCABULARY))
+        if ckpt.get('tokenizer'):
+            atomic_write_text(ckpt['tokenizer'], os.path.join(staging, TOKENIZER))
         atomic_write_text(json.dumps(config, indent=2, default=str) + '\n', os.path.join(staging, CONFIG))
         atomic_write_text(model_card(config), os.path.join(staging, CARD))
         replace_folder(staging, folder)
@@ -298,7 +302,8 @@ def read_model_dir(folder):
         parts[part][name] = tensor
     ckpt = {'model_config': config['model_config'],
             'criterion_config': config['criterion_config'], **parts, 'optimizer': None, 'optimizer_name': None,
-            'args': config['training_args'], 'idx2word': idx2word, 'run': config.get('run')}
+            'args': config['training_args'], 'idx2word': idx2word, 'run': config.get('run'),
+            'tokenizer': read_tokenizer(folder)}
     if weights_digest(ckpt) != config['digest']:
         raise UserError(f'{folder}: damaged model directory: its weights or vocabulary do not match the digest '
                         f'in {CONFIG}')
@@ -337,6 +342,15 @@ def read_weights(folder):
             return dict(st.load(f.read()))
     except Exception as e:  # safetensors raises its own SafetensorError for a damaged file
         raise UserError(f'{path}: not a readable safetensors file ({first_line(e)})') from None
+
+
+def read_tokenizer(folder):
+    """The contents of the directory's tokenizer.json, or None when the corpus had no tokenizer."""
+    try:
+        with open(os.path.join(folder, TOKENIZER), encoding='utf-8') as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
 
 
 def read_vocabulary(folder):

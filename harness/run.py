@@ -124,6 +124,8 @@ class TrainingRun:
         """The corpus and its splits batchified: (corpus, train, valid, test); [distributed] train holds this
         rank's columns of the batch."""
         args = self.args
+        if self.script == 'finetune':  # the checkpoint's vocabulary options, which its fine-tuning then records
+            vars(args).update(checkpoint.vocabulary_options(self.resumed.loaded))
         corpus, train_data, val_data, test_data = cli.load_data(
             args, (args.batch_size, EVAL_BATCH_SIZE, TEST_BATCH_SIZE), self.device)
         self.dist.check_same_start(flags.run_flags(args, self.parser), corpus,  # [distributed] all ranks alike
@@ -229,7 +231,8 @@ class TrainingRun:
 
     def save(self, model, criterion, optimizer, path):
         if self.dist.is_main:  # [distributed] rank 0 writes
-            checkpoint.save_checkpoint(path, model, criterion, optimizer, self.args, self.idx2word, run=self.owner.run)
+            checkpoint.save_checkpoint(path, model, criterion, optimizer, self.args, self.idx2word, run=self.owner.run,
+                                       tokenizer=self.corpus_data.tokenizer)
 
     def end_epoch(self, epoch, model, criterion, optimizer, history, best_val_loss, train_loss, val_loss, trained_with,
                   done=None):
@@ -244,7 +247,8 @@ class TrainingRun:
             if self.dist.is_main:  # [distributed] rank 0 writes
                 checkpoint.save_checkpoint(self.owner.state_file, model, criterion, optimizer, self.args, self.idx2word,
                                            epoch=epoch, history=history, best_val_loss=best_val_loss,
-                                           rng=checkpoint.rng_state(self.rng, self.device), run=self.owner.run, **extra)
+                                           rng=checkpoint.rng_state(self.rng, self.device), run=self.owner.run,
+                                           tokenizer=self.corpus_data.tokenizer, **extra)
             self.owner.wrote_state()
 
     # -----------------------------------------------------------------------------------------

@@ -188,3 +188,181 @@ def test_a_split_that_is_a_folder_is_named_as_such(tmp_path):
     (folder / 'test.txt').write_text('a b\n')
     with pytest.raises(data.DataError, match=r'valid\.txt: is a folder, not a split file'):
         corpus_cache.load_corpus(str(folder))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast tokenizing: the same ids as the plain loop over lines
+
+def reference_corpus(folder):
+    """The corpus as the original read it: every line of every split word by word through add_word."""
+    dictionary, streams = data.Dictionary(), {}
+    for split in data.SPLITS:
+        with open(os.path.join(folder, split + '.txt'), encoding='utf-8-sig') as f:
+            streams[split] = [dictionary.add_word(w) for line in f for w in line.split() + ['<eos>']]
+    return dictionary, streams
+
+
+ODD_TEXT = {
+    # a byte-order mark, \r\n and \r line ends, blank lines, tabs, form feeds, non-breaking and Unicode
+    # line-separator whitespace inside a line, a literal <eos>, no line end at the end of the file
+    'train': '\ufeffa b\r\nc\td\n\n  e\x0cf \rg\u2028h\x85i\u00a0j <eos> k\n\u00e9t\u00e9 a',
+    'valid': 'a  z\n\r\n\rq',
+    'test': '\n\nb y\n',
+}
+
+
+@pytest.mark.parametrize('read_chars', [1, 2, 3, 7, data.READ_CHARS])
+def test_fast_tokenizing_gives_the_ids_of_the_plain_loop(tmp_path, monkeypatch, read_chars):
+    for split, text in ODD_TEXT.items():
+        (tmp_path / f'{split}.txt').write_bytes(text.encode())
+    monkeypatch.setattr(data, 'READ_CHARS', read_chars)  # blocks cut everywhere, \r\n included
+    dictionary, streams = reference_corpus(str(tmp_path))
+    corpus = data.Corpus(str(tmp_path))
+    assert corpus.dictionary.idx2word == dictionary.idx2word
+    assert corpus.dictionary.word2idx == dictionary.word2idx
+    for split in data.SPLITS:
+        assert getattr(corpus, split).tolist() == streams[split]
+        assert getattr(corpus, split).dtype == torch.long
+    assert corpus.dictionary.counter == dictionary.counter and corpus.dictionary.total == dictionary.total
+    assert corpus.content_key == corpus_cache.content_key(str(tmp_path))
+
+
+def test_fast_tokenizing_matches_the_plain_loop_on_ptb(ptb_mirror):
+    dictionary, streams = reference_corpus(ptb_mirror)
+    corpus = data.Corpus(ptb_mirror)
+    assert corpus.dictionary.idx2word == dictionary.idx2word
+    assert all(getattr(corpus, s).tolist() == streams[s] for s in data.SPLITS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Vocabulary options
+
+def three_splits(folder, train, valid, test):
+    os.makedirs(folder, exist_ok=True)
+    for split, text in zip(data.SPLITS, (train, valid, test)):
+        with open(os.path.join(folder, split + '.txt'), 'w') as f:
+            f.write(text)
+    return folder
+
+
+def words_of(corpus, split):
+    return [corpus.dictionary.idx2word[i] for i in getattr(corpus, split).tolist()]
+
+
+def test_vocabulary_from_train_only(tmp_path):
+    folder = three_splits(str(tmp_path), 'a b a\nc\n', 'b d\n', 'e a\n')
+    corpus = data.Corpus(folder, vocab_from='train')
+    assert corpus.dictionary.idx2word == ['a', 'b', '<eos>', 'c', '<unk>']  # <unk> appended: the text has none
+    assert words_of(corpus, 'train') == ['a', 'b', 'a', '<eos>', 'c', '<eos>']
+    assert words_of(corpus, 'valid') == ['b', '<unk>', '<eos>']
+    assert words_of(corpus, 'test') == ['<unk>', 'a', '<eos>']
+    assert data.unknown_counts(corpus) == {'train': (0, 6), 'valid': (1, 3), 'test': (1, 3)}
+    assert corpus.dictionary.counter[corpus.dictionary.word2idx['<unk>']] == 2
+    assert corpus.dictionary.total == 12
+
+
+def test_the_default_vocabulary_is_the_originals(tmp_path):
+    folder = three_splits(str(tmp_path), 'a b a\nc\n', 'b d\n', 'e a\n')
+    corpus = data.Corpus(folder)
+    assert corpus.dictionary.idx2word == ['a', 'b', '<eos>', 'c', 'd', 'e']  # no <unk> added
+    assert data.unknown_counts(corpus) == {'train': (0, 6), 'valid': (0, 3), 'test': (0, 3)}
+    explicit = data.Corpus(folder, vocab_from='all', min_count=1, max_vocab=None)
+    assert explicit.dictionary.idx2word == corpus.dictionary.idx2word
+
+
+def test_min_count_counts_the_splits_the_vocabulary_comes_from(tmp_path):
+    folder = three_splits(str(tmp_path), 'a b a\nc b\n', 'c d\n', 'c a\n')
+    # over all splits: a 3, b 2, c 3, d 1, <eos> 4
+    corpus = data.Corpus(folder, min_count=3)
+    assert corpus.dictionary.idx2word == ['a', '<eos>', 'c', '<unk>']
+    assert words_of(corpus, 'train') == ['a', '<unk>', 'a', '<eos>', 'c', '<unk>', '<eos>']
+    assert words_of(corpus, 'valid') == ['c', '<unk>', '<eos>']
+    # over train alone: a 2, b 2, c 1
+    from_train = data.Corpus(folder, vocab_from='train', min_count=2)
+    assert from_train.dictionary.idx2word == ['a', 'b', '<eos>', '<unk>']
+    assert words_of(from_train, 'test') == ['<unk>', 'a', '<eos>']
+
+
+def test_max_vocab_keeps_the_most_frequent_words_in_order_of_first_appearance(tmp_path):
+    folder = three_splits(str(tmp_path), 'x y y z z z\nw w\n', 'y\n', 'x\n')
+    # counts: x 2, y 3, z 3, w 2, <eos> 4; 4 entries = <eos>, <unk> and the two most frequent (y, z)
+    corpus = data.Corpus(folder, max_vocab=4)
+    assert corpus.dictionary.idx2word == ['y', 'z', '<eos>', '<unk>']
+    assert words_of(corpus, 'train') == ['<unk>', 'y', 'y', 'z', 'z', 'z', '<eos>', '<unk>', '<unk>', '<eos>']
+    # a tie (x and w, 2 each) goes to the word seen first
+    assert data.Corpus(folder, max_vocab=5).dictionary.idx2word == ['x', 'y', 'z', '<eos>', '<unk>']
+    # room for every word: nothing becomes <unk>, but <unk> is there for new text
+    roomy = data.Corpus(folder, max_vocab=100)
+    assert roomy.dictionary.idx2word == ['x', 'y', 'z', '<eos>', 'w', '<unk>']
+    assert data.unknown_counts(roomy) == {'train': (0, 10), 'valid': (0, 2), 'test': (0, 2)}
+
+
+def test_a_unk_of_the_text_is_kept_in_its_place(tmp_path):
+    folder = three_splits(str(tmp_path), 'a <unk> b\nb\n', 'a c\n', 'd\n')
+    corpus = data.Corpus(folder, vocab_from='train', min_count=2)
+    assert corpus.dictionary.idx2word == ['<unk>', 'b', '<eos>']  # the text's <unk> kept though seen once
+    assert words_of(corpus, 'valid') == ['<unk>', '<unk>', '<eos>']
+    assert data.unknown_counts(corpus)['train'] == (2, 6)
+
+
+@pytest.mark.parametrize('options, message', [
+    ({'vocab_from': 'valid'}, 'vocab_from must be one of all, train'),
+    ({'min_count': 0}, 'min_count must be a positive integer'),
+    ({'max_vocab': 1}, r'max_vocab must be at least 2 \(<eos> and <unk>\)'),
+])
+def test_bad_vocabulary_options(tmp_path, options, message):
+    folder = three_splits(str(tmp_path), 'a\n', 'a\n', 'a\n')
+    with pytest.raises(errors.UserError, match=message):
+        data.Corpus(folder, **options)
+
+
+def test_the_corpus_cache_is_keyed_on_the_vocabulary_options(small_corpus):
+    quiet = dict(log=lambda *a: None)
+    full = corpus_cache.load_corpus(small_corpus, **quiet)
+    narrow = corpus_cache.load_corpus(small_corpus, max_vocab=5, **quiet)
+    from_train = corpus_cache.load_corpus(small_corpus, vocab_from='train', min_count=2, **quiet)
+    caches = sorted(f for f in os.listdir(small_corpus) if f.startswith('corpus.'))
+    assert len(caches) == 3
+    assert f'corpus.{full.content_key}.pt' in caches  # the default's name is unchanged
+    for options, expected in (({}, full), ({'max_vocab': 5}, narrow),
+                              ({'vocab_from': 'train', 'min_count': 2}, from_train)):
+        notes = []
+        again = corpus_cache.load_corpus(small_corpus, log=notes.append, **options)
+        assert notes and notes[0].startswith('Loading cached dataset')
+        assert again.dictionary.idx2word == expected.dictionary.idx2word
+        assert again.dictionary.idx2word == data.Corpus(small_corpus, **options).dictionary.idx2word
+        assert all(torch.equal(getattr(again, s), getattr(expected, s)) for s in data.SPLITS)
+        assert again.vocabulary_options == data.vocabulary_options(**options)
+    assert len(narrow.dictionary) == 5
+
+
+def test_python_data_dir_shows_what_the_corpus_holds(tmp_path, capsys):
+    folder = three_splits(str(tmp_path), 'a b a\nc a\n', 'b d\n', 'e a\n')
+    assert data.main([folder, '--vocab-from', 'train', '--top', '3']) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f'| corpus {folder}',
+        '| vocabulary 5 words | vocab_from train | min_count 1 | max_vocab none',
+        '| train |            7 tokens (with <eos>) | <unk> 0 (0.00%)',
+        '| valid |            3 tokens (with <eos>) | <unk> 1 (33.33%)',
+        '| test  |            3 tokens (with <eos>) | <unk> 1 (33.33%)',
+        '| words seen once in train: 2 (40.0% of the vocabulary)',  # b and c (<unk>: 0 in train)
+        '| most frequent in train: a 42.86%, <eos> 28.57%, b 14.29%',
+    ]
+    with pytest.raises(errors.UserError, match='max_vocab must be at least 2'):
+        data.main([folder, '--max-vocab', '1'])
+    with pytest.raises(errors.UserError, match='nope: data folder not found'):
+        data.main([str(tmp_path / 'nope')])
+
+
+@pytest.mark.slow
+def test_the_corpus_benchmark_reads_what_it_wrote(tmp_path):
+    import subprocess
+    import sys
+    from conftest import REPO
+    done = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'corpus_bench.py'), '--tokens', '20000',
+                           '--dir', str(tmp_path / 'c')], capture_output=True, text=True, check=True)
+    corpus = data.Corpus(str(tmp_path / 'c'))
+    tokens = sum(len(getattr(corpus, s)) for s in data.SPLITS)
+    assert 19000 <= tokens <= 21000  # about the size asked
+    assert f'| tokens {tokens:,} | vocabulary {len(corpus.dictionary):,} |' in done.stdout
+    assert 'bytes a token' in done.stdout

@@ -216,3 +216,21 @@ def test_without_safetensors_installed(tmp_path, monkeypatch):
         with pytest.raises(errors.UserError, match='safetensors package.*requirements-export.txt'):
             action()
     assert not os.path.exists(tmp_path / 'e')
+
+
+def test_a_corpus_tokenizer_travels_with_the_directory(tmp_path):
+    """A checkpoint of a prepare.py corpus with a tokenizer (characters, subwords) carries it; its model
+    directory does too (tokenizer.json), and reading the directory gives it back."""
+    save = random_checkpoint(str(tmp_path / 'm.pt'), ['<eos>', 'a', 'b'], (2,))
+    ckpt = checkpoint.load_checkpoint(save)
+    ckpt['tokenizer'] = json.dumps({'kind': 'chars'})
+    folder = str(tmp_path / 'dir')
+    model_dir.export(folder, ckpt, save)
+    with open(os.path.join(folder, 'tokenizer.json')) as f:
+        assert f.read() == ckpt['tokenizer']
+    assert checkpoint.read_checkpoint(folder)['tokenizer'] == ckpt['tokenizer']
+    assert LanguageModel(folder).tokenizer == ckpt['tokenizer']
+    plain = str(tmp_path / 'plain')
+    model_dir.export(plain, checkpoint.load_checkpoint(save), save)
+    assert not os.path.exists(os.path.join(plain, 'tokenizer.json'))
+    assert checkpoint.read_checkpoint(plain)['tokenizer'] is None
