@@ -20,9 +20,9 @@ import argparse
 import io
 import json
 import os
-import sys
 
 import data
+import harness
 from errors import UserError
 
 MARKER = 'prepare.json'  # what this script wrote, and the sign that it may rewrite the folder
