@@ -10,7 +10,7 @@ import pytest
 import data
 import errors
 import prepare
-from conftest import MIRROR, REPO, TINY, read_jsonl, tiny_run, write_corpus
+from conftest import MIRROR, REPO, TINY, patch_everywhere, read_jsonl, tiny_run, write_corpus
 
 
 def write(path, text):
@@ -137,13 +137,13 @@ def test_a_failed_write_loses_nothing_and_can_be_redone(tmp_path, monkeypatch):
         if path.endswith('valid.txt'):
             raise errors.UserError(f'{path}: could not be written (the disk is full)')
         real(text, path)
-    monkeypatch.setattr(atomic_io, 'atomic_write_text', disk_full_at_valid)
+    patch_everywhere(monkeypatch, atomic_io, 'atomic_write_text', disk_full_at_valid)
     with pytest.raises(errors.UserError, match='disk is full'):
         prepare.main([write(tmp_path / 'other.txt', numbered_text(80)), '--out', out])
     assert splits_of(out)['valid'] == before['valid']  # whole files: the old one, not half of a new one
     assert not [name for name in os.listdir(out) if name.endswith('.tmp')]
     assert json.load(open(os.path.join(out, prepare.MARKER)))['finished'] is False
-    monkeypatch.setattr(atomic_io, 'atomic_write_text', real)
+    patch_everywhere(monkeypatch, atomic_io, 'atomic_write_text', real)
     prepare.main([str(tmp_path / 'other.txt'), '--out', out])  # still its own folder: redone
     assert b''.join(splits_of(out).values()) == numbered_text(80).encode()
 
@@ -278,8 +278,13 @@ def test_tokens_become_plain_text(tmp_path):
     assert ''.join(chars.plain_text(t, False) for t in tokens) == 'a_b c\n'
 
 
-def test_main_refuses_a_bad_vocabulary_option_in_one_line(tmp_path):
+def test_main_refuses_a_bad_vocabulary_option_in_one_line(tmp_path, capsys):
+    """Refused as argparse parses the flag, before any file is claimed, naming the flag."""
     import main as train_script
     corpus = write_corpus(str(tmp_path / 'c'), (40, 10, 10))
-    with pytest.raises(errors.UserError, match='min_count must be a positive integer, got 0'):
+    with pytest.raises(SystemExit) as exit:
         train_script.main(tiny_run(corpus, str(tmp_path / 'm.pt'), extra=['--min-count', '0']))
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        'error: argument --min-count: min_count must be a positive integer, got 0')
+    assert not os.path.exists(str(tmp_path / 'm.pt.lock'))
