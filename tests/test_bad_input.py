@@ -89,6 +89,7 @@ CASES = ['data folder missing', 'split missing', 'split empty', 'split not text'
 SCRIPTS = [train_script, finetune, pointer, generate, dynamiceval]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', CASES)
 @pytest.mark.parametrize('script', SCRIPTS, ids=lambda s: s.__name__)
 def test_bad_input(script, case, trained, tmp_path):

@@ -15,6 +15,7 @@ def fields(line):
     return dict(re.findall(r'(\w+)=(\S+)', line))
 
 
+@pytest.mark.slow
 def test_benchmark_prints_one_line_per_configuration(capsys, tmp_path):
     path = tmp_path / 'bench.jsonl'
     rc = benchmark.main(FAST + ['--recipe', 'ptb-2018', '--options', 'eager', 'fused-opt', 'tf32',
@@ -59,6 +60,7 @@ def test_bad_values_are_user_errors():
         benchmark.main(['--recipe', 'no-such-recipe'])
 
 
+@pytest.mark.slow
 def test_profile_prints_the_top_ops(capsys):
     assert benchmark.main(FAST + ['--recipe', 'ptb-char', '--batches', '1', '--profile', '--profile-steps', '1',
                                   '--threads', '1']) == 0
@@ -73,6 +75,7 @@ def test_without_nproc_drops_the_flag_and_its_values():
     assert benchmark.without_nproc(['--npro', '4']) == []
 
 
+@pytest.mark.slow
 def test_nproc_reports_tokens_per_rank_and_in_all(capsys, tmp_path):
     # Each count runs in fresh processes (2 ranks through torchrun, gloo); their lines reach our stdout.
     path = tmp_path / 'bench.jsonl'
@@ -89,6 +92,7 @@ def test_nproc_reports_tokens_per_rank_and_in_all(capsys, tmp_path):
     assert 'scaling recipe=ptb-2018 option=eager: nproc=1 tokens_per_s=' in out and '| nproc=2 tokens_per_s=' in out
 
 
+@pytest.mark.slow
 def test_graphs_option_runs_the_static_step_and_matches_eager_on_the_cpu(capsys):
     rc = benchmark.main(FAST + ['--recipe', 'ptb-2018', '--options', 'eager', 'graphs', '--profile',
                                 '--profile-steps', '1'])
@@ -100,6 +104,7 @@ def test_graphs_option_runs_the_static_step_and_matches_eager_on_the_cpu(capsys)
     assert 'kernel time vs wall time: needs CUDA' in out
 
 
+@pytest.mark.slow
 def test_a_failed_capture_skips_the_graphs_option_and_the_others_still_run(capsys, monkeypatch):
     from harness import cuda_graphs
 
@@ -123,6 +128,7 @@ def test_benchmark_data_naming_a_missing_folder_is_an_error(tmp_path, monkeypatc
     assert 'recipe=' not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_mos_recipe_is_timed_with_main_pys_mos_model(capsys):
     # The model is main.py's build_model: for ptb-mos the 15-way mixture of softmaxes (mos.py).
     assert benchmark.main(FAST + ['--recipe', 'ptb-mos', '--options', 'eager']) == 0

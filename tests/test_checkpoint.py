@@ -94,6 +94,7 @@ def same(a, b):
     return type(a) is type(b) and (a == b or a != a and b != b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('which', ['checkpoint', 'state'])
 def test_a_flipped_bit_never_loads_as_other_weights(trained, tmp_path, which):
     _, save, _ = trained

@@ -35,6 +35,7 @@ def test_a_fault_of_the_code_keeps_its_traceback():
         cli.run(raising(KeyError('model')))
 
 
+@pytest.mark.slow
 def test_a_fault_of_the_code_exits_1_with_a_traceback_ending_in_its_summary(tmp_path):
     import subprocess
     import sys

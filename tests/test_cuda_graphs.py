@@ -69,6 +69,7 @@ def train(step, rnn_type='LSTM', schedule=('sgd', 'sgd', 'asgd'), device='cpu', 
     ('LSTM', ('adam', 'adam')),
     ('QRNN', ('sgd', 'asgd')),
 ])
+@pytest.mark.slow
 def test_static_step_equals_train_step_on_cpu(rnn_type, schedule):
     eager_losses, eager_weights, _ = train(training.train_step, rnn_type, schedule)
     graphed = cuda_graphs.GraphedTrainStep()
@@ -340,6 +341,7 @@ def test_graphs_match_eager_on_cuda(rnn_type, schedule):
 # ---------------------------------------------------------------------------------------------
 # The flags of main.py and finetune.py
 
+@pytest.mark.slow
 @pytest.mark.parametrize('script', ['main.py', 'finetune.py'])
 @pytest.mark.parametrize('flag', ['--cuda-graphs', '--bf16'])
 def test_gpu_flags_are_refused_on_the_cpu_with_one_line(script, flag, tmp_path):

@@ -227,6 +227,7 @@ def test_fast_tokenizing_gives_the_ids_of_the_plain_loop(tmp_path, monkeypatch, 
     assert corpus.content_key == corpus_cache.content_key(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_fast_tokenizing_matches_the_plain_loop_on_ptb(ptb_mirror):
     dictionary, streams = reference_corpus(ptb_mirror)
     corpus = data.Corpus(ptb_mirror)

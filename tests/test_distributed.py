@@ -72,6 +72,7 @@ def assert_close_weights(path_a, path_b):
             assert torch.allclose(a[part][k], b[part][k], atol=TOL, rtol=0), (part, k)
 
 
+@pytest.mark.slow
 def test_two_ranks_train_the_one_process_model_across_the_asgd_switch_and_resume_in_one_process(tmp_path, tiny_corpus):
     flags = NO_DROPOUT + SWITCH
     ref, two = str(tmp_path / 'ref.pt'), str(tmp_path / 'two.pt')
@@ -98,6 +99,7 @@ def test_two_ranks_train_the_one_process_model_across_the_asgd_switch_and_resume
     assert_close_weights(two + '.state', ref + '.state')
 
 
+@pytest.mark.slow
 def test_finetune_on_two_ranks_is_the_one_process_finetune(tmp_path, tiny_corpus):
     save = str(tmp_path / 'm.pt')
     # finetune.py keeps the checkpoint's dropouts (as the original did): train without any.
@@ -112,6 +114,7 @@ def test_finetune_on_two_ranks_is_the_one_process_finetune(tmp_path, tiny_corpus
 @pytest.mark.parametrize('extra', [['--batch_size', '12', '--small_batch_size', '4'],
                                    ['--batch_size', '12', '--small_batch_size', '12', '--n_experts', '2']],
                          ids=['groups-of-4', 'mos-one-group'])
+@pytest.mark.slow
 def test_column_groups_on_two_ranks_are_the_one_process_run(tmp_path, tiny_corpus, extra):
     """--small_batch_size under torchrun: each rank has 6 of the 12 columns (groups of 4 and 2; in MoS mode
     one group of 6), and each group's loss is weighted by its real share of the rank's columns, so that the
@@ -142,6 +145,7 @@ def worker_pid(parent, rank):
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='finds the worker processes through /proc')
 def test_with_dropout_ranks_stay_identical_and_killing_one_rank_stops_the_others(tmp_path, tiny_corpus):
     save = str(tmp_path / 'm.pt')
@@ -237,6 +241,7 @@ def test_a_bad_collective_timeout_is_one_line_before_any_rank_waits(monkeypatch,
         distributed.setup(argparse.Namespace(cpu=True))
 
 
+@pytest.mark.slow
 def test_a_bad_collective_timeout_stops_every_rank_with_one_line(tmp_path, tiny_corpus):
     env = {**torchrun_env(), distributed.TIMEOUT_ENV: 'abc'}
     result = subprocess.run(torchrun_command('main.py', tiny_run(tiny_corpus, str(tmp_path / 'm.pt'))), cwd=REPO,
@@ -287,6 +292,7 @@ def assert_every_rank_stops_with(result, message):
     (['--epochs', '3'], '--epochs is 2 on rank 0 but 3 on rank 1'),
     (['--data', 'OTHER'], '--data is'),
 ], ids=['seed', 'epochs', 'data'])
+@pytest.mark.slow
 def test_ranks_started_differently_all_stop_at_start_up_naming_the_flag(tmp_path, tiny_corpus, rank1_flags, message):
     other = write_corpus(str(tmp_path / 'other'), seed=1)
     rank1_flags = [other if flag == 'OTHER' else flag for flag in rank1_flags]
@@ -296,6 +302,7 @@ def test_ranks_started_differently_all_stop_at_start_up_naming_the_flag(tmp_path
     assert seconds < 60 and not os.path.exists(save)
 
 
+@pytest.mark.slow
 def test_a_rank_that_does_not_see_rank_0s_files_stops_every_rank_at_start_up(tmp_path, tiny_corpus):
     # The same relative --save on two "machines" (folders) that do not share it.
     here, there = tmp_path / 'machine0', tmp_path / 'machine1'
@@ -318,6 +325,7 @@ def test_start_up_differences_are_named_in_order():
     assert message.startswith('the ranks were started with different flags: --seed is 1111 on rank 0 but 2 on rank 1')
 
 
+@pytest.mark.slow
 def test_finetune_ranks_started_differently_all_stop_at_start_up(tmp_path, tiny_corpus):
     save = str(tmp_path / 'm.pt')
     assert main.main(tiny_run(tiny_corpus, save, epochs=1, extra=NO_DROPOUT)) == 0
@@ -328,6 +336,7 @@ def test_finetune_ranks_started_differently_all_stop_at_start_up(tmp_path, tiny_
     assert not os.path.exists(out)
 
 
+@pytest.mark.slow
 def test_without_save_every_rank_takes_rank_0s_default_name(tmp_path, tiny_corpus):
     run_in = tmp_path / 'run'
     run_in.mkdir()

@@ -62,6 +62,7 @@ def run(trained, *flags):
     return dynamiceval.evaluate_checkpoint(args, log=lambda *a: None)[:2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('bptt', [5, 7])
 @pytest.mark.parametrize('rule', ['rms', 'sgd'])
 def test_lr_zero_equals_static_evaluation(trained, bptt, rule):
@@ -117,6 +118,7 @@ def test_update_rule_matches_the_formula(trained):
         assert torch.equal(p.detach(), g0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('rule', ['rms', 'sgd'])
 def test_causal_segments_are_scored_before_the_update(trained, rule):
     model, criterion, ms, _, _, test = load(trained)
@@ -260,6 +262,7 @@ def test_vocabulary_mismatch(tmp_path, trained):
         dynamiceval.main(['--data', other, '--save', save, '--cpu'])
 
 
+@pytest.mark.slow
 def test_command_line_error_is_one_line_with_status_2(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(REPO, 'dynamiceval.py'), '--save',
                            str(tmp_path / 'missing.pt'), '--cpu'], capture_output=True, text=True, timeout=60)

@@ -79,6 +79,7 @@ def close(a, b):
     return a.shape == b.shape and torch.allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', KINDS)
 def test_torchscript_computes_what_the_model_computes(tmp_path, kind):
     save = KINDS[kind](str(tmp_path / 'm.pt'))
@@ -103,6 +104,7 @@ def test_torchscript_computes_what_the_model_computes(tmp_path, kind):
     assert len(state) == len(final) and all(close(a, b) for a, b in zip(state, final))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', KINDS)
 def test_onnx_computes_what_the_model_computes(tmp_path, kind):
     ort = pytest.importorskip('onnxruntime', reason='ONNX export tests need requirements-export.txt')

@@ -30,6 +30,7 @@ def epoch_losses(out):
     return [(r['epoch'], r['valid_loss']) for r in read_jsonl(log) if 'epoch' in r]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(trained, tmp_path):
     corpus, save = trained
     straight, resumed = str(tmp_path / 'straight.pt'), str(tmp_path / 'resumed.pt')
@@ -86,6 +87,7 @@ def test_keeps_save_untouched_when_fine_tuning_does_not_improve(trained, tmp_pat
     assert records[-1]['final'] and records[-1]['valid_loss'] == records[0]['valid_loss']
 
 
+@pytest.mark.slow
 def test_nonmono_stop_still_evaluates_test(trained, tmp_path, capsys):
     corpus, save = trained
     out = str(tmp_path / 'ft.pt')

@@ -102,6 +102,7 @@ def test_dynamiceval_refuses_to_report_a_diverged_result(trained, capsys, flags)
 # ---------------------------------------------------------------------------------------------
 # The note of flags a resume ignores
 
+@pytest.mark.slow
 @pytest.mark.parametrize('script', ['main', 'finetune'])
 def test_the_resume_note_names_only_flags_given_on_the_command_line(trained, tmp_path, capsys, script):
     corpus, save, _ = trained

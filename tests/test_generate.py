@@ -97,6 +97,7 @@ def test_bad_sampling_flags(trained):
             generate.main(['--data', corpus, '--checkpoint', save, '--cpu', *flags_])
 
 
+@pytest.mark.slow
 def test_generated_text_can_go_down_a_pipe(trained, tmp_path):
     # `generate.py --outf /dev/stdout | cat`: /dev/stdout resolves into /proc/PID/fd, a read-only folder.
     # What the pipe receives is exactly the text the same run writes to a file: the progress and the notes

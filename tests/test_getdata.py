@@ -333,6 +333,7 @@ def slowed(tmp_path, command, seconds):
     return clean_env(PATH=f"{shims}:{os.environ['PATH']}")
 
 
+@pytest.mark.slow
 def test_two_runs_into_one_out_take_turns(tmp_path):
     need_mirror("penn")
     out = tmp_path / "data"

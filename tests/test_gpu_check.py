@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.sh --cpu: the GPU check script's steps with tiny sizes on the CPU, so that the
 script cannot rot between GPU runs. It runs in a copy of the repository with nothing beside it (as on
 a lent GPU machine, which gets the working tree only), its inputs laid out by --prepare."""
+import pytest
 import os
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ def without_input_variables():
     return {k: v for k, v in os.environ.items() if k not in ('AWD_DATA_MIRROR', 'AWD_LSTM_ORIGINAL')}
 
 
+@pytest.mark.slow
 def test_gpu_check_cpu_mode_runs_every_step_in_a_bare_copy(tmp_path):
     repo = working_tree_copy(str(tmp_path / 'repo'))  # tmp_path has no shared/ beside repo/
     inputs = os.path.isdir(os.path.join(MIRROR, 'penn')) and os.path.isdir(os.path.join(MIRROR, 'wikitext-2')) \

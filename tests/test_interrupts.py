@@ -60,6 +60,7 @@ def test_sigterm_before_the_first_epoch_ends_never_offers_an_older_runs_state(tr
     assert 'nothing to resume from' in out and 'rerun with' not in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('script', ['main', 'finetune'])
 def test_sigterm_just_after_a_state_is_written_offers_it(trained, tmp_path, monkeypatch, capsys, script):
     corpus, save, _ = trained
@@ -120,6 +121,7 @@ def test_the_cpu_running_out_of_memory_is_one_line(tmp_path, small_corpus, capsy
     assert not os.path.exists(tmp_path / 'm.pt')
 
 
+@pytest.mark.slow
 def test_output_piped_into_head_ends_quietly(trained, tmp_path):
     corpus, save, _ = trained
     # The generated text itself goes down the pipe (its progress goes to stderr); before, a closed pipe

@@ -23,6 +23,7 @@ def run_main(argv):
     return main.main(argv)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('command', PUBLISHED_MAIN, ids=range(len(PUBLISHED_MAIN)))
 def test_published_command_lines_run_with_tiny_overrides(tmp_path, tiny_corpus, command):
     save = str(tmp_path / 'model.pt')
@@ -40,6 +41,7 @@ def test_epoch_prefix_means_epochs():
     assert harness.parse_args(main.build_parser(), ['--epoch', '300']).epochs == 300
 
 
+@pytest.mark.slow
 def test_short_ptb_slice_lowers_valid_perplexity(tmp_path, ptb_mirror):
     # The first 3000 / 300 / 300 lines of PTB: a real corpus, small enough for the CPU.
     sliced = tmp_path / 'ptb'
@@ -55,6 +57,7 @@ def test_short_ptb_slice_lowers_valid_perplexity(tmp_path, ptb_mirror):
     assert ppl[-1] < ppl[0] < 1500, ppl
 
 
+@pytest.mark.slow
 def test_nt_asgd_switches_by_the_rule_and_saves_averaged_weights(tmp_path, tiny_corpus):
     save = str(tmp_path / 'm.pt')
     assert run_main(tiny_run(tiny_corpus, save, epochs=8, extra=['--nonmono', '1', '--lr', '40'])) == 0
@@ -77,6 +80,7 @@ def test_nt_asgd_switches_by_the_rule_and_saves_averaged_weights(tmp_path, tiny_
     assert state['optimizer_name'] == 'asgd'
 
 
+@pytest.mark.slow
 def test_exact_resume_across_the_asgd_switch(tmp_path, tiny_corpus):
     flags = ['--nonmono', '1', '--lr', '40']
     straight, split = str(tmp_path / 'straight.pt'), str(tmp_path / 'split.pt')
@@ -158,6 +162,7 @@ def test_bad_input_is_a_clear_error_and_overwrites_nothing(tmp_path, tiny_corpus
         assert not os.path.exists(str(tmp_path / 'x.pt')), name
 
 
+@pytest.mark.slow
 def test_bad_input_exit_status_and_one_line(tmp_path):
     result = subprocess.run([sys.executable, 'main.py', '--data', str(tmp_path / 'missing'), '--cpu',
                              '--save', str(tmp_path / 'x.pt')], cwd=REPO, capture_output=True, text=True)
@@ -166,6 +171,7 @@ def test_bad_input_exit_status_and_one_line(tmp_path):
     assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_a_resume_state_and_exits_non_zero(tmp_path, tiny_corpus):
     save = str(tmp_path / 'm.pt')
     proc = subprocess.Popen([sys.executable, 'main.py', *tiny_run(tiny_corpus, save, epochs=10000)],
@@ -208,6 +214,7 @@ def _rewritten_state(path, change):
     hand_made(raw, path, digest=True)
 
 
+@pytest.mark.slow
 def test_restarting_from_a_2017_checkpoint_alone_keeps_its_release(tmp_path, tiny_corpus, capsys):
     save = str(tmp_path / 'r17.pt')
     assert run_main(tiny_run(tiny_corpus, save, epochs=1, extra=['--release', '2017'])) == 0

@@ -264,6 +264,7 @@ TINY_MODEL = ['--emsize', '10', '--nhid', '16', '--nlayers', '3', '--batch_size'
               '--log-interval', '7']
 
 
+@pytest.mark.slow
 def test_nt_asgd_switch_inside_the_run(tmp_path):
     corpus = corpus_with_unseen_last_word(str(tmp_path / 'corpus'))
     compare(tmp_path, corpus, [*TINY_MODEL, '--epochs', '6', '--nonmono', '1', '--lr', '40', '--seed', '141',
@@ -271,6 +272,7 @@ def test_nt_asgd_switch_inside_the_run(tmp_path):
             expect_in_log=['Switching to ASGD', 'Saving Averaged!'])
 
 
+@pytest.mark.slow
 def test_adam_with_when(tmp_path):
     corpus = corpus_with_unseen_last_word(str(tmp_path / 'corpus'))
     compare(tmp_path, corpus, [*TINY_MODEL, '--epochs', '4', '--optimizer', 'adam', '--lr', '0.003',
@@ -278,6 +280,7 @@ def test_adam_with_when(tmp_path):
             expect_in_log=['Dividing learning rate by 10'])
 
 
+@pytest.mark.slow
 def test_gru(tmp_path):
     corpus = corpus_with_unseen_last_word(str(tmp_path / 'corpus'))
     compare(tmp_path, corpus, [*TINY_MODEL, '--model', 'GRU', '--epochs', '3', '--seed', '1882'])
@@ -306,6 +309,7 @@ def large_vocabulary_corpus(folder, train_words=21000, total_words=76500):
     return folder
 
 
+@pytest.mark.slow
 def test_split_softmax_with_dropouts_and_weight_decay(tmp_path):
     corpus = large_vocabulary_corpus(str(tmp_path / 'corpus'))
     compare(tmp_path, corpus, ['--emsize', '8', '--nhid', '12', '--nlayers', '2', '--batch_size', '8',
@@ -318,6 +322,7 @@ def test_split_softmax_with_dropouts_and_weight_decay(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The first release (--release 2017) against acb04a5
 
+@pytest.mark.slow
 def test_first_release_main_across_the_asgd_switch(tmp_path):
     corpus = corpus_with_unseen_last_word(str(tmp_path / 'corpus'))
     compare(tmp_path, corpus, [*TINY_MODEL, '--epochs', '6', '--nonmono', '1', '--lr', '40', '--seed', '141',
@@ -325,6 +330,7 @@ def test_first_release_main_across_the_asgd_switch(tmp_path):
             expect_in_log=['Switching', 'Saving Averaged!'], release=2017)
 
 
+@pytest.mark.slow
 def test_first_release_finetune_continues_its_checkpoint(tmp_path):
     corpus = corpus_with_unseen_last_word(str(tmp_path / 'corpus'))
     flags = [*TINY_MODEL, '--seed', '28', '--dropouti', '0.4', '--lr', '30']

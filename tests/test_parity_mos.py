@@ -78,6 +78,7 @@ def compare_main(tmp_path, flags):
     return corpus, original, original_save, original_out, ours_save, ours_out
 
 
+@pytest.mark.slow
 def test_main_across_the_switch_to_asgd(tmp_path):
     _, _, _, original_out, _, ours_out = compare_main(
         tmp_path, ['--nhidlast', '12', *TINY_MOS, '--epochs', '6', '--nonmono', '1', '--lr', '40'])
@@ -85,6 +86,7 @@ def test_main_across_the_switch_to_asgd(tmp_path):
     assert 'Saving Averaged!' in original_out and 'Saving Averaged!' in ours_out
 
 
+@pytest.mark.slow
 def test_small_batch_size_then_finetune(tmp_path):
     """--small_batch_size 2 of 4 across the switch, then each finetune.py on its own main.py's model."""
     flags = ['--nhidlast', '12', *TINY_MOS, '--small_batch_size', '2', '--max_seq_len_delta', '3',

@@ -64,12 +64,14 @@ def static_run(mos_run):
     return run_both(mos_run, 0, 0.02, 0.001)
 
 
+@pytest.mark.slow
 def test_static_at_lr_0_is_mos_figure_bit_for_bit(static_run):
     mos_out, ours_out = static_run
     expected = PERPLEXITY_LINE.findall(mos_out)
     assert len(expected) == 1 and PERPLEXITY_LINE.findall(ours_out) == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('lamb, epsilon', [(0.075, 0.001), (0.02, 0.002)])
 def test_recipe_translation_gives_mos_figure(mos_run, static_run, lamb, epsilon):
     # The PTB and WT2 recipes' settings (MoS README: --lamb 0.075; --epsilon 0.002, on its defaults), with
@@ -81,6 +83,7 @@ def test_recipe_translation_gives_mos_figure(mos_run, static_run, lamb, epsilon)
     assert abs(got[0] - static) > 1e-3 * static, 'the updates did not move the figure'
 
 
+@pytest.mark.slow
 def test_mos_ms_flag_is_this_code_default_scale(mos_run):
     # MoS's --ms (root of the mean squared gradient) is Krause's later scale, this code's default, but its
     # decay rates are divided by the sum over parameter tensors of their mean roots, not the mean: lamb

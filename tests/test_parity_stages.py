@@ -45,6 +45,7 @@ GENERATE_FIXES = [
 ]
 
 
+@pytest.mark.slow
 def test_generate_writes_the_original_words_and_layout(first_release_run, tmp_path):
     original, original_save, ours_save, corpus = first_release_run
     patch(original, 'generate.py', GENERATE_FIXES)
@@ -113,6 +114,7 @@ def criterion_losses(stdout):
     return [value for kind, value in traced_losses(stdout) if kind == 'criterion']
 
 
+@pytest.mark.slow
 def test_dynamic_evaluation_at_lr_0_scores_every_segment_as_the_authors(first_release_run, tmp_path):
     authors_out, ours_out = run_both_dynamic_evaluations(first_release_run, tmp_path,
                                                          ['--val', '--lr', '0', '--max_batches', '20'])
@@ -131,6 +133,7 @@ def authors_figures(stdout):
     return [float(line.rsplit(' ', 1)[1]) for line in AUTHORS_RESULT.findall(stdout) if 'perplexity' in line]
 
 
+@pytest.mark.slow
 def test_dynamic_evaluation_with_updates_gives_the_authors_result(first_release_run, tmp_path):
     # The paper's AWD-LSTM command line (its README: --oldhyper), with updates that move the figure.
     authors_out, ours_out = run_both_dynamic_evaluations(
@@ -139,6 +142,7 @@ def test_dynamic_evaluation_with_updates_gives_the_authors_result(first_release_
     assert len(expected) == 1 and got == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_dynamic_evaluation_grid_picks_the_authors_hyper_parameters(first_release_run, tmp_path):
     authors_out, ours_out = run_both_dynamic_evaluations(first_release_run, tmp_path, ['--gridfast'])
     best = [line for line in AUTHORS_RESULT.findall(authors_out) if line.startswith('best')]
@@ -167,6 +171,7 @@ POINTER_FIXES = [
 POINTER_RESULT = re.compile(r'^\| printed loss (\S+)\n\| End of pointer \| (val|valid|test) loss', re.M)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('window, theta, lambdasm', [(9, 1.0, 0.1), (50, 0.662, 0.1279)])
 def test_pointer_gives_the_original_losses(first_release_run, tmp_path, window, theta, lambdasm):
     original, original_save, ours_save, corpus = first_release_run

@@ -19,6 +19,7 @@ import training
 from conftest import REPO, TINY, read_jsonl, write_corpus
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('rnn_type', ['LSTM', 'GRU', 'QRNN'])
 def test_pipeline_end_to_end(tmp_path, capsys, rnn_type):
     corpus = write_corpus(str(tmp_path / 'corpus'), (150, 40, 40))
@@ -49,6 +50,7 @@ def test_pipeline_end_to_end(tmp_path, capsys, rnn_type):
     assert '| End of pointer | test loss' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_error_is_one_line_with_status_2(tmp_path):
     result = subprocess.run([sys.executable, 'finetune.py', '--save', str(tmp_path / 'missing.pt'), '--epochs', '1'],
                             cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -145,6 +145,7 @@ def in_process(argv, capsys):
     return stop.value.code, capsys.readouterr().err.splitlines()
 
 
+@pytest.mark.slow
 def test_missing_log_is_one_line_error(tmp_path):
     missing = str(tmp_path / 'nope.jsonl')
     r = run_plot([missing, '-o', str(tmp_path / 'c.png')])
@@ -215,6 +216,7 @@ def test_a_figure_that_fails_midway_leaves_the_earlier_one(tmp_path, monkeypatch
     assert sorted(os.listdir(tmp_path)) == ['c.png', 'run.jsonl']  # no temporary file left
 
 
+@pytest.mark.slow
 def test_missing_matplotlib_is_a_clear_error(tmp_path):
     # A stand-in package that fails to import as an absent one does, ahead of any installed matplotlib.
     fake = tmp_path / 'no-matplotlib' / 'matplotlib'

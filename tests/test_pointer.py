@@ -95,6 +95,7 @@ def test_bad_inputs(trained, tmp_path):
         pointer.main(['--data', corpus, '--save', save, '--lambdasm', '1.5'])
 
 
+@pytest.mark.slow
 def test_the_log_can_go_down_a_pipe(trained):
     # `pointer.py --log /dev/stdout | cat`: the record is written there.
     import json

@@ -60,6 +60,7 @@ def test_several_files_are_one_text_in_order(tmp_path):
     assert (written['valid'].count(b'\n'), written['test'].count(b'\n')) == (4, 8)  # of 42 lines
 
 
+@pytest.mark.slow
 def test_characters_are_written_as_pennchar_is(tmp_path, ptb_mirror):
     for split in data.SPLITS:
         words = open(os.path.join(ptb_mirror, split + '.txt')).readlines()

@@ -105,6 +105,7 @@ def test_forget_mult_backends_and_dtypes():
                                ref.detach().reshape(5, 15, 1))
 
 
+@pytest.mark.slow
 def test_cpu_path_does_not_import_triton():
     import subprocess
     import sys

@@ -386,6 +386,7 @@ except errors.UserError as e:
 '''
 
 
+@pytest.mark.slow
 def test_a_checkpoint_over_the_file_size_limit_says_so(tmp_path):
     import subprocess
     import sys

@@ -115,6 +115,7 @@ main.main(sys.argv[1:])
 '''
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_leaves_one_record_per_epoch_and_no_temporaries(tmp_path, small_corpus):
     save, straight = str(tmp_path / 'm.pt'), str(tmp_path / 'straight.pt')
     killed = subprocess.run([sys.executable, '-c', DIES_WRITING_STATE_2, *tiny_run(small_corpus, save, epochs=3)],

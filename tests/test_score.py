@@ -118,6 +118,7 @@ def test_output_file_and_stdin(trained, tmp_path, monkeypatch, capsys):
     assert [r['text'] for r in rows] == ['the cat sees a ball .'] and rows[0]['oov'] == '0'
 
 
+@pytest.mark.slow
 def test_a_stream_output_is_written_in_place(trained, tmp_path):
     # `--out /dev/stdout | cat`: /dev/stdout resolves into /proc/PID/fd, a read-only folder where no file
     # can be replaced; a stream (a pipe, a terminal, /dev/null) is written to, not replaced.
