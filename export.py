@@ -233,7 +233,8 @@ def run_exported(name, results):
         return results()
     except Exception as e:  # noqa: BLE001: whatever the exported file raises, it is refused
         raise UserError(f'{name}: the exported model fails on a batch of another shape than the tracing example\'s '
-                        f'({runtime_error_line(e)}); nothing written') from None
+                        f'({runtime_error_line(e)}; a Python loop over the sequence is fixed to the example\'s '
+                        'length by tracing, docs/SCORING.md); nothing written') from None
 
 
 def runtime_error_line(error):
