@@ -229,10 +229,11 @@ class TrainingRun:
         print('Saving Averaged!' if training.is_asgd(optimizer) else 'Saving model (new best validation)')
         return val_loss
 
-    def save(self, model, criterion, optimizer, path):
-        if self.dist.is_main:  # [distributed] rank 0 writes
-            checkpoint.save_checkpoint(path, model, criterion, optimizer, self.args, self.idx2word, run=self.owner.run,
-                                       tokenizer=self.corpus_data.tokenizer)
+    def save(self, model, criterion, optimizer, path, **state):
+        """A checkpoint at `path` (with `state`: a resume state). [distributed] Rank 0 writes, and every rank
+        waits until it has (the best model is read back by all at the end)."""
+        self.dist.writer(checkpoint.save_checkpoint)(path, model, criterion, optimizer, self.args, self.idx2word,
+                                                     run=self.owner.run, tokenizer=self.corpus_data.tokenizer, **state)
 
     def end_epoch(self, epoch, model, criterion, optimizer, history, best_val_loss, train_loss, val_loss, trained_with,
                   done=None):
@@ -244,11 +245,8 @@ class TrainingRun:
         extra = dict(script='main') if self.script == 'main' else \
             dict(script='finetune', done=done, start_runs=self.owner.start_runs)
         with interrupts.sigterm_held():  # the state and the note that this run wrote it go together
-            if self.dist.is_main:  # [distributed] rank 0 writes
-                checkpoint.save_checkpoint(self.owner.state_file, model, criterion, optimizer, self.args, self.idx2word,
-                                           epoch=epoch, history=history, best_val_loss=best_val_loss,
-                                           rng=checkpoint.rng_state(self.rng, self.device), run=self.owner.run,
-                                           tokenizer=self.corpus_data.tokenizer, **extra)
+            self.save(model, criterion, optimizer, self.owner.state_file, epoch=epoch, history=history,
+                      best_val_loss=best_val_loss, rng=checkpoint.rng_state(self.rng, self.device), **extra)
             self.owner.wrote_state()
 
     # -----------------------------------------------------------------------------------------
