@@ -99,7 +99,6 @@ class TrainingRun:
         if self.script == 'main':
             self.resumed = resume.of_main_run(args, self.given, self.parser)
             self.owner = ownership.of_main_run(self.resumed, args.save, self.dist)
-            self.state_file = self.owner.state_file
             numpy_seed = FIRST_RELEASE_NUMPY_SEED if args.release == 2017 else None
         else:
             self.device = cli.choose_device(args)
@@ -130,8 +129,7 @@ class TrainingRun:
             args, (args.batch_size, EVAL_BATCH_SIZE, TEST_BATCH_SIZE), self.device)
         self.dist.check_same_start(flags.run_flags(args, self.parser), corpus,  # [distributed] all ranks alike
                                    run_files.lock_path(self.output))
-        self.idx2word = corpus.dictionary.idx2word
-        self.corpus_data = corpus
+        self.corpus = corpus
         return corpus, self.dist.shard(train_data), val_data, test_data
 
     def loaded_model(self, corpus):
@@ -145,7 +143,7 @@ class TrainingRun:
         (training.train_step, or the CUDA-graph / bf16 step the speed flags ask for; `group`: the column
         groups of a step, see training.train_step)."""
         if self.script == 'main':
-            self.resumed.load_weights(model, criterion, self.corpus_data, self.args)
+            self.resumed.load_weights(model, criterion, self.corpus, self.args)
         model.to(self.device)
         criterion.to(self.device)
         self.params = list(model.parameters()) + list(criterion.parameters())
@@ -232,8 +230,9 @@ class TrainingRun:
     def save(self, model, criterion, optimizer, path, **state):
         """A checkpoint at `path` (with `state`: a resume state). [distributed] Rank 0 writes, and every rank
         waits until it has (the best model is read back by all at the end)."""
-        self.dist.writer(checkpoint.save_checkpoint)(path, model, criterion, optimizer, self.args, self.idx2word,
-                                                     run=self.owner.run, tokenizer=self.corpus_data.tokenizer, **state)
+        self.dist.writer(checkpoint.save_checkpoint)(path, model, criterion, optimizer, self.args,
+                                                     self.corpus.dictionary.idx2word, run=self.owner.run,
+                                                     tokenizer=self.corpus.tokenizer, **state)
 
     def end_epoch(self, epoch, model, criterion, optimizer, history, best_val_loss, train_loss, val_loss, trained_with,
                   done=None):
