@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import types
 import warnings
 
 import pytest
@@ -359,6 +360,7 @@ def test_onnx_export_without_onnxruntime_says_what_to_install(tmp_path, monkeypa
     # onnxruntime checks the file before it is kept: without it nothing is exported, and it says so first.
     save = random_checkpoint(str(tmp_path / 'm.pt'), WORDS)
     monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # `import onnxruntime` raises ImportError
+    monkeypatch.setitem(sys.modules, 'onnx', types.ModuleType('onnx'))  # onnx there, installed or not
     patch_everywhere(monkeypatch, checkpoint, 'load_checkpoint', lambda *a, **k: pytest.fail('no work before the refusal'))
     with pytest.raises(errors.UserError, match=r'^ONNX export needs the onnxruntime package: '
                                                r'pip install -r requirements-export.txt$'):
